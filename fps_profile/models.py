@@ -1,0 +1,107 @@
+"""Building timm models (randomly initialised) and synthetic inputs for them."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from fps_profile.errors import UserError, did_you_mean
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"`` or ``"float16"``/``"fp16"``."""
+    key = DTYPE_ALIASES.get(name, name)
+    if key not in DTYPES:
+        raise did_you_mean(name, list(DTYPES) + list(DTYPE_ALIASES), "dtype")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Canonical name of a supported dtype (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+@functools.cache
+def _timm_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def check_model_name(name: str) -> None:
+    """Fail with close suggestions unless timm knows ``name``."""
+    import timm
+
+    if not timm.is_model(name):
+        raise did_you_mean(name, _timm_names(), "timm model", show_known=False)
+
+
+def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 **kwargs) -> nn.Module:
+    """A randomly initialised timm model (no weights are downloaded).
+
+    Args:
+        name: A timm model name (``timm.list_models()``).
+        device: Where to build it.
+        dtype: Parameter dtype.
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
+    """
+    import timm
+
+    check_model_name(name)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    return model.to(device=device, dtype=dtype)
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """``(channels, height, width)`` the model expects."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if "input_size" in cfg:
+        return tuple(cfg["input_size"])
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None):
+        return (pe.proj.in_channels, *pe.img_size)
+    return (3, 224, 224)
+
+
+def num_classes(model: nn.Module) -> int:
+    return int(getattr(model, "num_classes", 0) or 1000)
+
+
+def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, seed: int = 0,
+                      device: str | torch.device | None = None, dtype: torch.dtype | None = None
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random normal images and uniform labels shaped for ``model``.
+
+    Args:
+        model: The model the batches are for (sets image size, classes, device, dtype).
+        batch_size: Images per batch (>= 1).
+        num_batches: Number of batches (>= 1).
+        seed: Seed, so the same call gives the same data.
+        device: Defaults to the model's device.
+        dtype: Defaults to the model's parameter dtype.
+    """
+    check_batch_size(batch_size)
+    if num_batches < 1:
+        raise UserError(f"num_batches must be >= 1, not {num_batches}")
+    p = next(model.parameters())
+    device = torch.device(device) if device is not None else p.device
+    dtype = dtype or p.dtype
+    gen = torch.Generator().manual_seed(seed)
+    c, h, w = input_size(model)
+    out = []
+    for _ in range(num_batches):
+        images = torch.randn(batch_size, c, h, w, generator=gen).to(device=device, dtype=dtype)
+        labels = torch.randint(0, num_classes(model), (batch_size,), generator=gen).to(device)
+        out.append((images, labels))
+    return out
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be an integer >= 1, not {batch_size!r}")

@@ -1,0 +1,94 @@
+"""``select()``: a selector's scores, a scope and a budget put together into a mask."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from fps_profile.budget import make_budget
+from fps_profile.errors import UserError
+from fps_profile.mask import Mask
+from fps_profile.scope import Role, Scope, assign_roles, get_scope
+from fps_profile.selectors import Batch, Target, create
+
+
+class _CountingBatches:
+    """Normalises user batches to ``(images, labels)`` on the model's device and dtype."""
+
+    def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype) -> None:
+        self._batches, self.device, self.dtype = batches, device, dtype
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self._batches:
+            if isinstance(item, torch.Tensor):
+                images, labels = item, None
+            elif isinstance(item, (tuple, list)) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
+                images, labels = item[0], (item[1] if len(item) > 1 else None)
+            else:
+                raise UserError(
+                    f"a batch must be an image tensor or an (images, labels) tuple, not {type(item).__name__}"
+                )
+            images = images.to(device=self.device, dtype=self.dtype if images.is_floating_point() else None)
+            if labels is not None:
+                labels = torch.as_tensor(labels).to(self.device)
+            self.count += 1
+            yield images, labels
+
+
+def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
+           k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
+           **options) -> Mask:
+    """Choose which entries of ``model`` to fine-tune.
+
+    Args:
+        model: Any ``nn.Module`` (timm models get the GPS name rules right).
+        batches: Iterable of image tensors or ``(images, labels)`` tuples; read once.
+            Selectors that need no data (``magnitude``, ``random``) accept None.
+        selector: A registered selector name (see :func:`list_selectors`).
+        k: Per-output-row top-K budget (GPS's policy).
+        fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction.
+        scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
+            (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
+        **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
+
+    Returns:
+        A :class:`Mask` over every parameter of ``model``, True = trainable.
+
+    Raises:
+        UserError: Unknown selector or option, bad budget, no batches, missing labels,
+            nothing eligible in the model.
+    """
+    budget = make_budget(k, fraction)
+    sel = create(selector, **options)
+    scope = get_scope(scope)
+    roles = assign_roles(model, scope)
+    params = dict(model.named_parameters())
+    targets = [Target(n, params[n], mod, attr) for n, (role, mod, attr) in roles.items() if role is Role.RANKED]
+
+    if sel.needs_data:
+        if batches is None:
+            raise UserError(f"selector {selector!r} needs batches of data")
+        first = next(iter(params.values()))
+        data = _CountingBatches(batches, first.device, first.dtype)
+        sel.prepare(model, data, targets)
+        if data.count == 0:
+            raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
+    else:
+        sel.prepare(model, (), targets)
+
+    out: dict[str, torch.Tensor] = {}
+    try:
+        scored = ((t.name, sel.score(t)) for t in targets)
+        out.update(budget.masks(scored))
+    finally:
+        sel.release()
+    for name, (role, _, _) in roles.items():
+        if role is not Role.RANKED:
+            fill = torch.ones if role is Role.TRAINABLE else torch.zeros
+            out[name] = fill(params[name].shape, dtype=torch.bool, device=params[name].device)
+    meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
+            "model": type(model).__name__, "options": repr(sorted(options.items()))}
+    return Mask({n: out[n] for n in params}, meta)

@@ -1,0 +1,95 @@
+"""Gradient passes shared by the gradient-based selectors (GPS, SNIP)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fps_profile.errors import UserError
+from fps_profile.selectors.base import Target
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
+                base_temperature: float = 0.07) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020), as GPS computes it.
+
+    Args:
+        features: ``[batch, views, dim]``; L2-normalised here, as in GPS's loss.
+        labels: ``[batch]`` class indices.
+        temperature: Softmax temperature (GPS: 0.07).
+        base_temperature: Scale reference (GPS: 0.07, so the factor is 1).
+
+    Returns:
+        The scalar loss averaged over every anchor of every view.
+    """
+    b, v, _ = features.shape
+    features = F.normalize(features, dim=2)
+    anchors = torch.cat(torch.unbind(features, dim=1), dim=0)  # view-major, [v*b, d]
+    logits = anchors @ anchors.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    same = torch.eq(labels.view(-1, 1), labels.view(1, -1)).to(logits.dtype).repeat(v, v)
+    not_self = 1.0 - torch.eye(v * b, device=logits.device, dtype=logits.dtype)
+    same = same * not_self
+    log_prob = logits - torch.log((logits.exp() * not_self).sum(1, keepdim=True))
+    positives = same.sum(1).clamp_min(1.0)  # a lone sample with one view has no positive
+    mean_log_prob_pos = (same * log_prob).sum(1) / positives
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def pre_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The feature before the classifier (CLS token after the final norm for a ViT)."""
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise UserError(
+            f"{type(model).__name__} has no forward_features/forward_head: the contrastive "
+            "loss needs a timm model (or use loss='ce')"
+        )
+    return model.forward_head(model.forward_features(images), pre_logits=True)
+
+
+@contextlib.contextmanager
+def gradient_pass(model: nn.Module) -> Iterator[None]:
+    """Train mode, every parameter requiring grad, ``.grad`` cleared; all restored on exit.
+
+    Gradients produced inside the block should be taken (referenced) before it ends:
+    on exit each parameter gets back the ``.grad`` it had before.
+    """
+    saved = [(p, p.grad, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for p, _, _ in saved:
+            p.grad = None
+            p.requires_grad_(True)
+        model.train()
+        yield
+    finally:
+        for p, grad, flag in saved:
+            p.grad = grad
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """fp16 autocast on CUDA (as GPS's ``--amp``), bf16 elsewhere; a no-op when disabled."""
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def take_grads(targets: Sequence[Target], selector: str) -> dict[str, torch.Tensor]:
+    """References to the targets' gradients (each must exist)."""
+    grads = {}
+    for t in targets:
+        if t.param.grad is None:
+            raise UserError(
+                f"selector {selector!r}: {t.name!r} received no gradient (it is not used by the loss)"
+            )
+        grads[t.name] = t.param.grad
+    return grads
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,0 +1,40 @@
+"""FPS: Feedforward-based Parameter Selection (arXiv 2510.27359 v1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from fps_profile.selectors._activations import InputStats
+from fps_profile.selectors.base import Batch, Selector, Target
+from fps_profile.selectors.registry import register
+
+
+@register("fps")
+class FPS(Selector):
+    """|w_ij| x mean |x_j| over all tokens of all samples; one forward pass, no gradients.
+
+    The statistic is the mean absolute input activation per input feature (per
+    ``(channel, ky, kx)`` of the unfolded patches for a convolution), taken
+    over every token position of every selection sample. Peak memory is that of
+    a ``torch.no_grad()`` forward plus one ``in_features`` vector per layer and
+    one layer's scores at a time.
+    """
+
+    needs_backward = False
+
+    def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
+        self._stats = InputStats(targets, ord=1, selector=self.name)
+        self._stats.collect(model, batches)
+
+    def score(self, target: Target) -> torch.Tensor:
+        total, count = self._stats.stat(target)
+        w = target.param.detach()
+        s = w.abs()
+        s.mul_((total / count).to(s.dtype))
+        return s
+
+    def release(self) -> None:
+        self._stats = None

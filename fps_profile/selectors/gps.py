@@ -1,0 +1,75 @@
+"""GPS: Gradient-based Parameter Selection (Zhang et al., CVPR 2024)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fps_profile.errors import UserError
+from fps_profile.selectors._gradients import autocast, gradient_pass, pre_logits, supcon_loss, take_grads
+from fps_profile.selectors.base import Batch, Selector, Target, check_labels
+from fps_profile.selectors.registry import register
+
+
+def flip_views(images: torch.Tensor, view: int) -> torch.Tensor:
+    """Default second view: a horizontal flip (GPS uses random crops and colour jitter;
+    the cost in memory and time is the same, and synthetic data needs no realism)."""
+    return images if view % 2 == 0 else images.flip(-1)
+
+
+@register("gps")
+class GPS(Selector):
+    """|sum over batches of dL/dw|, with GPS's loss: two views, SupCon (T=0.07) on pre-logits.
+
+    Faithful to the public GPS code by default: train mode, gradients of all batches
+    accumulated (signed) before the absolute value, the views of a batch concatenated
+    into one forward pass, and the loss on the L2-normalised pre-logits feature.
+
+    Args:
+        loss: ``"supcon"`` (GPS) or ``"ce"`` (cross-entropy on the logits).
+        views: Views per image, concatenated along the batch (GPS: 2).
+        temperature: SupCon temperature.
+        amp: Run the passes under autocast (fp16 on CUDA, as GPS's ``--amp``).
+        augment: ``augment(images, view_index) -> images``; defaults to a flip for odd views.
+    """
+
+    needs_backward = True
+    needs_labels = True
+
+    def __init__(self, *, loss: str = "supcon", views: int = 2, temperature: float = 0.07,
+                 amp: bool = False, augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
+        if loss not in ("supcon", "ce"):
+            raise UserError(f"gps: loss must be 'supcon' or 'ce', not {loss!r}")
+        if int(views) < 1:
+            raise UserError(f"gps: views must be >= 1, not {views!r}")
+        self.loss, self.views, self.temperature = loss, int(views), float(temperature)
+        self.amp = bool(amp)
+        self.augment = augment or flip_views
+
+    def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.augment(images, v) for v in range(self.views)]) if self.views > 1 else images
+        b = images.shape[0]
+        if self.loss == "ce":
+            return F.cross_entropy(model(x), labels.repeat(self.views))
+        feats = pre_logits(model, x).float()
+        feats = torch.stack(feats.split(b), dim=1)  # [b, views, dim]
+        return supcon_loss(feats, labels, self.temperature)
+
+    def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
+        with gradient_pass(model):
+            for images, labels in batches:
+                labels = check_labels(self, labels)
+                with autocast(self.amp, images.device):
+                    loss = self._loss(model, images, labels)
+                loss.backward()
+                del loss
+            self._grads = take_grads(targets, self.name)
+
+    def score(self, target: Target) -> torch.Tensor:
+        return self._grads.pop(target.name).abs()
+
+    def release(self) -> None:
+        self._grads = {}

@@ -1,0 +1,48 @@
+"""SNIP (Lee et al. 2019): connection sensitivity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fps_profile.errors import UserError
+from fps_profile.selectors._gradients import gradient_pass, take_grads
+from fps_profile.selectors.base import Batch, Selector, Target, check_labels
+from fps_profile.selectors.registry import register
+
+
+@register("snip")
+class SNIP(Selector):
+    """|w_ij x dL/dw_ij| of the cross-entropy loss on the first batch(es).
+
+    Args:
+        num_batches: How many batches to accumulate the gradient over (SNIP: one).
+    """
+
+    needs_backward = True
+    needs_labels = True
+
+    def __init__(self, *, num_batches: int = 1) -> None:
+        if int(num_batches) < 1:
+            raise UserError(f"snip: num_batches must be >= 1, not {num_batches!r}")
+        self.num_batches = int(num_batches)
+
+    def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
+        with gradient_pass(model):
+            for i, (images, labels) in enumerate(batches):
+                if i == self.num_batches:
+                    break
+                loss = F.cross_entropy(model(images), check_labels(self, labels))
+                loss.backward()
+                del loss
+            self._grads = take_grads(targets, self.name)
+
+    def score(self, target: Target) -> torch.Tensor:
+        g = self._grads.pop(target.name)
+        return g.mul_(target.param.detach()).abs_()
+
+    def release(self) -> None:
+        self._grads = {}
