@@ -1,0 +1,5 @@
+import sys
+
+from fps_profile.cli import main
+
+sys.exit(main())

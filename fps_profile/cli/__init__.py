@@ -1,0 +1,59 @@
+"""The ``fps-profile`` command line: thin subcommands over the library.
+
+Every user error ends as one line on stderr (``fps-profile: error: ...``) and
+exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fps_profile import __version__
+from fps_profile.errors import UserError
+
+SUBCOMMANDS = ("select", "list")
+
+
+def _load(name: str):
+    import importlib
+
+    return importlib.import_module(f"fps_profile.cli.{name}_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fps-profile",
+        description="Measure what parameter selection for fine-tuning really costs "
+        "(peak memory and wall time of FPS, GPS and other selectors).",
+        epilog="Run 'fps-profile COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"fps-profile {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        _load(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fps-profile`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"fps-profile: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fps-profile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""``fps-profile list``: registered selectors (and timm models by wildcard)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list selectors, scopes or timm models",
+                       description="List the registered selectors with what they need, the "
+                       "parameter scopes, or timm model names matching a wildcard.")
+    p.add_argument("what", nargs="?", default="selectors", choices=["selectors", "scopes", "models"])
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'vit_*patch16_224'")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.what == "selectors":
+        from fps_profile.selectors import get, list_selectors
+
+        for name in list_selectors(args.pattern):
+            cls = get(name)
+            needs = "backward" if cls.needs_backward else ("forward" if cls.needs_data else "no data")
+            print(f"{name:<12} {needs:<9} {cls.describe()}")
+    elif args.what == "scopes":
+        from fps_profile.scope import SCOPES
+
+        for name in SCOPES.names(args.pattern):
+            print(name)
+    else:
+        import timm
+
+        for name in timm.list_models(args.pattern):
+            print(name)
+    return 0

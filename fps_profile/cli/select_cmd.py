@@ -1,0 +1,67 @@
+"""``fps-profile select``: compute a mask on a timm model and print its stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fps_profile.cli._args import parse_option, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "select",
+        help="choose trainable parameters with a selector and save the mask",
+        description="Run one selector on a randomly initialised timm model with synthetic "
+        "inputs, print the mask's statistics and optionally save it (safetensors).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
+    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
+    p.add_argument("--scope", default="gps", help="gps, all-weights, attention or mlp")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
+    p.add_argument("--per-tensor", action="store_true", help="print every tensor's count")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import fps_profile
+    from fps_profile.devices import resolve_device
+    from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.selectors import create
+
+    options = dict(parse_option(o) for o in args.option)
+    create(args.selector, **options)  # fail on a bad selector or option before building anything
+    device = resolve_device(args.device)
+    dtype = parse_dtype(args.dtype)
+    if args.fraction is None and args.k is None:
+        args.k = 1
+    model = create_model(args.model, device=device, dtype=dtype)
+    batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed)
+    mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
+                              scope=args.scope, **options)
+    mask.meta["model"] = args.model
+    stats = mask.stats()
+    if args.out:
+        mask.save(args.out)
+    if args.json:
+        print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
+                          "out": args.out, "stats": stats.to_dict()}))
+    else:
+        print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
+              f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device})")
+        print(stats.format(per_tensor=args.per_tensor))
+        if args.out:
+            print(f"mask written to {args.out}")
+    return 0
