@@ -1,0 +1,112 @@
+"""The measured work: one callable per phase, shared by the runner, sim and asv.
+
+``select``     the selector on the selection batch(es), producing a mask;
+``inference``  a plain ``torch.no_grad()`` eval forward: the floor selectors are compared with;
+``train_step`` one fine-tuning step (forward, cross-entropy, backward, clip, AdamW),
+               sparse through :func:`fps_profile.make_sparse_trainable` when a mask
+               is given, full fine-tuning otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fps_profile.errors import UserError
+from fps_profile.mask import Mask
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A selection budget as written in results: ``k=1`` or ``fraction=0.01``."""
+
+    k: int | None = 1
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> BudgetSpec:
+        if text is None:
+            return cls()
+        key, sep, value = str(text).partition("=")
+        try:
+            if sep and key.strip() == "k":
+                return cls(k=int(value), fraction=None)
+            if sep and key.strip() == "fraction":
+                return cls(k=None, fraction=float(value))
+        except ValueError:
+            pass
+        raise UserError(f"budget must look like k=1 or fraction=0.01, not {text!r}")
+
+    def __str__(self) -> str:
+        return f"k={self.k}" if self.k is not None else f"fraction={self.fraction:g}"
+
+
+def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scope: str = "gps",
+              options: dict | None = None) -> Callable[[], Mask]:
+    """The ``select`` phase: ``fps_profile.select`` on prepared batches."""
+    from fps_profile.select import select
+
+    options = dict(options or {})
+
+    def run() -> Mask:
+        return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope, **options)
+
+    return run
+
+
+def inference_fn(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The ``inference`` phase: an eval-mode forward under ``torch.no_grad()``."""
+    model.eval()
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return model(images)
+
+    return run
+
+
+@dataclass
+class TrainStep:
+    """One optimisation step; sparse when built with a mask.
+
+    Attributes:
+        params: What the optimizer updates.
+        trainable: Trainable scalars (count).
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    clip: float = 1.0
+
+    @property
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def __call__(self) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+def train_step_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: Mask | None = None,
+                  lr: float = 1e-3, weight_decay: float = 0.05) -> TrainStep:
+    """The ``train_step`` phase: AdamW with weight decay and gradient clipping."""
+    from fps_profile.sparse import make_sparse_trainable
+
+    model.train()
+    if mask is not None:
+        params = make_sparse_trainable(model, mask)
+    else:
+        params = [p.requires_grad_(True) for p in model.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return TrainStep(model, images, labels, params, optimizer)

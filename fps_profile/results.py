@@ -1,0 +1,189 @@
+"""Result rows: small dataclasses with explicit units, stored as JSON lines.
+
+One row is one measurement: one phase of one (selector, model, batch size,
+dtype, device) cell. Field names ending in ``_bytes`` are bytes, ``_s`` seconds.
+Appending is crash-safe: each row is written with a single ``write`` and
+``fsync``; a reader ignores (and the next append trims) a torn last line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fps_profile.errors import UserError
+
+SCHEMA = "fps-profile/results/1"
+PHASES = ("select", "inference", "train_step")
+STATUSES = ("ok", "oom", "error", "timeout")
+
+
+@dataclass
+class Result:
+    """One measurement.
+
+    Attributes:
+        selector: Selector name; None for the inference floor and full fine-tuning.
+        model: timm model name.
+        batch_size: Images per batch.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: ``cpu``, ``cuda``/``cuda:N``, or ``sim``/``sim:<target>``.
+        phase: ``select``, ``inference`` or ``train_step``.
+        status: ``ok``, ``oom``, ``error`` or ``timeout``.
+        budget: ``k=1`` or ``fraction=0.01`` for select and sparse train_step rows, else None.
+        peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
+            ``max_memory_allocated``; exact storage bytes on the CPU; predicted on sim).
+        peak_reserved_bytes: CUDA ``max_memory_reserved`` (None elsewhere).
+        nvml_peak_used_bytes: Peak device memory used by everything on the GPU (NVML).
+        nvml_process_peak_bytes: Peak NVML figure for this process, where the driver gives one.
+        rss_peak_bytes: Process resident-set high-water mark during the phase.
+        wall_time_s: Median of ``wall_times_s``.
+        wall_times_s: Every timed repeat, seconds.
+        params_total: Parameters of the model (count).
+        params_trainable: Trainable parameters in this phase (count).
+        flops: Floating-point operations of one run of the phase (count), where known.
+        time_floor_s: ``flops`` over the target device's peak rate (seconds), where known.
+        error: Message for a status other than ``ok``.
+        env: Versions, git commit, device, driver, CPU, host.
+    """
+
+    selector: str | None
+    model: str
+    batch_size: int
+    dtype: str
+    device: str
+    phase: str
+    status: str = "ok"
+    budget: str | None = None
+    scope: str | None = None
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    nvml_peak_used_bytes: int | None = None
+    nvml_process_peak_bytes: int | None = None
+    rss_peak_bytes: int | None = None
+    wall_time_s: float | None = None
+    wall_times_s: list[float] = field(default_factory=list)
+    warmup: int | None = None
+    repeats: int | None = None
+    params_total: int | None = None
+    params_trainable: int | None = None
+    flops: int | None = None
+    time_floor_s: float | None = None
+    error: str | None = None
+    timestamp: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    env: dict[str, Any] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def key(self) -> tuple:
+        """Identity of the cell this row measures (resume and comparison key)."""
+        return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase, self.budget)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [n for n in ("model", "batch_size", "dtype", "device", "phase") if n not in data]
+        if missing:
+            raise ValueError(f"missing field {missing[0]!r}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def cell_key(selector, model, batch_size, dtype, device, phase, budget) -> tuple:
+    return (selector, model, int(batch_size), dtype, device, phase, budget)
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Drop a last line that lacks its newline (a write cut short by a kill)."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        block = min(size, 1 << 20)
+        f.seek(size - block)
+        tail = f.read(block)
+        cut = tail.rfind(b"\n")
+        f.truncate(size - block + cut + 1 if cut >= 0 else 0)
+
+
+def append_result(path: str | os.PathLike, result: Result) -> None:
+    """Append one row durably (single write, then fsync)."""
+    path = Path(path)
+    line = (result.to_json() + "\n").encode()
+    try:
+        if path.exists():
+            _trim_torn_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {str(path)!r}: {exc.strerror or exc}") from exc
+
+
+def read_results(path: str | os.PathLike, *, missing_ok: bool = False) -> list[Result]:
+    """Every row of a results file.
+
+    Raises:
+        UserError: Missing file (unless ``missing_ok``), a malformed line, or a
+            row of another schema.
+    """
+    path = Path(path)
+    if not path.exists():
+        if missing_ok:
+            return []
+        raise UserError(f"results file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise UserError(f"{str(path)!r} is a directory, not a results file")
+    rows = []
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    # The last element is b"" after a final newline, or a torn line cut short by a kill: skip it.
+    for number, raw in enumerate(lines[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            schema = obj.get("schema")
+            if schema != SCHEMA:
+                raise UserError(
+                    f"{str(path)}:{number}: row of schema {schema!r}, expected {SCHEMA!r} "
+                    "(a results file from another tool or version)"
+                )
+            rows.append(Result.from_dict(obj))
+        except UserError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{str(path)}:{number}: not a valid results row ({exc})") from None
+    return rows
+
+
+def write_results(path: str | os.PathLike, results: Iterable[Result]) -> None:
+    """Write a whole results file atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w") as f:
+            for r in results:
+                f.write(r.to_json() + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write results to {str(path)!r}: {exc.strerror or exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)

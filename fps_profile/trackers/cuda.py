@@ -1,0 +1,46 @@
+"""CUDA caching-allocator peaks (what optimum-benchmark and torchbench report)."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+
+class CudaAllocatorPeak:
+    """``max_memory_allocated`` / ``max_memory_reserved`` over a region.
+
+    On entry: garbage-collect, empty the cache, reset the peak statistics and
+    synchronise; on exit: synchronise and read both peaks.
+
+    Args:
+        device: The CUDA device.
+
+    Attributes:
+        peak_allocated: Bytes, after exit.
+        peak_reserved: Bytes, after exit.
+        baseline: ``memory_allocated`` on entry, bytes.
+    """
+
+    def __init__(self, device: torch.device | str = "cuda") -> None:
+        self.device = torch.device(device)
+        self.peak_allocated = self.peak_reserved = self.baseline = 0
+
+    def __enter__(self) -> CudaAllocatorPeak:
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.baseline = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize(self.device)
+        self.peak_allocated = torch.cuda.max_memory_allocated(self.device)
+        self.peak_reserved = torch.cuda.max_memory_reserved(self.device)
+
+
+def limit_memory(device: torch.device, budget_bytes: int) -> None:
+    """Make the caching allocator raise OOM beyond ``budget_bytes`` on ``device``."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)

@@ -1,0 +1,116 @@
+"""Exact live-tensor bytes: a dispatch-mode tracker of tensor storages.
+
+Every operator's output tensors are inspected; a storage seen for the first
+time is counted with its size and uncounted when it is freed (a weak-reference
+finaliser on the storage object, which PyTorch keeps alive exactly as long as
+the storage itself). The peak therefore has the meaning of the CUDA caching
+allocator's ``max_memory_allocated``, without its block rounding: bytes of
+every live tensor, counted once however many views share them.
+
+Tensors alive before the region (weights, inputs, optimizer state) are found by
+scanning the garbage collector's objects once on entry, so the peak includes
+them, as ``max_memory_allocated`` does after ``reset_peak_memory_stats``.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Context manager measuring live tensor bytes on one device type.
+
+    Args:
+        device_type: Only storages on this device type are counted (``"cpu"``,
+            or ``"cuda"`` for fake CUDA tensors under the sim backend).
+        include_existing: Count tensors that exist when the region starts.
+        budget_bytes: If set, raise ``torch.OutOfMemoryError`` as soon as live
+            bytes exceed it (a simulated device of that size).
+        round_bytes: Optional ``nbytes -> bytes`` function applied to each storage
+            (the sim backend models the CUDA allocator's block rounding with it).
+
+    Attributes:
+        current: Live bytes now.
+        peak: Highest ``current`` since entry or the last :meth:`reset_peak`.
+        baseline: Live bytes found on entry.
+    """
+
+    def __init__(self, device_type: str = "cpu", *, include_existing: bool = True,
+                 budget_bytes: int | None = None, round_bytes=None) -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.include_existing = include_existing
+        self.budget_bytes = budget_bytes
+        self.round_bytes = round_bytes or (lambda n: n)
+        self.current = self.peak = self.baseline = 0
+        self._live: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize] = []
+
+    # -- bookkeeping -----------------------------------------------------------
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def track(self, t: torch.Tensor, check_budget: bool = True) -> None:
+        """Count ``t``'s storage if it is new (or grew)."""
+        if t.device.type != self.device_type or t.layout is not torch.strided:
+            return
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
+            return
+        key = storage._cdata
+        size = self.round_bytes(storage.nbytes())
+        old = self._live.get(key)
+        if old is None:
+            self._finalizers.append(weakref.finalize(storage, self._free, key))
+            self._live[key] = size
+            self.current += size
+        elif size != old:  # resized in place
+            self._live[key] = size
+            self.current += size - old
+        else:
+            return
+        if self.current > self.peak:
+            self.peak = self.current
+            if check_budget and self.budget_bytes is not None and self.current > self.budget_bytes:
+                raise torch.OutOfMemoryError(
+                    f"simulated out of memory: {self.current:,} bytes live, budget {self.budget_bytes:,} bytes"
+                )
+
+    def reset_peak(self) -> None:
+        """Start a new peak from the bytes live now."""
+        self.peak = self.current
+
+    # -- context ---------------------------------------------------------------
+    def __enter__(self):
+        self._live.clear()
+        self.current = 0
+        if self.include_existing:
+            gc.collect()
+            for obj in gc.get_objects():
+                if issubclass(type(obj), torch.Tensor):  # type() avoids lazy-module __class__ hooks
+                    self.track(obj, check_budget=False)
+                    if obj.grad is not None if isinstance(obj, torch.nn.Parameter) else False:
+                        self.track(obj.grad, check_budget=False)
+        self.baseline = self.peak = self.current
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        for f in self._finalizers:
+            f.detach()
+        self._finalizers.clear()
+        self._live.clear()
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.track(leaf)
+        return out
