@@ -22,3 +22,13 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or sim)")
     return device
+
+
+def check_device(name: str) -> None:
+    """Validate a device name of a sweep (``cpu``, ``cuda[:N]``, ``sim[:target]``) without using it."""
+    if name == "sim" or name.startswith("sim:"):
+        from fps_profile.sim import check_sim_device
+
+        check_sim_device(name)
+    else:
+        resolve_device(name)

@@ -12,7 +12,7 @@ import sys
 from fps_profile import __version__
 from fps_profile.errors import UserError
 
-SUBCOMMANDS = ("select", "list")
+SUBCOMMANDS = ("sweep", "select", "list")
 
 
 def _load(name: str):

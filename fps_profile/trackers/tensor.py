@@ -95,8 +95,6 @@ class LiveTensorBytes(TorchDispatchMode):
             for obj in gc.get_objects():
                 if issubclass(type(obj), torch.Tensor):  # type() avoids lazy-module __class__ hooks
                     self.track(obj, check_budget=False)
-                    if obj.grad is not None if isinstance(obj, torch.nn.Parameter) else False:
-                        self.track(obj.grad, check_budget=False)
         self.baseline = self.peak = self.current
         return super().__enter__()
 
@@ -110,7 +108,24 @@ class LiveTensorBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = None
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
+                key = _storage_key(leaf)
+                if key not in self._live:
+                    # An output sharing the storage of an input this tracker never saw (a view
+                    # or in-place result of a tensor held only by C++ when the region began)
+                    # is not a new allocation.
+                    if inputs is None:
+                        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+                    if key in inputs:
+                        continue
                 self.track(leaf)
         return out
+
+
+def _storage_key(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError):
+        return None

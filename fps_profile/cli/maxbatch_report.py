@@ -1,0 +1,63 @@
+"""``fps-profile sweep --max-batch``: the search driver and its table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fps_profile.errors import UserError
+
+
+def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fps_profile.maxbatch import find_max_batch
+    from fps_profile.results import append_result
+    from fps_profile.summary import markdown_table
+    from fps_profile.sweep import _row_line, check_output, latest
+    from fps_profile.units import fmt_bytes
+
+    grid.validate()
+    have = latest(check_output(out))
+    body = []
+    for device in grid.devices:
+        budget = grid.memory_budget
+        if budget is None:
+            if not device.startswith("cuda"):
+                raise UserError(f"--max-batch on {device} needs --memory-budget (e.g. 8GiB)")
+            import torch
+
+            budget = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        series = []
+        if "inference" in grid.phases:
+            series.append(("inference", None))
+        if "select" in grid.phases:
+            series += [("select", s) for s in grid.selectors]
+        if "train_step" in grid.phases:
+            series += [("train_step", None)] + [("train_step", s) for s in grid.selectors]
+        for dtype in grid.dtypes:
+            for model in grid.models:
+                for phase, selector in series:
+                    proto = dataclasses.replace(grid, devices=[device], dtypes=[dtype], models=[model],
+                                                memory_budget=budget, repeats=1)
+
+                    def measure(batch: int, phase=phase, selector=selector, proto=proto):
+                        cell = proto._cell(model, batch, dtype, device, phase, selector)
+                        row = have.get(cell.key())
+                        if row is None or (args.retry_failed and row.status in ("error", "timeout")):
+                            row = next(iter(executor.run([cell], args.timeout)))
+                            append_result(out, row)
+                            have[cell.key()] = row
+                            if not args.no_progress:
+                                print(_row_line(row), file=sys.stderr)
+                        return row
+
+                    res = find_max_batch(measure, budget, start=min(grid.batch_sizes))
+                    who = selector or ("floor" if phase == "inference" else "full")
+                    body.append([device, dtype, model, f"{phase}:{who}",
+                                 str(res.max_batch) if res.max_batch else "none",
+                                 fmt_bytes(res.peak_bytes), fmt_bytes(budget),
+                                 res.error or (f"oom at {res.first_oom}" if res.first_oom else "cap reached")])
+    print(markdown_table(["device", "dtype", "model", "what", "max batch", "peak", "budget", "note"], body))
+    return 0

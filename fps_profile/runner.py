@@ -1,0 +1,241 @@
+"""One measurement, isolated in a fresh process.
+
+:func:`measure` does the work in the current process (the worker calls it);
+:func:`run_isolated` starts ``python -m fps_profile.worker`` for one
+:class:`Cell`, with a timeout, and turns a crash or hang into a row with status
+``error`` or ``timeout``, so a sweep always gets a row back.
+
+Protocol of one measurement: build the model and synthetic batches (and, for a
+sparse train step, the selector's mask) outside any measured region; warm up;
+one memory-tracked run; then ``repeats`` timed runs whose median is reported.
+Memory and time are taken in separate runs so trackers never slow the timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fps_profile.errors import UserError
+from fps_profile.results import Result, cell_key
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What to measure.
+
+    Attributes:
+        model: timm model name.
+        batch_size: Images per batch.
+        phase: ``select``, ``inference`` or ``train_step``.
+        selector: Selector name; None for ``inference`` and full fine-tuning.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: ``cpu``, ``cuda[:N]`` or ``sim[:target]``.
+        budget: ``k=1`` or ``fraction=0.01`` (selection phases only).
+        scope: Parameter scope name.
+        options: Selector options as sorted ``(key, value)`` pairs.
+        num_batches: Batches of selection data.
+        warmup: Untimed runs first.
+        repeats: Timed runs.
+        memory_budget: Bytes; beyond it the run is an out-of-memory (simulated on
+            cpu/sim, enforced by the caching allocator on cuda).
+    """
+
+    model: str
+    batch_size: int
+    phase: str = "select"
+    selector: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    budget: str | None = "k=1"
+    scope: str = "gps"
+    options: tuple = field(default_factory=tuple)
+    num_batches: int = 1
+    warmup: int = 1
+    repeats: int = 3
+    memory_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase == "inference" or (self.phase == "train_step" and self.selector is None):
+            object.__setattr__(self, "budget", None)
+            object.__setattr__(self, "options", ())
+
+    def key(self) -> tuple:
+        return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
+                        self.phase, self.budget)
+
+    def label(self) -> str:
+        who = self.selector or ("full" if self.phase == "train_step" else "-")
+        return f"{self.model} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        data = json.loads(text)
+        data["options"] = tuple(tuple(kv) for kv in data.get("options", ()))
+        return cls(**data)
+
+    def empty_row(self, **fields) -> Result:
+        """A result row for this cell with nothing measured yet."""
+        return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
+                      dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
+                      scope=self.scope if self.phase != "inference" else None,
+                      warmup=self.warmup, repeats=self.repeats, **fields)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+
+
+def measure(cell: Cell) -> Result:
+    """Measure ``cell`` in this process (the worker's job; prefer :func:`run_isolated`).
+
+    Never raises for a failed measurement: an out-of-memory becomes status
+    ``oom``, any other exception status ``error`` with its message.
+    """
+    from fps_profile import env
+
+    row = cell.empty_row(env=env.collect(cell.device))
+    try:
+        if cell.device.startswith("sim"):
+            from fps_profile.sim import measure_sim
+
+            measure_sim(cell, row)
+        else:
+            _measure_real(cell, row)
+    except Exception as exc:  # recorded as data, never lost
+        row.status = "oom" if _is_oom(exc) else "error"
+        row.error = one_line(exc)
+    return row
+
+
+def _measure_real(cell: Cell, row: Result) -> None:
+    from fps_profile import phases
+    from fps_profile.devices import resolve_device
+    from fps_profile.mask import Mask
+    from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.trackers import (CudaAllocatorPeak, LiveTensorBytes, NvmlSampler, RssPeak, limit_memory,
+                                      median, time_repeats)
+
+    device = resolve_device(cell.device)
+    torch.manual_seed(0)
+    model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype))
+    row.params_total = sum(p.numel() for p in model.parameters())
+    batches = synthetic_batches(model, cell.batch_size, cell.num_batches)
+    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else None
+    options = dict(cell.options)
+    if cell.memory_budget is not None and device.type == "cuda":
+        limit_memory(device, cell.memory_budget)
+
+    if cell.phase == "select":
+        fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)
+    elif cell.phase == "inference":
+        fn = phases.inference_fn(model, batches[0][0])
+        row.params_trainable = 0
+    elif cell.phase == "train_step":
+        mask = None
+        if cell.selector is not None:
+            mask = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        fn = phases.train_step_fn(model, *batches[0], mask=mask)
+        row.params_trainable = fn.trainable
+        del mask
+    else:
+        raise UserError(f"unknown phase {cell.phase!r} (select, inference or train_step)")
+
+    for _ in range(cell.warmup):
+        fn()
+    if device.type == "cuda":
+        with CudaAllocatorPeak(device) as cuda_peak, NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
+            out = fn()
+        row.peak_allocated_bytes, row.peak_reserved_bytes = cuda_peak.peak_allocated, cuda_peak.peak_reserved
+        row.nvml_peak_used_bytes, row.nvml_process_peak_bytes = nvml.peak_used, nvml.peak_process
+    else:
+        with LiveTensorBytes("cpu", budget_bytes=cell.memory_budget) as live, RssPeak() as rss:
+            out = fn()
+        row.peak_allocated_bytes = live.peak
+    row.rss_peak_bytes = rss.peak
+    if isinstance(out, Mask):
+        row.params_trainable = out.stats().trainable
+    del out
+    row.wall_times_s = time_repeats(fn, device, warmup=0, repeats=cell.repeats)
+    row.wall_time_s = median(row.wall_times_s)
+
+
+def run_isolated(cell: Cell, timeout_s: float | None = 1800.0, isolation: str | None = None) -> Result:
+    """Measure ``cell`` in a fresh process.
+
+    Args:
+        cell: What to measure.
+        timeout_s: Kill the worker after this many seconds (status ``timeout``).
+        isolation: ``"fork"`` (default on Linux: a child of a pre-imported fork
+            server) or ``"spawn"`` (a new ``python -m fps_profile.worker``; the
+            default elsewhere, or with ``FPS_PROFILE_ISOLATION=spawn``).
+
+    Returns:
+        The worker's row; or, when the worker crashes, is killed or hangs past
+        ``timeout_s``, a row with status ``error`` / ``timeout`` and the reason.
+    """
+    isolation = isolation or os.environ.get("FPS_PROFILE_ISOLATION") or (
+        "fork" if hasattr(os, "fork") else "spawn")
+    if isolation not in ("fork", "spawn"):
+        raise UserError(f"isolation must be 'fork' or 'spawn', not {isolation!r}")
+    with tempfile.TemporaryDirectory(prefix="fps-profile-") as tmp:
+        out_file, err_file = Path(tmp, "result.json"), Path(tmp, "stderr.txt")
+        if isolation == "fork":
+            from fps_profile.forkserver import client
+
+            reply = client().run(cell.to_json(), str(out_file), str(err_file), timeout_s)
+            if reply.get("timeout"):
+                return cell.empty_row(status="timeout", error=f"worker did not finish within {timeout_s:g} s")
+            code = reply.get("exitcode")
+        else:
+            cell_file = Path(tmp, "cell.json")
+            cell_file.write_text(cell.to_json())
+            cmd = [sys.executable, "-m", "fps_profile.worker", str(cell_file), str(out_file)]
+            try:
+                with open(err_file, "w") as err:
+                    code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout_s,
+                                          env={**os.environ, "PYTHONWARNINGS": "ignore"}).returncode
+            except subprocess.TimeoutExpired:
+                return cell.empty_row(status="timeout", error=f"worker did not finish within {timeout_s:g} s")
+        if out_file.exists():
+            try:
+                return Result.from_dict(json.loads(out_file.read_text()))
+            except (ValueError, TypeError) as exc:
+                return cell.empty_row(status="error", error=f"worker wrote an unreadable result: {exc}")
+        stderr = err_file.read_text(errors="replace") if err_file.exists() else ""
+        return cell.empty_row(status="error", error=_crash_reason(code, stderr))
+
+
+def _crash_reason(code: int | None, stderr: str) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (likely out of host memory)" if name == "SIGKILL" else ""
+        reason = f"worker killed by {name}{hint}"
+    else:
+        reason = f"worker exited with status {code}"
+    tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return reason + (f": {tail[-1].strip()}" if tail else "")

@@ -1,0 +1,84 @@
+"""The end-of-sweep table: each selector's peak and time against GPS and the floor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fps_profile.results import Result
+from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """One selector (or the floor / a train step) at one (device, dtype, model, batch)."""
+
+    device: str
+    dtype: str
+    model: str
+    batch_size: int
+    what: str  # selector name, "floor" (inference), "train:full" or "train:<selector>"
+    status: str
+    peak_bytes: int | None
+    time_s: float | None
+    peak_vs_floor: float | None
+    peak_vs_gps: float | None
+    time_vs_gps: float | None
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLine]:
+    """Lines for every select / inference / train_step row, grouped by cell."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in rows:
+        groups.setdefault((r.device, r.dtype, r.model, r.batch_size), []).append(r)
+    out = []
+    for (device, dtype, model, batch), rs in sorted(groups.items(), key=lambda kv: (kv[0][:3], kv[0][3])):
+        ok = [r for r in rs if r.status == "ok"]
+        floor = next((r for r in ok if r.phase == "inference"), None)
+        ref = next((r for r in ok if r.phase == "select" and r.selector == reference), None)
+        order = {"inference": 0, "select": 1, "train_step": 2}
+        for r in sorted(rs, key=lambda r: (order.get(r.phase, 3), r.selector is not None, r.selector or "")):
+            if r.phase == "inference":
+                what = "floor"
+            elif r.phase == "select":
+                what = r.selector
+            else:
+                what = f"train:{r.selector or 'full'}"
+            is_sel = r.phase == "select"
+            out.append(SummaryLine(
+                device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,
+                _ratio(r.peak_allocated_bytes, floor.peak_allocated_bytes if floor else None),
+                _ratio(r.peak_allocated_bytes, ref.peak_allocated_bytes if ref and is_sel else None),
+                _ratio(r.wall_time_s, ref.wall_time_s if ref and is_sel else None),
+            ))
+    return out
+
+
+def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
+    """A markdown table of :func:`summarize`."""
+    lines = summarize(rows, reference)
+    if not lines:
+        return "(no rows)"
+    head = ["device", "dtype", "model", "batch", "what", "peak", "peak/floor", f"peak/{reference}",
+            "time", f"time/{reference}"]
+    body = []
+    for s in lines:
+        if s.status != "ok":
+            body.append([s.device, s.dtype, s.model, str(s.batch_size), s.what, s.status.upper(), "", "", "", ""])
+            continue
+        body.append([s.device, s.dtype, s.model, str(s.batch_size), s.what, fmt_bytes(s.peak_bytes),
+                     fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps), fmt_seconds(s.time_s),
+                     fmt_ratio(s.time_vs_gps)])
+    return markdown_table(head, body)
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    """A padded markdown table (numbers right-aligned by the caller's strings)."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(head), sep, *(fmt(r) for r in body)])

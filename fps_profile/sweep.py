@@ -1,0 +1,198 @@
+"""Sweeps: expand a grid into cells, skip what is measured, append rows as they come.
+
+A sweep is resumable: cells whose key already has a row in the output are
+skipped (``retry_failed`` re-measures rows with status ``error`` or ``timeout``;
+the newest row of a key wins when reading). Each row is appended durably as
+soon as it is measured, so a kill loses at most the cell in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fps_profile.errors import UserError
+from fps_profile.results import PHASES, Result, append_result, read_results
+from fps_profile.runner import Cell
+
+
+@dataclass
+class Grid:
+    """Selectors x models x batch sizes x dtypes x devices, and how to measure each cell.
+
+    ``options`` maps a selector name to its options. Inference and full
+    fine-tuning rows are measured once per (model, batch, dtype, device), not
+    per selector.
+    """
+
+    selectors: list[str] = field(default_factory=lambda: ["fps", "gps", "magnitude", "random"])
+    models: list[str] = field(default_factory=lambda: ["vit_tiny_patch16_224", "vit_small_patch16_224"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
+    budget: str = "k=1"
+    scope: str = "gps"
+    options: dict[str, dict] = field(default_factory=dict)
+    num_batches: int = 1
+    warmup: int = 1
+    repeats: int = 3
+    memory_budget: int | None = None
+
+    def _cell(self, model, batch, dtype, device, phase, selector=None) -> Cell:
+        opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
+        return Cell(model=model, batch_size=batch, phase=phase, selector=selector, dtype=dtype, device=device,
+                    budget=self.budget, scope=self.scope, options=opts, num_batches=self.num_batches,
+                    warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps."""
+        out = []
+        for device, dtype, model, batch in itertools.product(self.devices, self.dtypes, self.models,
+                                                             sorted(self.batch_sizes)):
+            if "inference" in self.phases:
+                out.append(self._cell(model, batch, dtype, device, "inference"))
+            if "select" in self.phases:
+                out += [self._cell(model, batch, dtype, device, "select", s) for s in self.selectors]
+            if "train_step" in self.phases:
+                out.append(self._cell(model, batch, dtype, device, "train_step"))
+                out += [self._cell(model, batch, dtype, device, "train_step", s) for s in self.selectors]
+        return out
+
+    def validate(self) -> None:
+        """Check every name and number before anything is measured (one-line errors)."""
+        from fps_profile.devices import check_device
+        from fps_profile.models import check_model_name, parse_dtype
+        from fps_profile.phases import BudgetSpec
+        from fps_profile.scope import get_scope
+        from fps_profile.selectors import create, get
+
+        for name, lst in (("selector", self.selectors), ("model", self.models), ("batch size", self.batch_sizes),
+                          ("dtype", self.dtypes), ("device", self.devices), ("phase", self.phases)):
+            if not lst and not (name == "selector" and set(self.phases) <= {"inference"}):
+                raise UserError(f"no {name} given")
+        for p in self.phases:
+            if p not in PHASES:
+                from fps_profile.errors import did_you_mean
+
+                raise did_you_mean(p, PHASES, "phase")
+        for s in self.selectors:
+            create(s, **self.options.get(s, {}))
+        for s in self.options:
+            get(s)
+        for m in self.models:
+            check_model_name(m)
+        for b in self.batch_sizes:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise UserError(f"batch size must be an integer >= 1, not {b!r}")
+        for d in self.dtypes:
+            parse_dtype(d)
+        for d in self.devices:
+            check_device(d)
+        BudgetSpec.parse(self.budget)
+        get_scope(self.scope)
+        for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
+            if value < 1:
+                raise UserError(f"{what} must be >= 1, not {value}")
+        if self.warmup < 0:
+            raise UserError(f"warmup must be >= 0, not {self.warmup}")
+
+
+def latest(rows: Sequence[Result]) -> dict[tuple, Result]:
+    """Rows by cell key; a later row of the same key replaces an earlier one."""
+    return {r.key(): r for r in rows}
+
+
+def check_output(path: Path) -> list[Result]:
+    """Existing rows of ``path`` (validated) after checking it can be appended to."""
+    if path.is_dir():
+        raise UserError(f"output {str(path)!r} is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output directory {str(parent)!r} does not exist")
+    rows = read_results(path, missing_ok=True)
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise UserError(f"cannot write results to {str(path)!r}: permission denied")
+    return rows
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: every row of its grid (old and new), and counts."""
+
+    rows: list[Result]
+    measured: int
+    skipped: int
+    seconds: float
+
+
+def _row_line(row: Result) -> str:
+    from fps_profile.units import fmt_bytes, fmt_seconds
+
+    who = row.selector or ("full" if row.phase == "train_step" else "floor")
+    what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
+    if row.status != "ok":
+        return f"{what}  {row.status.upper()}  {row.error or ''}"
+    return f"{what}  peak {fmt_bytes(row.peak_allocated_bytes)}  time {fmt_seconds(row.wall_time_s)}"
+
+
+def run_sweep(grid: Grid, out: str | os.PathLike, *, executor=None, timeout_s: float | None = 1800.0,
+              retry_failed: bool = False, progress: bool = True,
+              on_row: Callable[[Result], None] | None = None) -> SweepReport:
+    """Measure every cell of ``grid`` not yet in ``out``, appending rows as they come.
+
+    Args:
+        grid: What to measure (validated here first).
+        out: JSON-lines results file; created if missing, resumed if present.
+        executor: Where cells run (default: :class:`~fps_profile.executors.LocalExecutor`).
+        timeout_s: Per-cell limit; a worker past it is killed and recorded as ``timeout``.
+        retry_failed: Re-measure cells whose latest row is ``error`` or ``timeout``.
+        progress: Show a progress bar with ETA (stderr) and one line per row.
+        on_row: Called with each new row after it is written.
+
+    Raises:
+        UserError: A bad grid or output, before anything is measured.
+    """
+    from tqdm import tqdm
+
+    from fps_profile.executors import LocalExecutor
+
+    grid.validate()
+    path = Path(out)
+    have = latest(check_output(path))
+    cells = grid.cells()
+
+    def done(cell: Cell) -> bool:
+        row = have.get(cell.key())
+        return row is not None and not (retry_failed and row.status in ("error", "timeout"))
+
+    todo = [c for c in cells if not done(c)]
+    executor = executor or LocalExecutor()
+    start = time.perf_counter()
+    tty = progress and sys.stderr.isatty()
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
+               disable=not tty, dynamic_ncols=True, desc="sweep")
+    try:
+        for i, row in enumerate(executor.run(todo, timeout_s), start=1):
+            append_result(path, row)
+            have[row.key()] = row
+            if tty:
+                bar.write(_row_line(row), file=sys.stderr)
+            elif progress:  # a log, not a terminal: plain lines with the ETA
+                elapsed = time.perf_counter() - start
+                eta = elapsed / i * (len(todo) - i)
+                print(f"[{len(cells) - len(todo) + i}/{len(cells)} {elapsed:.0f}s, eta {eta:.0f}s] "
+                      f"{_row_line(row)}", file=sys.stderr, flush=True)
+            bar.update(1)
+            if on_row:
+                on_row(row)
+    finally:
+        bar.close()
+    rows = [have[c.key()] for c in cells if c.key() in have]
+    return SweepReport(rows=rows, measured=len(todo), skipped=len(cells) - len(todo),
+                       seconds=time.perf_counter() - start)

@@ -1,0 +1,30 @@
+"""Human-readable units for tables and plots (binary prefixes for memory)."""
+
+from __future__ import annotations
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    """``1536 -> "1.5 KiB"``; None -> ``"-"``."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_seconds(s: float | None) -> str:
+    """``0.0123 -> "12.3 ms"``; None -> ``"-"``."""
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"

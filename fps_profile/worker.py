@@ -1,0 +1,30 @@
+"""Worker entry point: ``python -m fps_profile.worker CELL_JSON RESULT_JSON``.
+
+Measures one cell in this fresh process and writes its row as JSON. Kept
+separate from the CLI so a measurement imports only what it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m fps_profile.worker CELL_JSON RESULT_JSON", file=sys.stderr)
+        return 2
+    from fps_profile.runner import Cell, measure
+
+    cell = Cell.from_json(Path(argv[0]).read_text())
+    row = measure(cell)
+    out = Path(argv[1])
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(row.to_json())
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
