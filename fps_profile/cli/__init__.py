@@ -12,7 +12,15 @@ import sys
 from fps_profile import __version__
 from fps_profile.errors import UserError
 
-SUBCOMMANDS = ("sweep", "select", "list")
+# Subcommands are the modules ``fps_profile/cli/<name>_cmd.py``; this is their help order.
+ORDER = ("sweep", "select", "plot", "report", "gate", "list")
+
+
+def subcommands() -> list[str]:
+    import pkgutil
+
+    found = [m.name[:-4] for m in pkgutil.iter_modules(__path__) if m.name.endswith("_cmd")]
+    return sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def _load(name: str):
@@ -31,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fps-profile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in subcommands():
         _load(name).add_parser(sub)
     return parser
 
