@@ -28,3 +28,10 @@ def fmt_seconds(s: float | None) -> str:
 
 def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
+
+
+def bytes_scale(largest: int | float | None) -> tuple[int, str]:
+    """Divisor and binary unit for an axis whose largest value is ``largest`` bytes (MiB or GiB)."""
+    if largest is not None and largest >= 1024**3:
+        return 1024**3, "GiB"
+    return 1024**2, "MiB"

@@ -1,0 +1,60 @@
+"""``fps-profile plot``: draw the figures of a results file (PNG and SVG)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fps_profile.cli._args import comma_list, positive_int
+from fps_profile.errors import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw memory and time figures from a results file",
+        description="Draw, from a results file of any device (cpu, cuda or sim), every figure its rows "
+        "support: peak memory vs batch size, each selector's peak relative to the reference, peak vs "
+        "model size, selection time vs batch size and, where rows have FLOPs, the compute floor. "
+        "One set of figures per (device, dtype) in the file.",
+        epilog="Example: fps-profile plot results/sweep-cpu.jsonl --out figures/",
+    )
+    p.add_argument("results", help="results file (JSON lines) written by 'fps-profile sweep'")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
+    p.add_argument("--format", default="png,svg", help="comma list of image formats (default png,svg)")
+    p.add_argument("--reference", default="fps", help="selector the ratio figures divide by (default fps)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="batch size of the memory-vs-model-size figure (default: largest common to all models)")
+    p.set_defaults(run=run)
+
+
+def load_rows(path: str):
+    """The rows of a results file; a clear error if it has none."""
+    from fps_profile.results import read_results
+
+    rows = read_results(path)
+    if not rows:
+        raise UserError(f"results file {path!r} has no rows (run 'fps-profile sweep --out {path}' first)")
+    return rows
+
+
+def warn_missing_reference(rows, reference: str) -> None:
+    if not any(r.phase == "select" and r.selector == reference for r in rows):
+        print(f"fps-profile: note: no {reference!r} selection rows, so no ratio to it "
+              "(choose another with --reference)", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fps_profile.plots import plot_all
+
+    rows = load_rows(args.results)
+    formats = comma_list(args.format)
+    if not formats:
+        raise UserError("no figure format given")
+    warn_missing_reference(rows, args.reference)
+    paths = plot_all(rows, args.out, formats=formats, reference=args.reference, batch=args.batch)
+    for path in paths:
+        print(path)
+    if not paths:
+        raise UserError(f"nothing to plot in {args.results!r}")
+    return 0

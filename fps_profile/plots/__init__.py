@@ -1,0 +1,126 @@
+"""Figures of a results file: memory and time against batch size and model size.
+
+:func:`plot_all` draws every figure the rows support, one set per (device,
+dtype) group, and saves each as PNG and SVG. The figure functions
+(:func:`memory_vs_batch`, :func:`ratio_vs_batch`, :func:`memory_vs_params`,
+:func:`time_vs_batch`, :func:`floor_fraction`) return the Figure so callers
+can read the plotted data back. Figures are built on
+:class:`matplotlib.figure.Figure` directly (Agg canvas), never through
+``pyplot``: nothing opens a window or touches global figure state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fps_profile.errors import UserError
+from fps_profile.plots.data import by_group
+from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
+from fps_profile.plots.style import RC
+from fps_profile.plots.timing import floor_fraction, time_vs_batch
+from fps_profile.results import Result
+
+__all__ = ["FIGURES", "Drawn", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params", "plot_all",
+           "ratio_vs_batch", "time_vs_batch"]
+
+
+@dataclass(frozen=True)
+class FigureKind:
+    """One kind of figure: its file stem, what it shows (a caption) and how it is drawn."""
+
+    name: str
+    caption: str
+    draw: Callable[..., object]
+
+
+FIGURES: tuple[FigureKind, ...] = (
+    FigureKind("memory_vs_batch", "Peak memory vs batch size: each selector's selection, the inference floor "
+               "and a full fine-tuning step; crosses mark out-of-memory cells.",
+               lambda rows, o: memory_vs_batch(rows)),
+    FigureKind("ratio_vs_batch", "Each selector's selection peak relative to the reference selector's, "
+               "vs batch size.", lambda rows, o: ratio_vs_batch(rows, reference=o["reference"])),
+    FigureKind("memory_vs_params", "Peak memory vs model size (parameters) at one batch size.",
+               lambda rows, o: memory_vs_params(rows, batch=o["batch"])),
+    FigureKind("time_vs_batch", "Selection time vs batch size (top) and relative to the reference selector "
+               "(bottom).", lambda rows, o: time_vs_batch(rows, reference=o["reference"])),
+    FigureKind("floor_fraction", "Compute floor (FLOPs over the device's peak rate): the achieved fraction "
+               "where wall times exist, else the floor itself.", lambda rows, o: floor_fraction(rows)),
+)
+
+
+@dataclass
+class Drawn:
+    """A saved figure: its kind, group and files (one per format)."""
+
+    kind: FigureKind
+    device: str
+    dtype: str
+    paths: list[Path] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequence[str] = ("png", "svg"),
+         reference: str = "fps", batch: int | None = None) -> list[Drawn]:
+    """Draw and save every figure the rows support.
+
+    Files are ``<out_dir>/<figure>-<device>-<dtype>.<format>`` (``:`` in a
+    device becomes ``_``); ``out_dir`` is created if needed.
+
+    Args:
+        rows: Result rows (any devices and dtypes; a later row of a cell replaces an earlier one).
+        out_dir: Folder for the figures.
+        formats: Image formats matplotlib knows, e.g. ``("png", "svg", "pdf")``.
+        reference: Selector the ratio figures divide by.
+        batch: Batch size of the memory-vs-model-size figure (default: largest common to all models).
+
+    Raises:
+        UserError: ``out_dir`` cannot be created or written.
+    """
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    for fmt in formats:
+        if fmt not in known:
+            raise UserError(f"unknown figure format {fmt!r} (known: {', '.join(sorted(known))})")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create figure folder {str(out)!r}: {exc.strerror or exc}") from None
+    opts = {"reference": reference, "batch": batch}
+    drawn = []
+    with matplotlib.rc_context(RC):
+        for (device, dtype), group in by_group(rows).items():
+            for kind in FIGURES:
+                fig = kind.draw(group, opts)
+                if fig is None:
+                    continue
+                d = Drawn(kind, device, dtype)
+                for fmt in formats:
+                    path = out / f"{kind.name}-{_slug(device)}-{_slug(dtype)}.{fmt}"
+                    try:
+                        fig.savefig(path, format=fmt, metadata=_metadata(fmt))
+                    except OSError as exc:
+                        raise UserError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from None
+                    d.paths.append(path)
+                drawn.append(d)
+    return drawn
+
+
+def _metadata(fmt: str) -> dict | None:
+    # No creation date in the files: figures of the same rows are byte-identical, so diffs show real changes.
+    return {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+
+
+def plot_all(rows: Iterable[Result], out_dir: str | os.PathLike, formats: Sequence[str] = ("png", "svg"),
+             **options) -> list[Path]:
+    """Draw every figure the rows support into ``out_dir``; the paths written (see :func:`draw`)."""
+    return [p for d in draw(rows, out_dir, formats=formats, **options) for p in d.paths]

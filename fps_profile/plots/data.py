@@ -1,0 +1,126 @@
+"""Rows to series: grouping, de-duplication and the per-batch values every figure plots.
+
+Series names: a selector's name for its ``select`` rows, ``"floor"`` for the
+``inference`` row and ``"full"`` for the ``train_step`` row without a selector.
+Sparse fine-tuning rows (``train_step`` with a selector) are ``"train:<selector>"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from fps_profile.plots.style import FLOOR, FULL, sort_names
+from fps_profile.results import Result
+
+
+def series_name(row: Result) -> str:
+    """The series a row belongs to (see the module docstring)."""
+    if row.phase == "inference":
+        return FLOOR
+    if row.phase == "train_step":
+        return f"train:{row.selector}" if row.selector else FULL
+    return row.selector or "?"
+
+
+def dedupe(rows: Iterable[Result]) -> list[Result]:
+    """One row per cell, the last one written winning (as a resumed sweep reads its file)."""
+    return list({r.key(): r for r in rows}.values())
+
+
+def by_group(rows: Iterable[Result]) -> dict[tuple[str, str], list[Result]]:
+    """Rows by ``(device, dtype)``, in sorted order; rows are de-duplicated first."""
+    out: dict[tuple[str, str], list[Result]] = {}
+    for r in dedupe(rows):
+        out.setdefault((r.device, r.dtype), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def models(rows: Iterable[Result]) -> list[str]:
+    """Models in order of size (``params_total``, then name)."""
+    size: dict[str, int] = {}
+    for r in rows:
+        size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
+    return sorted(size, key=lambda m: (size[m], m))
+
+
+@dataclass
+class Series:
+    """The rows of one series of one model, by batch size."""
+
+    name: str
+    rows: dict[int, Result]
+
+    def xy(self, value: Callable[[Result], float | None]) -> tuple[list[int], list[float]]:
+        """Batch sizes and values of the ``ok`` rows whose ``value`` is known, by batch."""
+        xs, ys = [], []
+        for b in sorted(self.rows):
+            r = self.rows[b]
+            v = value(r) if r.status == "ok" else None
+            if v is not None:
+                xs.append(b)
+                ys.append(v)
+        return xs, ys
+
+    def batches(self, status: str) -> list[int]:
+        """Batch sizes whose row has ``status`` (e.g. ``"oom"``)."""
+        return sorted(b for b, r in self.rows.items() if r.status == status)
+
+
+def series(rows: Sequence[Result], model: str, *, sparse: bool = False) -> dict[str, Series]:
+    """The floor, each selector's selection and full fine-tuning of ``model``, in drawing order.
+
+    Args:
+        rows: Rows of one (device, dtype) group.
+        model: Which model.
+        sparse: Include the sparse fine-tuning series ``"train:<selector>"`` too.
+    """
+    found: dict[str, dict[int, Result]] = {}
+    for r in rows:
+        if r.model != model:
+            continue
+        name = series_name(r)
+        if name.startswith("train:") and not sparse:
+            continue
+        found.setdefault(name, {})[r.batch_size] = r
+    plain = sort_names(n for n in found if not n.startswith("train:"))
+    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if n.startswith("train:"))]
+    return {n: Series(n, found[n]) for n in plain + trains}
+
+
+def peak(r: Result) -> int | None:
+    """The peak memory every figure and table uses: live tensor bytes (allocated)."""
+    return r.peak_allocated_bytes
+
+
+def ratios(num: Series, den: Series | None, value: Callable[[Result], float | None] = peak):
+    """``value(num) / value(den)`` at every batch where both are ``ok`` and known."""
+    if den is None:
+        return [], []
+    nx, ny = num.xy(value)
+    dx, dy = den.xy(value)
+    d = dict(zip(dx, dy))
+    pairs = [(x, y / d[x]) for x, y in zip(nx, ny) if d.get(x)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def device_memory_bytes(rows: Iterable[Result]) -> int | None:
+    """The device's memory from the rows' environment (the largest recorded), if any row has it."""
+    known = [r.env.get("device_memory_bytes") for r in rows if isinstance(r.env, dict)]
+    known = [int(k) for k in known if isinstance(k, (int, float)) and k > 0]
+    return max(known) if known else None
+
+
+def env_value(rows: Iterable[Result], key: str) -> str | None:
+    """``env[key]`` of the rows: the one value, ``"a / b"`` when they differ, None when absent."""
+    values = {str(r.env[key]) for r in rows if isinstance(r.env, dict) and r.env.get(key) is not None}
+    if key == "git_commit":
+        values = {short_commit(v) for v in values}
+    values = sorted(values)
+    return " / ".join(values) if values else None
+
+
+def short_commit(commit: str) -> str:
+    """``"2b2af2996f44...+dirty" -> "2b2af29+dirty"``."""
+    head, plus, rest = commit.partition("+")
+    return head[:7] + plus + rest

@@ -1,0 +1,170 @@
+"""Memory figures: peak vs batch size, peak ratio to a reference selector, peak vs model size.
+
+Each function takes the rows of one (device, dtype) group and returns a
+:class:`~matplotlib.figure.Figure` (None when the rows hold nothing to plot).
+Every plotted line carries its series name as ``gid`` (``"fps"``, ``"floor"``,
+``"full"``; ``"oom:<name>"`` for out-of-memory marks) and every panel its
+model name, so callers and tests can read the plotted points back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from fps_profile.plots import _layout as lay
+from fps_profile.plots import style as st
+from fps_profile.plots.data import device_memory_bytes, models, peak, ratios, series
+from fps_profile.results import Result
+from fps_profile.units import bytes_scale, fmt_bytes
+
+# A device-memory line further above the data than this factor would flatten every curve: it is noted instead.
+MEMORY_LINE_MAX_HEADROOM = 4.0
+
+
+def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None) -> Figure | None:
+    """Peak memory vs batch size: one panel per model, a line per selector, the floor and full fine-tuning.
+
+    Args:
+        rows: Rows of one (device, dtype) group.
+        device_memory: Bytes of device memory for the horizontal line (default: from the rows' env).
+    """
+    names = models(rows)
+    if not names:
+        return None
+    device_memory = device_memory or device_memory_bytes(rows)
+    largest = max((peak(r) or 0 for r in rows if r.status == "ok"), default=0)
+    draw_line = bool(device_memory) and (not largest or device_memory <= MEMORY_LINE_MAX_HEADROOM * largest)
+    div, unit = bytes_scale(max(largest, device_memory or 0) if draw_line else largest)
+    fig, grid = lay.panels(len(names))
+    any_oom = False
+    for i, (model, (ax,)) in enumerate(zip(names, grid)):
+        ser = series(rows, model)
+        top = 0.0
+        for slot, (name, s) in enumerate((n, s) for n, s in ser.items() if s.batches("oom")):
+            lay.mark_oom(ax, name, s.batches("oom"), slot)
+            any_oom = True
+        for name, s in ser.items():
+            xs, ys = s.xy(peak)
+            if xs:
+                ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
+                top = max(top, max(ys) / div)
+        if draw_line:
+            ax.axhline(device_memory / div, color="#b2182b", linewidth=0.9, linestyle="-.", gid="device_memory")
+            ax.annotate(f"device memory {fmt_bytes(device_memory)}", (0.02, device_memory / div),
+                        xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
+                        fontsize=6.5, color="#b2182b", va="bottom")
+            top = max(top, device_memory / div)
+        elif device_memory and i == 0:
+            ax.text(0.02, 0.02, f"device memory {fmt_bytes(device_memory)} (off scale)", transform=ax.transAxes,
+                    fontsize=6.5, color="#b2182b")
+        has_oom = any(s.batches("oom") for s in ser.values())
+        ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
+        lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
+        ax.set_ylabel(f"peak memory ({unit})")
+        lay.model_title(ax, model, rows)
+    lay.title(fig, "Peak memory vs batch size", rows)
+    lay.legend(fig, [g[0] for g in grid], [lay.OOM_HANDLE] if any_oom else [])
+    return fig
+
+
+def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure | None:
+    """Each selector's selection peak over the reference's, vs batch size, one panel per model.
+
+    Returns:
+        The figure, or None when no model has the reference and another selector at a common batch.
+    """
+    todo = []
+    for model in models(rows):
+        ser = series(rows, model)
+        ref = ser.get(reference)
+        lines = {n: ratios(s, ref) for n, s in ser.items() if n not in (reference, st.FLOOR, st.FULL)}
+        lines = {n: xy for n, xy in lines.items() if xy[0]}
+        if lines:
+            todo.append((model, ser, lines))
+    if not todo:
+        return None
+    fig, grid = lay.panels(len(todo))
+    ref_label = st.label(reference)
+    for model, ser, lines in todo:
+        ax = grid[[t[0] for t in todo].index(model)][0]
+        ax.axhline(1.0, color=st.style(reference).color, linewidth=0.9, linestyle="--", label=f"{ref_label} = 1×",
+                   gid=reference)
+        ends = []
+        for name, (xs, ys) in lines.items():
+            ax.plot(xs, ys, gid=name, **st.style(name).kwargs())
+            ends.append((ys[-1], xs[-1], name))
+        top = max(y for e in ends for y in [e[0]] + lines[e[2]][1])
+        ax.set_ylim(0, max(top, 1.0) * 1.12)
+        _label_ends(ax, ends, max(top, 1.0) * 1.12)
+        lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
+        ax.set_ylabel(f"selection peak ÷ {ref_label} peak")
+        lay.model_title(ax, model, rows)
+    lay.title(fig, f"Peak memory of each selector relative to {ref_label}", rows)
+    lay.legend(fig, [g[0] for g in grid])
+    return fig
+
+
+def _label_ends(ax, ends, span: float) -> None:
+    """Write the last ratio of each line next to it, skipping labels that would collide."""
+    placed: list[float] = [1.0]  # the reference line needs no label
+    for y, x, name in sorted(ends, reverse=True):
+        if any(abs(y - p) < 0.07 * span for p in placed):
+            continue
+        placed.append(y)
+        ax.annotate(f"{y:.1f}×", (x, y), xytext=(4, 0), textcoords="offset points", va="center",
+                    fontsize=6.5, color=st.style(name).color)
+
+
+def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Figure | None:
+    """Peak memory vs model size (``params_total``) at one batch size, a line per series.
+
+    Args:
+        rows: Rows of one (device, dtype) group.
+        batch: The batch size (default: the largest measured for every model).
+
+    Returns:
+        The figure, or None with fewer than two models of known size at that batch.
+    """
+    sized = [m for m in models(rows) if any(r.params_total for r in rows if r.model == m)]
+    if batch is None:
+        common = set.intersection(*({r.batch_size for r in rows if r.model == m} for m in sized)) if sized else set()
+        batch = max(common, default=None)
+    at = [r for r in rows if r.batch_size == batch and r.model in sized]
+    sized = [m for m in sized if any(r.model == m for r in at)]
+    if batch is None or len(sized) < 2:
+        return None
+    params = {m: max(r.params_total or 0 for r in rows if r.model == m) for m in sized}
+    div, unit = bytes_scale(max((peak(r) or 0 for r in at if r.status == "ok"), default=0))
+    fig, ((ax,),) = lay.panels(1)
+    per_series: dict[str, list[tuple[int, Result]]] = {}
+    for m in sized:
+        for name, s in series(at, m).items():
+            per_series.setdefault(name, []).append((params[m], s.rows[batch]))
+    top = 0.0
+    ooms = [(n, pts) for n, pts in per_series.items() if any(r.status == "oom" for _, r in pts)]
+    for slot, (name, pts) in enumerate(ooms):
+        lay.mark_oom(ax, name, [p for p, r in pts if r.status == "oom"], slot)
+    for name in st.sort_names(per_series):
+        pts = sorted((p, peak(r)) for p, r in per_series[name] if r.status == "ok" and peak(r) is not None)
+        if pts:
+            ax.plot([p for p, _ in pts], [v / div for _, v in pts], gid=name, **st.style(name).kwargs())
+            top = max(top, max(v for _, v in pts) / div)
+    ax.set_xscale("log")
+    ticks = sorted(params.values())
+    ax.set_xticks(ticks, [f"{lay.fmt_params(p)}\n{_short(m)}" for p, m in sorted((params[m], m) for m in sized)])
+    ax.xaxis.set_minor_formatter(lay.NullFormatter())
+    ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
+    ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if ooms else 0.95))
+    ax.set_xlabel("model parameters")
+    ax.set_ylabel(f"peak memory ({unit})")
+    ax.set_title(f"batch size {batch}")
+    lay.title(fig, "Peak memory vs model size", rows)
+    lay.legend(fig, [ax], [lay.OOM_HANDLE] if ooms else [])
+    return fig
+
+
+def _short(model: str) -> str:
+    """A timm name without its resolution suffix, to fit under a tick."""
+    return model.removesuffix("_224").removesuffix("_patch16")

@@ -1,0 +1,107 @@
+"""Time figures: selection time vs batch size with its ratio to a reference, and the compute floor.
+
+Same conventions as :mod:`fps_profile.plots.memory`: one (device, dtype)
+group in, a Figure (or None) out, series names as line ``gid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from fps_profile.plots import _layout as lay
+from fps_profile.plots import style as st
+from fps_profile.plots.data import models, ratios, series
+from fps_profile.results import Result
+
+
+def wall(r: Result) -> float | None:
+    return r.wall_time_s
+
+
+def achieved(r: Result) -> float | None:
+    """Fraction of the compute floor reached: ``time_floor_s / wall_time_s``."""
+    return r.time_floor_s / r.wall_time_s if r.time_floor_s and r.wall_time_s else None
+
+
+def time_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure | None:
+    """Per model: median wall time vs batch size (top) and each selector's time over the reference's (bottom).
+
+    Returns:
+        The figure, or None when no row has a measured wall time (e.g. simulated rows).
+    """
+    names = [m for m in models(rows) if any(r.wall_time_s for r in rows if r.model == m and r.status == "ok")]
+    if not names:
+        return None
+    fig, grid = lay.panels(len(names), rows_per_model=2)
+    ref_label = st.label(reference)
+    for model, (top, bottom) in zip(names, grid):
+        ser = series(rows, model)
+        batches = [b for s in ser.values() for b in s.rows]
+        for name, s in ser.items():
+            xs, ys = s.xy(wall)
+            if xs:
+                top.plot(xs, ys, gid=name, **st.style(name).kwargs())
+        lay.seconds_axis(top)
+        lay.log2_batch_axis(top, batches, label=False)
+        top.set_ylabel("median wall time")
+        lay.model_title(top, model, rows)
+        bottom.axhline(1.0, color="#7f7f7f", linewidth=0.8, linestyle="--")
+        ref = ser.get(reference)
+        for name, s in ser.items():
+            if name in (reference, st.FLOOR, st.FULL):
+                continue
+            xs, ys = ratios(s, ref, wall)
+            if xs:
+                bottom.plot(xs, ys, gid=name, **st.style(name).kwargs())
+        lay.ratio_axis(bottom)
+        bottom.set_gid(f"{model}/ratio")
+        lay.log2_batch_axis(bottom, batches)
+        bottom.set_ylabel(f"time ÷ {ref_label} time")
+    lay.title(fig, "Selection time vs batch size", rows)
+    lay.legend(fig, [ax for g in grid for ax in g])
+    return fig
+
+
+def floor_fraction(rows: Sequence[Result]) -> Figure | None:
+    """The compute floor: achieved fraction of it where rows have time and floor, else the floor or FLOPs.
+
+    With measured wall times and ``time_floor_s`` the y axis is the achieved
+    fraction of the floor (%); with a floor but no wall time (simulated rows)
+    it is the floor itself; with FLOPs only, the FLOPs.
+
+    Returns:
+        The figure, or None when no row has FLOPs or a time floor.
+    """
+    ok = [r for r in rows if r.status == "ok"]
+    if any(achieved(r) is not None for r in ok):
+        value, what, ylabel = (lambda r: 100 * achieved(r) if achieved(r) else None,
+                               "Achieved fraction of the compute floor (FLOPs ÷ peak rate)", "% of compute floor")
+    elif any(r.time_floor_s for r in ok):
+        value, what, ylabel = (lambda r: r.time_floor_s,
+                               "Compute floor: FLOPs ÷ peak rate (time if compute-bound)", "time floor")
+    elif any(r.flops for r in ok):
+        value, what, ylabel = lambda r: r.flops / 1e9 if r.flops else None, "Floating-point operations", "GFLOP"
+    else:
+        return None
+    names = [m for m in models(rows) if any(value(r) is not None for r in ok if r.model == m)]
+    fig, grid = lay.panels(len(names))
+    for model, (ax,) in zip(names, grid):
+        ser = series(rows, model)
+        for name, s in ser.items():
+            xs, ys = s.xy(value)
+            if xs:
+                ax.plot(xs, ys, gid=name, **st.style(name).kwargs())
+        if ylabel == "time floor":
+            lay.seconds_axis(ax)
+        elif ylabel == "GFLOP":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, max(100.0, max(max(line.get_ydata()) for line in ax.get_lines()) * 1.1))
+        lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
+        ax.set_ylabel(ylabel)
+        lay.model_title(ax, model, rows)
+    lay.title(fig, what, rows)
+    lay.legend(fig, [g[0] for g in grid])
+    return fig

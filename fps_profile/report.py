@@ -1,0 +1,209 @@
+"""A markdown report of a results file: environment, headline ratios, tables per model, figures.
+
+Tables are selectors x batch sizes, one per quantity, per (device, dtype)
+group and model. A cell is the value, ``OOM``/``error``/``timeout`` for a
+failed measurement, or ``-`` where nothing was measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fps_profile.errors import UserError
+from fps_profile.plots import style as st
+from fps_profile.plots.data import Series, by_group, env_value, models, peak, series
+from fps_profile.results import Result
+from fps_profile.summary import markdown_table
+from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
+
+ENV_KEYS = (("device_name", "device name"), ("device_memory_bytes", "device memory"), ("torch", "torch"),
+            ("timm", "timm"), ("fps_profile", "fps-profile"), ("git_commit", "git commit"), ("python", "python"),
+            ("cpu", "CPU"), ("torch_threads", "torch threads"), ("host", "host"))
+
+
+def series_label(name: str) -> str:
+    """Row label of a series in the tables."""
+    if name.startswith("train:"):
+        return f"sparse fine-tuning ({st.label(name[6:])} mask)"
+    return st.label(name)
+
+
+def _cell(s: Series | None, batch: int, fmt: Callable[[Result], str | None]) -> str:
+    r = s.rows.get(batch) if s else None
+    if r is None:
+        return "-"
+    if r.status != "ok":
+        return r.status.upper() if r.status == "oom" else r.status
+    return fmt(r) or "-"
+
+
+def _ratio_fmt(ref: Series | None, value: Callable[[Result], float | None]):
+    def fmt(r: Result) -> str | None:
+        d = ref.rows.get(r.batch_size) if ref else None
+        a, b = value(r), (value(d) if d is not None and d.status == "ok" else None)
+        return fmt_ratio(a / b) if a is not None and b else None
+
+    return fmt
+
+
+def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> list[tuple[str, list[str], list[list[str]]]]:
+    """The tables of one model of one (device, dtype) group: ``(caption, head, body)`` each.
+
+    Peak memory, peak over the reference selector's (selection rows) and over
+    the inference floor, median time and time over the reference's, and the
+    compute floor where rows have one.
+    """
+    ser = series(rows, model, sparse=True)
+    batches = sorted({r.batch_size for r in rows if r.model == model})
+    head = ["", *(f"batch {b}" for b in batches)]
+    ref, floor = ser.get(reference), ser.get(st.FLOOR)
+    others = [n for n in ser if n not in (st.FLOOR, st.FULL, reference) and not n.startswith("train:")]
+    wall = lambda r: r.wall_time_s  # noqa: E731
+    ref_name = st.label(reference)
+    specs = [
+        ("Peak memory (live tensors, allocated)", list(ser), lambda r: fmt_bytes(peak(r)) if peak(r) is not None else None),
+        (f"Selection peak ÷ {ref_name} selection peak", others, _ratio_fmt(ref, peak)),
+        ("Peak ÷ inference floor", [n for n in ser if n != st.FLOOR], _ratio_fmt(floor, peak)),
+    ]
+    if any(r.wall_time_s is not None for r in rows if r.model == model):
+        specs += [("Median wall time", list(ser), lambda r: fmt_seconds(r.wall_time_s) if r.wall_time_s is not None else None),
+                  (f"Selection time ÷ {ref_name} selection time", others, _ratio_fmt(ref, wall))]
+    if any(r.time_floor_s for r in rows if r.model == model):
+        specs.append(("Compute floor (FLOPs ÷ peak rate) and achieved fraction", list(ser), _floor_cell))
+    out = []
+    for caption, names, fmt in specs:
+        body = [[series_label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
+        if body:
+            out.append((caption, head, body))
+    return out
+
+
+def _floor_cell(r: Result) -> str | None:
+    if not r.time_floor_s:
+        return None
+    text = fmt_seconds(r.time_floor_s)
+    return f"{text} ({100 * r.time_floor_s / r.wall_time_s:.0f}%)" if r.wall_time_s else text
+
+
+def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list[str]:
+    """Markdown bullets: each selector's peak (and time) over the reference at the largest and smallest
+    common batch, and where each series first runs out of memory."""
+    ser = series(rows, model)
+    ref = ser.get(reference)
+    out = []
+    if ref is not None:
+        ref_ok = {b for b, r in ref.rows.items() if r.status == "ok" and peak(r)}
+        for name, s in ser.items():
+            if name in (reference, st.FLOOR, st.FULL):
+                continue
+            common = sorted(ref_ok & {b for b, r in s.rows.items() if r.status == "ok" and peak(r)})
+            if not common:
+                continue
+            hi, lo = common[-1], common[0]
+            a, b = s.rows[hi], ref.rows[hi]
+            text = (f"{st.label(name)}/{st.label(reference)} peak at batch {hi}: **{fmt_ratio(peak(a) / peak(b))}** "
+                    f"({fmt_bytes(peak(a))} vs {fmt_bytes(peak(b))})")
+            if lo != hi:
+                text += f"; at batch {lo}: {fmt_ratio(peak(s.rows[lo]) / peak(ref.rows[lo]))}"
+            if a.wall_time_s and b.wall_time_s:
+                text += f"; time at batch {hi}: {fmt_ratio(a.wall_time_s / b.wall_time_s)}"
+            out.append(text)
+    for name, s in ser.items():
+        oom, fit = s.batches("oom"), s.batches("ok")
+        if oom:
+            out.append(f"{st.label(name)} runs out of memory at batch {oom[0]}"
+                       + (f" (largest that fits: {max(b for b in fit if b < oom[0])})" if any(b < oom[0] for b in fit) else ""))
+    return out
+
+
+def environment_table(groups: dict[tuple[str, str], list[Result]]) -> str:
+    """One column per (device, dtype) group, one row per environment field any row recorded."""
+    head = ["", *(f"{d} · {t}" for d, t in groups)]
+    body = []
+    for key, name in ENV_KEYS:
+        values = [env_value(g, key) for g in groups.values()]
+        if key == "device_memory_bytes":
+            values = [" / ".join(fmt_bytes(int(v)) for v in x.split(" / ")) if x else None for x in values]
+        if any(values):
+            body.append([name, *(v or "-" for v in values)])
+    return markdown_table(head, body)
+
+
+def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | os.PathLike = ".",
+                 reference: str = "fps", source: str | None = None) -> str:
+    """The report's markdown.
+
+    Args:
+        rows: Result rows (a later row of a cell replaces an earlier one).
+        figures: :class:`~fps_profile.plots.Drawn` figures to embed (their PNG, else first file).
+        base: Folder the report is written to; figure links are relative to it.
+        reference: Selector the ratios divide by.
+        source: Name of the results file, for the first line.
+    """
+    groups = by_group(rows)
+    flat = [r for g in groups.values() for r in g]
+    counts = {s: sum(r.status == s for r in flat) for s in ("ok", "oom", "error", "timeout")}
+    lines = ["# fps-profile report", ""]
+    lines.append(f"{len(flat)} measurements" + (f" from `{source}`" if source else "") + ": "
+                 + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ". "
+                 "Peak memory is the peak of live tensor bytes; times are medians of the timed repeats. "
+                 "The inference floor is a no-grad forward of the same batch.")
+    lines += ["", "## Environment", "", environment_table(groups), "", "## Headline", ""]
+    for (device, dtype), g in groups.items():
+        for model in models(g):
+            bullets = headline(g, model, reference)
+            if bullets:
+                lines.append(f"- **{model}** ({device}, {dtype})")
+                lines += [f"  - {b}" for b in bullets]
+    for (device, dtype), g in groups.items():
+        lines += ["", f"## {device} · {dtype}"]
+        for model in models(g):
+            params = max((r.params_total or 0 for r in g if r.model == model), default=0)
+            lines += ["", f"### {model}" + (f" ({params:,} parameters)" if params else "")]
+            for caption, head, body in model_tables(g, model, reference):
+                lines += ["", f"{caption}:", "", markdown_table(head, body)]
+    failed = [r for r in flat if r.status in ("error", "timeout")]
+    if failed:
+        lines += ["", "## Failed measurements", ""]
+        lines += [f"- {r.device} {r.dtype} {r.model} batch {r.batch_size} {r.phase}:{r.selector or '-'}: "
+                  f"{r.status}: {(r.error or '').splitlines()[0] if r.error else 'no message'}" for r in failed]
+    if figures:
+        lines += ["", "## Figures"]
+        for d in figures:
+            path = next((p for p in d.paths if p.suffix == ".png"), d.paths[0])
+            rel = Path(os.path.relpath(path, base)).as_posix()
+            lines += ["", f"![{d.kind.name} {d.device} {d.dtype}]({rel})", "",
+                      f"*{d.device} · {d.dtype}: {d.kind.caption}*"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: Sequence[Result], out: str | os.PathLike, *, figures_dir: str | os.PathLike | None = None,
+                 draw_figures: bool = True, formats: Sequence[str] = ("png", "svg"), reference: str = "fps",
+                 source: str | None = None) -> tuple[Path, list[Path]]:
+    """Write the report and its figures (default folder: ``<report stem>_figures`` beside it).
+
+    Returns:
+        The report's path and the figure files written.
+
+    Raises:
+        UserError: The report or a figure cannot be written.
+    """
+    from fps_profile.plots import draw
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"report output {str(out)!r} is a directory; give a file name such as report.md")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {str(out.parent)!r} of the report does not exist")
+    drawn = []
+    if draw_figures:
+        fig_dir = Path(figures_dir) if figures_dir else out.with_name(f"{out.stem}_figures")
+        drawn = draw(rows, fig_dir, formats=formats, reference=reference)
+    text = build_report(rows, figures=drawn, base=out.parent, reference=reference, source=source)
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise UserError(f"cannot write report {str(out)!r}: {exc.strerror or exc}") from None
+    return out, [p for d in drawn for p in d.paths]
