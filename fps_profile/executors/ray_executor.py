@@ -1,0 +1,239 @@
+"""Run sweep cells as Ray tasks, across the GPUs and machines of a Ray cluster.
+
+Each cell is one Ray task that asks for one GPU (``num_gpus=1``) on CUDA, or
+one CPU slot on ``cpu`` and ``sim``. Inside the task the measurement still runs
+in a fresh process (:func:`~fps_profile.runner.run_isolated`, through the
+worker's own fork server), so peaks stay as clean as with the local executor.
+Rows come back to the driver as tasks finish (``ray.wait``); the driver alone
+writes the results file. A task that fails outright (its worker or node died,
+and ``retries`` more attempts failed too) becomes a row with status ``error``.
+
+Rows gain ``env.ray_node_id`` and, on CUDA, ``env.ray_gpu_ids`` (the node's
+GPU ids Ray assigned); ``env.host`` and ``env.device_name`` come from
+:func:`fps_profile.env.collect` as always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from fps_profile.errors import UserError
+from fps_profile.results import Result
+from fps_profile.runner import Cell, one_line
+
+INSTALL_HINT = "pip install 'fps-profile[ray]'"
+OBJECT_STORE_BYTES = 128 * 2**20  # rows are a few KiB; a local instance needs no more
+
+_SERVER_ENV: tuple | None = None  # the environment this worker's fork server was started with
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _is_cuda(device: str) -> bool:
+    return device == "cuda" or device.startswith("cuda:")
+
+
+def _fork_server():
+    from fps_profile import forkserver
+
+    return getattr(forkserver._CLIENT, "_proc", None)
+
+
+def _kill_measurement() -> None:
+    """Kill the measurement this worker's fork server is running; the server answers for it and lives on."""
+    proc = _fork_server()
+    for pid in _children(proc.pid) if proc is not None else ():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _stop_fork_server() -> None:
+    """Stop this worker's fork server (and any measurement it is running)."""
+    global _SERVER_ENV
+    from fps_profile import forkserver
+
+    _SERVER_ENV = None
+    _kill_measurement()
+    if forkserver._CLIENT is not None:
+        forkserver._CLIENT.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
+    """:func:`run_isolated` in a thread, so that a cancelled task can stop it.
+
+    Ray cancels a running task by raising ``KeyboardInterrupt`` in the main
+    thread, which a call blocked in C (waiting for the fork server) would not
+    see until the measurement ends. Here the main thread waits in short steps;
+    on the interrupt it kills the measurement in flight (again, until the
+    thread is done: the request may reach the server just after), lets the fork
+    server answer for it (so the server stays in step for the next task), and
+    re-raises.
+    """
+    from fps_profile.runner import run_isolated
+
+    done: dict = {}
+    finished = threading.Event()  # not Thread.join: an interrupted join can mark a live thread dead (3.11)
+
+    def work() -> None:
+        try:
+            done["row"] = run_isolated(cell, timeout_s)
+        except BaseException as exc:  # handed to the task's thread below
+            done["exc"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=work, name="fps-profile-measure", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except BaseException:
+        deadline = time.monotonic() + 30  # the request may reach the server (or it may start) just after
+        while not finished.is_set() and time.monotonic() < deadline:
+            _kill_measurement()
+            finished.wait(0.1)
+        raise
+    if "exc" in done:
+        raise done["exc"]
+    return done["row"]
+
+
+def _run_cell(cell_json: str, timeout_s: float | None) -> str:
+    """Body of one Ray task: measure a cell in a fresh process on this worker; its row as JSON.
+
+    Ray reuses worker processes, and gives each task its own
+    ``CUDA_VISIBLE_DEVICES``; the fork server (one per worker process) is
+    restarted whenever the environment differs from the one it started with.
+    A cancelled task kills its measurement in flight (see :func:`_measure_cancellably`).
+    """
+    global _SERVER_ENV
+    import ray
+
+    cell = Cell.from_json(cell_json)
+    env = tuple(sorted(os.environ.items()))
+    if env != _SERVER_ENV:
+        _stop_fork_server()
+        _SERVER_ENV = env
+    row = _measure_cancellably(cell, timeout_s)
+    row.env.setdefault("host", socket.gethostname())
+    row.env["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    if _is_cuda(cell.device):
+        row.env["ray_gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+    return row.to_json()
+
+
+class RayExecutor:
+    """Cells as Ray tasks; rows yielded to the driver in the order tasks finish.
+
+    Args:
+        address: Ray cluster to use: None (connect to ``RAY_ADDRESS`` if set, else
+            start a local instance with this machine's GPUs), ``auto`` (the cluster
+            this machine belongs to, started with ``ray start``), ``host:port``, or
+            ``ray://host:port`` (Ray Client; needs ``ray[client]``).
+        retries: Extra attempts of a task whose worker or node died.
+
+    Raises:
+        UserError: Ray is not installed, or ``retries`` is negative.
+    """
+
+    name = "ray"
+    remote = True  # devices are those of the cluster's workers, not of the driver
+
+    def __init__(self, address: str | None = None, retries: int = 0) -> None:
+        _import_ray()
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise UserError(f"retries must be an integer >= 0, not {retries!r}")
+        self.address = address
+        self.retries = retries
+        self._task = None
+
+    def _connect(self):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            kwargs = dict(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
+            if self.address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+                kwargs.update(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES)
+            try:
+                ray.init(**kwargs)
+            except Exception as exc:  # no cluster there, no ray[client], refused, ...
+                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+                raise UserError(f"cannot connect to Ray ({where}): {one_line(exc)}") from None
+        if self._task is None:
+            self._task = ray.remote(_run_cell)
+        return ray
+
+    def _check(self, ray, cells: Sequence[Cell]) -> None:
+        for cell in cells:
+            if _is_cuda(cell.device) and cell.device not in ("cuda", "cuda:0"):
+                raise UserError(f"device {cell.device!r} with --executor ray: use --device cuda "
+                                "(Ray gives each task one GPU of its own)")
+        if any(_is_cuda(c.device) for c in cells) and not ray.cluster_resources().get("GPU"):
+            raise UserError("--device cuda asked for, but the Ray cluster has no GPU "
+                            "(start GPU nodes with 'ray start', or use --device cpu or sim)")
+
+    def run(self, cells: Sequence[Cell], timeout_s: float | None) -> Iterator[Result]:
+        """Submit every cell, then yield one row per cell as its task finishes.
+
+        Closing the iterator early (an interrupted sweep) cancels the tasks
+        still queued or running; their cells get no row and are measured on resume.
+
+        Raises:
+            UserError: No connection to Ray, or a cell the cluster cannot run
+                (before any task is submitted).
+        """
+        if not cells:
+            return
+        ray = self._connect()
+        self._check(ray, cells)
+        refs = {}
+        for cell in cells:
+            need = {"num_gpus": 1} if _is_cuda(cell.device) else {"num_cpus": 1}
+            task = self._task.options(**need, max_retries=self.retries, retry_exceptions=False,
+                                      name=f"fps-profile {cell.label()}")
+            refs[task.remote(cell.to_json(), timeout_s)] = cell
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield self._row(ray, ref, refs.pop(ref))
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    def _row(self, ray, ref, cell: Cell) -> Result:
+        try:
+            return Result.from_dict(json.loads(ray.get(ref)))
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None) if isinstance(exc, ray.exceptions.RayTaskError) else None
+            tries = self.retries + 1
+            return cell.empty_row(status="error", error=f"Ray task failed ({tries} attempt{'s' * (tries > 1)}): "
+                                  f"{one_line(cause or exc)}")

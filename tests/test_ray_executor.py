@@ -1,0 +1,233 @@
+"""Sweeps through ``--executor ray`` on a local two-CPU Ray instance.
+
+Ray's workers run with ``OMP_NUM_THREADS=1`` (one CPU slot per cell), so the
+local sweeps compared against them run with one thread too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+
+from fps_profile.cli import main
+from fps_profile.results import read_results
+
+MODEL = "test_vit"
+SMALL = ["--model", MODEL, "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--no-progress"]
+
+PLUGIN = '''
+import os, time
+from fps_profile.selectors.base import Selector
+
+
+def _ray_worker():
+    """Pid of the Ray worker above this measurement (child of a fork server child of it), or None."""
+    server = os.getppid()
+    with open(f"/proc/{server}/stat") as f:
+        worker = int(f.read().rsplit(")", 1)[1].split()[1])
+    with open(f"/proc/{worker}/cmdline", "rb") as f:
+        return worker if f.read().startswith(b"ray::") else None
+
+
+class Crash(Selector):
+    """The measurement process dies."""
+    def prepare(self, model, batches, targets):
+        os._exit(3)
+
+
+class Hang(Selector):
+    """Never finishes (leaving its pid in $FPS_TEST_RAY_DIR)."""
+    def prepare(self, model, batches, targets):
+        open(os.path.join(os.environ["FPS_TEST_RAY_DIR"], f"hang-{os.getpid()}"), "w").close()
+        time.sleep(600)
+
+
+class Lose(Selector):
+    """Kills the Ray worker running the task, as a lost node would (counting attempts)."""
+    def prepare(self, model, batches, targets):
+        with open(os.path.join(os.environ["FPS_TEST_RAY_DIR"], "attempts.txt"), "a") as f:
+            f.write("attempt\\n")
+        worker = _ray_worker()
+        if worker is not None:
+            os.kill(worker, 9)
+        os._exit(5)
+'''
+PLUGINS = {"ray_crash": "Crash", "ray_hang": "Hang", "ray_lose": "Lose"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A local Ray instance (2 CPUs) whose workers, like this driver, know the test selectors."""
+    ray = pytest.importorskip("ray")
+    site = tmp_path_factory.mktemp("site")
+    (site / "ray_test_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    dist = site / "ray_test_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ray-test-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[fps_profile.selectors]\n" + "".join(
+        f"{name} = ray_test_plugin:{cls}\n" for name, cls in PLUGINS.items()))
+    from fps_profile.selectors import SELECTORS
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        mp.setenv("FPS_TEST_RAY_DIR", str(site))
+        mp.syspath_prepend(str(site))
+        plugin = importlib.import_module("ray_test_plugin")
+        for name, cls in PLUGINS.items():
+            SELECTORS.register(name, getattr(plugin, cls))
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False)
+        try:
+            yield site
+        finally:
+            ray.shutdown()
+            for name in PLUGINS:
+                SELECTORS.unregister(name)
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Local sweeps with one torch thread, as in a Ray CPU slot (fresh fork server before and after)."""
+    from fps_profile import forkserver
+
+    forkserver.client().close()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    forkserver.client().close()
+
+
+def _sweep(capsys, *args: str) -> tuple[int, str]:
+    rc = main(["sweep", *args])
+    return rc, capsys.readouterr().err
+
+
+def _canonical(row) -> str:
+    """A row as JSON without what must differ between two runs: the time, and where Ray ran it."""
+    data = json.loads(row.to_json())
+    data.pop("timestamp")
+    data["env"] = {k: v for k, v in data["env"].items() if not k.startswith("ray_")}
+    return json.dumps(data, sort_keys=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_missing_ray_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    out = tmp_path / "r.jsonl"
+    rc, err = _sweep(capsys, *SMALL, "--phase", "inference", "--executor", "ray", "--out", str(out))
+    assert rc == 2
+    assert "pip install 'fps-profile[ray]'" in err
+    assert err.startswith("fps-profile: error:") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_retries_and_cuda_index_are_one_line_errors(ray_cluster, tmp_path, capsys):
+    from fps_profile.executors import get_executor
+    from fps_profile.runner import Cell
+    from fps_profile.errors import UserError
+
+    with pytest.raises(UserError, match="retries must be an integer >= 0"):
+        get_executor("ray", retries=-1)
+    executor = get_executor("ray")
+    with pytest.raises(UserError, match="use --device cuda"):
+        next(iter(executor.run([Cell(MODEL, 1, device="cuda:1")], 10)))
+    with pytest.raises(UserError, match="Ray cluster has no GPU"):
+        next(iter(executor.run([Cell(MODEL, 1, phase="inference", device="cuda")], 10)))
+
+
+def test_cpu_sweep_same_rows_as_local(ray_cluster, tmp_path, capsys, one_thread):
+    args = [*SMALL, "--selector", "magnitude,ray_crash", "--phase", "inference,select"]
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert _sweep(capsys, *args, "--out", str(local))[0] == 0
+    rc, err = _sweep(capsys, *args, "--executor", "ray", "--out", str(remote))
+    assert rc == 0, err
+    want = {r.key(): r for r in read_results(local)}
+    got = {r.key(): r for r in read_results(remote)}
+    assert len(read_results(remote)) == len(got) == 3 and got.keys() == want.keys()
+    for key, row in got.items():
+        assert row.status == want[key].status
+        assert row.peak_allocated_bytes == want[key].peak_allocated_bytes
+        assert row.params_total == want[key].params_total and row.params_trainable == want[key].params_trainable
+        assert len(row.wall_times_s) == len(want[key].wall_times_s)
+        assert row.env["ray_node_id"] and row.env["host"] == want[key].env.get("host", row.env["host"])
+    ok = got[None, MODEL, 1, "float32", "cpu", "inference", None]
+    assert ok.status == "ok" and ok.env["device_name"] == want[ok.key()].env["device_name"]
+    assert ok.env["torch_threads"] == 1
+    crashed = got["ray_crash", MODEL, 1, "float32", "cpu", "select", "k=1"]
+    assert crashed.status == "error" and "status 3" in crashed.error
+    assert crashed.env["host"] and crashed.env["ray_node_id"]  # which node it crashed on
+
+
+def test_sim_sweep_same_bytes_as_local(ray_cluster, tmp_path, capsys, one_thread):
+    pytest.importorskip("fps_profile.sim")
+    args = [*SMALL, "--device", "sim", "--selector", "fps,gps", "--phase", "inference,select,train_step"]
+    local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert _sweep(capsys, *args, "--out", str(local))[0] == 0
+    rc, err = _sweep(capsys, *args, "--executor", "ray", "--out", str(remote))
+    assert rc == 0, err
+    want = sorted(_canonical(r) for r in read_results(local))
+    got = sorted(_canonical(r) for r in read_results(remote))
+    assert len(got) == 6 and got == want
+    assert all(r.env["ray_node_id"] for r in read_results(remote))
+
+
+def test_interrupted_sweep_cancels_its_tasks_and_resumes(ray_cluster, tmp_path):
+    from fps_profile.executors import get_executor
+    from fps_profile.sweep import Grid, run_sweep
+
+    grid = Grid(selectors=["ray_hang", "magnitude", "random"], models=[MODEL], batch_sizes=[1, 2],
+                phases=["select"], warmup=0, repeats=1)
+    out = tmp_path / "r.jsonl"
+    seen = []
+
+    def interrupt(row):
+        seen.append(row)
+        deadline = time.monotonic() + 60
+        while not list(ray_cluster.glob("hang-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until a hung measurement is in flight
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, out, executor=get_executor("ray"), timeout_s=120, progress=False, on_row=interrupt)
+    assert len(read_results(out)) == len(seen) == 1
+    hung = [int(p.name.split("-")[1]) for p in ray_cluster.glob("hang-*")]
+    assert hung  # a hung measurement was in flight; its cancelled task kills it
+    deadline = time.monotonic() + 30
+    while any(map(_alive, hung)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, hung))
+    report = run_sweep(grid, out, executor=get_executor("ray"), timeout_s=10, progress=False)
+    assert report.skipped == len(seen) and report.measured == 6 - len(seen)
+    rows = read_results(out)
+    assert len(rows) == len({r.key() for r in rows}) == 6
+    status = {(r.selector, r.batch_size): r.status for r in rows}
+    assert status == {(s, b): "timeout" if s == "ray_hang" else "ok" for s in grid.selectors for b in (1, 2)}
+
+
+@pytest.mark.slow
+def test_task_lost_with_its_worker_is_an_error_row_and_retried(ray_cluster, tmp_path, capsys):
+    attempts = ray_cluster / "attempts.txt"
+    attempts.unlink(missing_ok=True)
+    out = tmp_path / "r.jsonl"
+    args = [*SMALL, "--selector", "ray_lose,magnitude", "--phase", "select", "--executor", "ray",
+            "--out", str(out)]
+    rc, err = _sweep(capsys, *args, "--retries", "1")
+    assert rc == 0, err
+    rows = {r.selector: r for r in read_results(out)}
+    assert attempts.read_text().count("attempt") == 2  # the first try and one retry
+    assert rows["ray_lose"].status == "error" and "Ray task failed (2 attempts)" in rows["ray_lose"].error
+    assert rows["magnitude"].status == "ok"
+    rc, err = _sweep(capsys, *args, "--retry-failed")
+    assert rc == 0, err
+    assert attempts.read_text().count("attempt") == 3 and len(read_results(out)) == 3
