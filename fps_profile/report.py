@@ -1,8 +1,9 @@
 """A markdown report of a results file: environment, headline ratios, tables per model, figures.
 
 Tables are selectors x batch sizes, one per quantity, per (device, dtype)
-group and model. A cell is the value, ``OOM``/``error``/``timeout`` for a
-failed measurement, or ``-`` where nothing was measured.
+group (and budget, where a file mixes them) and model. A cell is the value,
+``OOM``/``error``/``timeout`` for a failed measurement, or ``-`` where
+nothing was measured.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots import style as st
-from fps_profile.plots.data import Series, by_group, env_value, models, peak, series
+from fps_profile.plots.data import Series, by_group, dedupe, env_value, models, peak, series
 from fps_profile.results import Result
 from fps_profile.summary import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
@@ -118,9 +119,14 @@ def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list
     return out
 
 
-def environment_table(groups: dict[tuple[str, str], list[Result]]) -> str:
-    """One column per (device, dtype) group, one row per environment field any row recorded."""
-    head = ["", *(f"{d} · {t}" for d, t in groups)]
+def _group_name(key: tuple, sep: str = " · ") -> str:
+    """``("cuda", "bfloat16", None) -> "cuda · bfloat16"`` (the budget added when the group has one)."""
+    return sep.join(x for x in key if x)
+
+
+def environment_table(groups: dict[tuple, list[Result]]) -> str:
+    """One column per group of :func:`~fps_profile.plots.data.by_group`, one row per environment field."""
+    head = ["", *(_group_name(k) for k in groups)]
     body = []
     for key, name in ENV_KEYS:
         values = [env_value(g, key) for g in groups.values()]
@@ -143,7 +149,7 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
         source: Name of the results file, for the first line.
     """
     groups = by_group(rows)
-    flat = [r for g in groups.values() for r in g]
+    flat = dedupe(rows)
     counts = {s: sum(r.status == s for r in flat) for s in ("ok", "oom", "error", "timeout")}
     lines = ["# fps-profile report", ""]
     lines.append(f"{len(flat)} measurements" + (f" from `{source}`" if source else "") + ": "
@@ -151,14 +157,14 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
                  "Peak memory is the peak of live tensor bytes; times are medians of the timed repeats. "
                  "The inference floor is a no-grad forward of the same batch.")
     lines += ["", "## Environment", "", environment_table(groups), "", "## Headline", ""]
-    for (device, dtype), g in groups.items():
+    for key, g in groups.items():
         for model in models(g):
             bullets = headline(g, model, reference)
             if bullets:
-                lines.append(f"- **{model}** ({device}, {dtype})")
+                lines.append(f"- **{model}** ({_group_name(key, ', ')})")
                 lines += [f"  - {b}" for b in bullets]
-    for (device, dtype), g in groups.items():
-        lines += ["", f"## {device} · {dtype}"]
+    for key, g in groups.items():
+        lines += ["", f"## {_group_name(key)}"]
         for model in models(g):
             params = max((r.params_total or 0 for r in g if r.model == model), default=0)
             lines += ["", f"### {model}" + (f" ({params:,} parameters)" if params else "")]
@@ -174,8 +180,9 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
         for d in figures:
             path = next((p for p in d.paths if p.suffix == ".png"), d.paths[0])
             rel = Path(os.path.relpath(path, base)).as_posix()
-            lines += ["", f"![{d.kind.name} {d.device} {d.dtype}]({rel})", "",
-                      f"*{d.device} · {d.dtype}: {d.kind.caption}*"]
+            key = (d.device, d.dtype, d.budget)
+            lines += ["", f"![{d.kind.name} {_group_name(key, ' ')}]({rel})", "",
+                      f"*{_group_name(key)}: {d.kind.caption}*"]
     return "\n".join(lines) + "\n"
 
 

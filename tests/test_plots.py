@@ -143,16 +143,38 @@ def test_only_oom_and_empty_models_do_not_break(tmp_path):
 def test_plot_all_splits_by_device_and_dtype(tmp_path, rows):
     sim = [row(s, "small_vit", b, "select", b * MiB, device="sim:h100", dtype="bfloat16", time_floor_s=1e-3 * b,
                env={"device_memory_bytes": 80 * 1024**3}) for s in ("fps", "gps") for b in (1, 2)]
-    drawn = draw(rows + sim, tmp_path)
+    small = [r for r in rows if r.model == "small_vit" and r.batch_size < 4]
+    drawn = draw(small + sim, tmp_path)
     assert {(d.device, d.dtype) for d in drawn} == {("cpu", "float32"), ("sim:h100", "bfloat16")}
     names = {p.name for d in drawn for p in d.paths}
     assert {"memory_vs_batch-cpu-float32.png", "memory_vs_batch-sim_h100-bfloat16.svg",
             "floor_fraction-sim_h100-bfloat16.png", "time_vs_batch-cpu-float32.svg"} <= names
+    assert len(names) == 2 * len(drawn) == len(list(tmp_path.iterdir()))
     assert "time_vs_batch-sim_h100-bfloat16.png" not in names  # simulated rows have no wall time
     for d in drawn:
         for p in d.paths:
             head = p.read_bytes()[:64]
             assert head.startswith(b"\x89PNG") if p.suffix == ".png" else b"<svg" in p.read_bytes()[:600]
+
+
+def test_title_names_device_dtype_and_versions(rows):
+    env = {"torch": "2.14.1", "timm": "1.0.31", "fps_profile": "0.1.0", "git_commit": "0123456789abcdef+dirty",
+           "device_name": "NVIDIA H100 80GB HBM3", "device_memory_bytes": 80 * 1024**3}
+    sim = [row("fps", "small_vit", 1, "select", MiB, device="sim:h100", dtype="bfloat16", budget="k=1", env=env)]
+    title = memory_vs_batch(sim).get_suptitle()
+    for part in ("sim:h100 (NVIDIA H100 80GB HBM3, 80.0 GiB), bfloat16, budget k=1", "torch 2.14.1",
+                 "timm 1.0.31", "fps-profile 0.1.0", "commit 0123456+dirty"):
+        assert part in title
+
+
+def test_several_budgets_are_separate_groups(tmp_path):
+    rows = [row("fps", "small_vit", 1, "select", MiB * k, budget=f"k={k}") for k in (1, 4)]
+    rows.append(row(None, "small_vit", 1, "inference", MiB))
+    groups = by_group(rows)
+    assert list(groups) == [("cpu", "float32", "k=1"), ("cpu", "float32", "k=4")]
+    assert [r.peak_allocated_bytes for r in groups[("cpu", "float32", "k=4")]] == [4 * MiB, MiB]
+    names = {p.name for p in plot_all(rows, tmp_path, formats=("svg",))}
+    assert {"memory_vs_batch-cpu-float32-k_1.svg", "memory_vs_batch-cpu-float32-k_4.svg"} <= names
 
 
 def test_by_group_keeps_the_last_row_of_a_cell(rows):

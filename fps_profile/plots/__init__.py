@@ -59,6 +59,7 @@ class Drawn:
     kind: FigureKind
     device: str
     dtype: str
+    budget: str | None = None
     paths: list[Path] = field(default_factory=list)
 
 
@@ -71,7 +72,8 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
     """Draw and save every figure the rows support.
 
     Files are ``<out_dir>/<figure>-<device>-<dtype>.<format>`` (``:`` in a
-    device becomes ``_``); ``out_dir`` is created if needed.
+    device becomes ``_``; ``-<budget>`` is added where a device and dtype hold
+    several budgets); ``out_dir`` is created if needed.
 
     Args:
         rows: Result rows (any devices and dtypes; a later row of a cell replaces an earlier one).
@@ -98,14 +100,15 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
     opts = {"reference": reference, "batch": batch}
     drawn = []
     with matplotlib.rc_context(RC):
-        for (device, dtype), group in by_group(rows).items():
+        for (device, dtype, budget), group in by_group(rows).items():
             for kind in FIGURES:
                 fig = kind.draw(group, opts)
                 if fig is None:
                     continue
-                d = Drawn(kind, device, dtype)
+                d = Drawn(kind, device, dtype, budget)
+                stem = "-".join(_slug(x) for x in (kind.name, device, dtype, budget) if x)
                 for fmt in formats:
-                    path = out / f"{kind.name}-{_slug(device)}-{_slug(dtype)}.{fmt}"
+                    path = out / f"{stem}.{fmt}"
                     try:
                         fig.savefig(path, format=fmt, metadata=_metadata(fmt))
                     except OSError as exc:

@@ -10,7 +10,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from fps_profile.plots import style as st
-from fps_profile.plots.data import env_value
+from fps_profile.plots.data import device_memory_bytes, env_value
 from fps_profile.results import Result
 from fps_profile.units import fmt_bytes
 
@@ -42,19 +42,23 @@ def panels(n: int, *, rows_per_model: int = 1, ncols_max: int = 2) -> tuple[Figu
 
 def title(fig: Figure, what: str, rows: Sequence[Result]) -> None:
     """Figure title: what is plotted, the device and dtype, and the software versions."""
-    device = rows[0].device
     name = env_value(rows, "device_name")
     if name and len(name) > 40:
         name = name[:39] + "…"
-    mem = next((r.env.get("device_memory_bytes") for r in rows if r.env.get("device_memory_bytes")), None)
-    where = device + (f" ({name}" + (f", {fmt_bytes(mem)}" if mem else "") + ")" if name else "")
+    mem = device_memory_bytes(rows)
+    about = [x for x in (name, fmt_bytes(mem) if mem else None) if x]
+    where = rows[0].device + (f" ({', '.join(about)})" if about else "") + f", {rows[0].dtype}"
+    budgets = sorted({r.budget for r in rows if r.budget})
+    if len(budgets) == 1:
+        where += f", budget {budgets[0]}"
     versions = [f"{k.replace('_', '-')} {v}" for k in ("torch", "timm", "fps_profile")
                 if (v := env_value(rows, k))]
     commit = env_value(rows, "git_commit")
     if commit:
-        versions.append(f"commit {commit}")
+        commits = commit.split(" / ")
+        versions.append(f"commit {commit}" if len(commits) == 1 else f"{len(commits)} commits ({commits[0]} …)")
     narrow = fig.get_figwidth() < 1.5 * st.PANEL_W_IN
-    fig.suptitle(f"{what}{chr(10) if narrow else ': '}{where}, {rows[0].dtype}\n{' · '.join(versions)}")
+    fig.suptitle(f"{what}{chr(10) if narrow else ': '}{where}\n{' · '.join(versions)}")
 
 
 def model_title(ax, model: str, rows: Sequence[Result]) -> None:
@@ -86,12 +90,21 @@ def log2_batch_axis(ax, batches: Sequence[int], *, label: bool = True) -> None:
 
 
 def seconds_axis(ax) -> None:
-    """A log y axis of seconds labelled in us / ms / s."""
+    """A log y axis of seconds labelled in us / ms / s (call after plotting)."""
+    log_axis(ax, fmt_tick_seconds)
+
+
+def log_axis(ax, fmt) -> None:
+    """A log y axis labelled by ``fmt(value)``: ticks at 1-2-5 within two decades, else at decades."""
+    import math
+
     from matplotlib.ticker import LogLocator
 
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_tick_seconds(v)))
+    lo, hi = ax.dataLim.y0, ax.dataLim.y1
+    narrow = lo > 0 and math.isfinite(lo) and math.isfinite(hi) and hi / lo < 100
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
@@ -104,26 +117,44 @@ def fmt_tick_seconds(s: float) -> str:
 
 
 def ratio_axis(ax) -> None:
-    """A log y axis of ratios labelled ``0.5×``, ``1×``, ``2×``."""
-    from matplotlib.ticker import LogLocator
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    """A log y axis of ratios labelled ``0.5×``, ``1×``, ``2×`` (call after plotting)."""
+    log_axis(ax, lambda v: f"{v:g}×")
 
 
-def mark_oom(ax, name: str, batches: Sequence[int], slot: int) -> None:
-    """Out-of-memory crosses at ``batches``, in the strip at the top of the panel.
+def reference_line(ax, reference: str) -> None:
+    """The dashed ``reference = 1×`` line of a ratio panel, in the reference's colour."""
+    ax.axhline(1.0, color=st.style(reference).color, linewidth=0.9, linestyle="--",
+               label=f"{st.label(reference)} = 1×", gid=reference)
 
-    ``slot`` stacks the series downwards so crosses of several series at the same batch stay apart.
+
+def mark_ooms(ax, ooms: dict[str, Sequence[float]]) -> bool:
+    """Out-of-memory crosses, one series at a time, in the strip above ``OOM_STRIP`` at the top of the panel.
+
+    Crosses of several series at the same x are stacked downwards so none hides another.
+
+    Args:
+        ax: The panel.
+        ooms: Series name -> x positions (batch sizes, or model sizes) that ran out of memory.
+
+    Returns:
+        Whether any cross was drawn.
     """
-    if not batches:
-        return
-    s = st.style(name)
-    y = 0.96 - 0.045 * slot
-    ax.plot(batches, [y] * len(batches), transform=ax.get_xaxis_transform(), linestyle="none", marker="x",
-            color=s.color, markersize=5, markeredgewidth=1.4, clip_on=False, gid=f"oom:{name}")
+    stack: dict[float, int] = {}
+    placed = {}
+    for name, xs in ooms.items():
+        placed[name] = [(x, stack.setdefault(x, 0)) for x in xs]
+        for x in xs:
+            stack[x] += 1
+    if not stack:
+        return False
+    step = min(0.045, (0.97 - OOM_STRIP - 0.03) / max(1, max(stack.values()) - 1))
+    for name, pts in placed.items():
+        if pts:
+            s = st.style(name)
+            ax.plot([x for x, _ in pts], [0.97 - step * k for _, k in pts], transform=ax.get_xaxis_transform(),
+                    linestyle="none", marker="x", color=s.color, markersize=5, markeredgewidth=1.4, clip_on=False,
+                    gid=f"oom:{name}")
+    return True
 
 
 OOM_HANDLE = Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.4, label="out of memory")

@@ -28,12 +28,25 @@ def dedupe(rows: Iterable[Result]) -> list[Result]:
     return list({r.key(): r for r in rows}.values())
 
 
-def by_group(rows: Iterable[Result]) -> dict[tuple[str, str], list[Result]]:
-    """Rows by ``(device, dtype)``, in sorted order; rows are de-duplicated first."""
-    out: dict[tuple[str, str], list[Result]] = {}
+def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[Result]]:
+    """Rows by ``(device, dtype, budget)``, in sorted order; rows are de-duplicated first.
+
+    The budget is None unless a (device, dtype) holds selections of several
+    budgets (e.g. ``k=1`` and ``fraction=0.01``); then each budget is its own
+    group, and the budget-less floor and full fine-tuning rows are in each.
+    """
+    out: dict[tuple[str, str, str | None], list[Result]] = {}
+    by_dev: dict[tuple[str, str], list[Result]] = {}
     for r in dedupe(rows):
-        out.setdefault((r.device, r.dtype), []).append(r)
-    return dict(sorted(out.items()))
+        by_dev.setdefault((r.device, r.dtype), []).append(r)
+    for (device, dtype), group in by_dev.items():
+        budgets = sorted({r.budget for r in group if r.budget is not None})
+        if len(budgets) <= 1:
+            out[(device, dtype, None)] = group
+            continue
+        for b in budgets:
+            out[(device, dtype, b)] = [r for r in group if r.budget in (b, None)]
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")))
 
 
 def models(rows: Iterable[Result]) -> list[str]:

@@ -42,9 +42,8 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     for i, (model, (ax,)) in enumerate(zip(names, grid)):
         ser = series(rows, model)
         top = 0.0
-        for slot, (name, s) in enumerate((n, s) for n, s in ser.items() if s.batches("oom")):
-            lay.mark_oom(ax, name, s.batches("oom"), slot)
-            any_oom = True
+        has_oom = lay.mark_ooms(ax, {n: s.batches("oom") for n, s in ser.items()})
+        any_oom |= has_oom
         for name, s in ser.items():
             xs, ys = s.xy(peak)
             if xs:
@@ -59,7 +58,6 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
         elif device_memory and i == 0:
             ax.text(0.02, 0.02, f"device memory {fmt_bytes(device_memory)} (off scale)", transform=ax.transAxes,
                     fontsize=6.5, color="#b2182b")
-        has_oom = any(s.batches("oom") for s in ser.values())
         ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
         lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
         ax.set_ylabel(f"peak memory ({unit})")
@@ -89,8 +87,7 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
     ref_label = st.label(reference)
     for model, ser, lines in todo:
         ax = grid[[t[0] for t in todo].index(model)][0]
-        ax.axhline(1.0, color=st.style(reference).color, linewidth=0.9, linestyle="--", label=f"{ref_label} = 1×",
-                   gid=reference)
+        lay.reference_line(ax, reference)
         ends = []
         for name, (xs, ys) in lines.items():
             ax.plot(xs, ys, gid=name, **st.style(name).kwargs())
@@ -108,12 +105,13 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
 
 def _label_ends(ax, ends, span: float) -> None:
     """Write the last ratio of each line next to it, skipping labels that would collide."""
-    placed: list[float] = [1.0]  # the reference line needs no label
+    placed: list[float] = []
     for y, x, name in sorted(ends, reverse=True):
-        if any(abs(y - p) < 0.07 * span for p in placed):
+        # Only what costs more than the reference is labelled: near or below 1x the dashed line says it.
+        if y < 1.1 or any(abs(y - p) < 0.07 * span for p in placed):
             continue
         placed.append(y)
-        ax.annotate(f"{y:.1f}×", (x, y), xytext=(4, 0), textcoords="offset points", va="center",
+        ax.annotate(f"{y:.0f}×" if y >= 20 else f"{y:.1f}×", (x, y), xytext=(4, 0), textcoords="offset points", va="center",
                     fontsize=6.5, color=st.style(name).color)
 
 
@@ -143,9 +141,8 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
         for name, s in series(at, m).items():
             per_series.setdefault(name, []).append((params[m], s.rows[batch]))
     top = 0.0
-    ooms = [(n, pts) for n, pts in per_series.items() if any(r.status == "oom" for _, r in pts)]
-    for slot, (name, pts) in enumerate(ooms):
-        lay.mark_oom(ax, name, [p for p, r in pts if r.status == "oom"], slot)
+    ooms = lay.mark_ooms(ax, {n: [p for p, r in per_series[n] if r.status == "oom"]
+                              for n in st.sort_names(per_series)})
     for name in st.sort_names(per_series):
         pts = sorted((p, peak(r)) for p, r in per_series[name] if r.status == "ok" and peak(r) is not None)
         if pts:
@@ -154,7 +151,7 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     ax.set_xscale("log")
     ticks = sorted(params.values())
     ax.set_xticks(ticks, [f"{lay.fmt_params(p)}\n{_short(m)}" for p, m in sorted((params[m], m) for m in sized)])
-    ax.xaxis.set_minor_formatter(lay.NullFormatter())
+    ax.xaxis.set_minor_locator(lay.NullLocator())
     ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
     ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if ooms else 0.95))
     ax.set_xlabel("model parameters")

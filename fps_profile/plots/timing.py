@@ -47,7 +47,7 @@ def time_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure |
         lay.log2_batch_axis(top, batches, label=False)
         top.set_ylabel("median wall time")
         lay.model_title(top, model, rows)
-        bottom.axhline(1.0, color="#7f7f7f", linewidth=0.8, linestyle="--")
+        lay.reference_line(bottom, reference)
         ref = ser.get(reference)
         for name, s in ser.items():
             if name in (reference, st.FLOOR, st.FULL):
@@ -77,7 +77,8 @@ def floor_fraction(rows: Sequence[Result]) -> Figure | None:
     ok = [r for r in rows if r.status == "ok"]
     if any(achieved(r) is not None for r in ok):
         value, what, ylabel = (lambda r: 100 * achieved(r) if achieved(r) else None,
-                               "Achieved fraction of the compute floor (FLOPs ÷ peak rate)", "% of compute floor")
+                               "Achieved fraction of the compute floor (FLOPs ÷ peak rate)",
+                               "compute floor ÷ wall time")
     elif any(r.time_floor_s for r in ok):
         value, what, ylabel = (lambda r: r.time_floor_s,
                                "Compute floor: FLOPs ÷ peak rate (time if compute-bound)", "time floor")
@@ -96,9 +97,10 @@ def floor_fraction(rows: Sequence[Result]) -> Figure | None:
         if ylabel == "time floor":
             lay.seconds_axis(ax)
         elif ylabel == "GFLOP":
-            ax.set_yscale("log")
+            lay.log_axis(ax, lambda v: f"{v:g}")
         else:
-            ax.set_ylim(0, max(100.0, max(max(line.get_ydata()) for line in ax.get_lines()) * 1.1))
+            ax.axhline(100.0, color="#7f7f7f", linewidth=0.8, linestyle="--", gid="compute_floor")
+            lay.log_axis(ax, lambda v: f"{v:g}%")
         lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
         ax.set_ylabel(ylabel)
         lay.model_title(ax, model, rows)
