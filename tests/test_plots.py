@@ -82,6 +82,7 @@ def test_ratio_vs_batch_divides_by_the_reference(rows):
                                 / find(rows, model="big_vit", selector="fps", batch=b).peak_allocated_bytes
                                 for b in xs])
     assert ys == sorted(ys)  # the synthetic GPS grows faster than FPS
+    assert list(line(ax, "oom:gps").get_xdata()) == [8]
     assert ratio_vs_batch(rows, reference="nope") is None
 
 

@@ -85,21 +85,23 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
         return None
     fig, grid = lay.panels(len(todo))
     ref_label = st.label(reference)
-    for model, ser, lines in todo:
-        ax = grid[[t[0] for t in todo].index(model)][0]
+    any_oom = False
+    for (model, ser, lines), (ax,) in zip(todo, grid):
         lay.reference_line(ax, reference)
+        has_oom = lay.mark_ooms(ax, {n: ser[n].batches("oom") for n in lines})
+        any_oom |= has_oom
         ends = []
         for name, (xs, ys) in lines.items():
             ax.plot(xs, ys, gid=name, **st.style(name).kwargs())
             ends.append((ys[-1], xs[-1], name))
-        top = max(y for e in ends for y in [e[0]] + lines[e[2]][1])
-        ax.set_ylim(0, max(top, 1.0) * 1.12)
-        _label_ends(ax, ends, max(top, 1.0) * 1.12)
+        top = max(max(top, 1.0) for _, ys in lines.values() for top in ys)
+        ax.set_ylim(0, top / (lay.OOM_STRIP if has_oom else 0.9))
+        _label_ends(ax, ends, top)
         lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
         ax.set_ylabel(f"selection peak ÷ {ref_label} peak")
         lay.model_title(ax, model, rows)
     lay.title(fig, f"Peak memory of each selector relative to {ref_label}", rows)
-    lay.legend(fig, [g[0] for g in grid])
+    lay.legend(fig, [g[0] for g in grid], [lay.OOM_HANDLE] if any_oom else [])
     return fig
 
 
