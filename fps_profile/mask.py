@@ -143,14 +143,20 @@ class Mask(Mapping[str, torch.Tensor]):
         from safetensors.torch import save_file
 
         path = Path(path)
+        if not path.parent.is_dir():
+            raise UserError(f"cannot write mask to {str(path)!r}: directory {str(path.parent)!r} does not exist")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in self._tensors.items()}
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "meta": json.dumps(self.meta)}
+        # safetensors stores tensors sorted by name; "order" keeps the model order for load()
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "meta": json.dumps(self.meta),
+                "order": json.dumps(list(self._tensors))}
         try:
             save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, path)
         except OSError as exc:
             raise UserError(f"cannot write mask to {str(path)!r}: {exc.strerror or exc}") from exc
+        except Exception as exc:  # safetensors reports I/O failures (e.g. no such directory) as SafetensorError
+            raise UserError(f"cannot write mask to {str(path)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
         finally:
             tmp.unlink(missing_ok=True)
         return path
@@ -173,6 +179,11 @@ class Mask(Mapping[str, torch.Tensor]):
             raise UserError(f"{str(path)!r} is a safetensors file but not an fps-profile mask")
         try:
             meta = json.loads(header.get("meta", "{}"))
+            order = json.loads(header.get("order", "[]"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{str(path)!r} has corrupt mask metadata") from exc
+        if not isinstance(meta, dict) or not isinstance(order, list):
+            raise UserError(f"{str(path)!r} has corrupt mask metadata")
+        if all(isinstance(n, str) for n in order) and sorted(order) == sorted(tensors):
+            tensors = {n: tensors[n] for n in order}
         return cls(tensors, meta)

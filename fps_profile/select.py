@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -12,6 +13,9 @@ from fps_profile.errors import UserError
 from fps_profile.mask import Mask
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
 from fps_profile.selectors import Batch, Target, create
+
+
+_EMPTY = object()
 
 
 class _CountingBatches:
@@ -71,8 +75,14 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     if sel.needs_data:
         if batches is None:
             raise UserError(f"selector {selector!r} needs batches of data")
+        # Fail before any pass: a gradient selector given no batches would otherwise
+        # report a misleading "received no gradient". Peeking keeps one-shot iterators whole.
+        it = iter(batches)
+        head = next(it, _EMPTY)
+        if head is _EMPTY:
+            raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
         first = next(iter(params.values()))
-        data = _CountingBatches(batches, first.device, first.dtype)
+        data = _CountingBatches(itertools.chain([head], it), first.device, first.dtype)
         sel.prepare(model, data, targets)
         if data.count == 0:
             raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from fps_profile.cli._args import parse_option, positive_int
+from fps_profile.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = dict(parse_option(o) for o in args.option)
     create(args.selector, **options)  # fail on a bad selector or option before building anything
+    if args.out and not Path(args.out).parent.is_dir():  # ... and on an --out that cannot be written
+        raise UserError(f"cannot write mask to {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist")
     device = resolve_device(args.device)
     dtype = parse_dtype(args.dtype)
     if args.fraction is None and args.k is None:
