@@ -88,34 +88,41 @@ def _floor_cell(r: Result) -> str | None:
     return f"{text} ({100 * r.time_floor_s / r.wall_time_s:.0f}%)" if r.wall_time_s else text
 
 
-def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list[str]:
-    """Markdown bullets: each selector's peak (and time) over the reference at the largest and smallest
-    common batch, and where each series first runs out of memory."""
+HEADLINE_HEAD = ("model", "selector", "batch", "peak", "reference peak", "peak ratio", "ratio at smallest batch",
+                 "time ratio", "OOM from batch")
+
+
+def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list[list[str]]:
+    """Rows of the headline table (columns :data:`HEADLINE_HEAD`), one per selector other than the reference.
+
+    Each selector's selection peak against the reference's at the largest
+    batch where both fit (the ratio in bold), the same ratio at the smallest
+    such batch, the time ratio at the largest, and the first batch at which
+    the selector (and, after a slash, the reference) ran out of memory.
+    """
     ser = series(rows, model)
     ref = ser.get(reference)
+    if ref is None:
+        return []
+    ref_ok = {b for b, r in ref.rows.items() if r.status == "ok" and peak(r)}
+    ref_oom = ref.batches("oom")
     out = []
-    if ref is not None:
-        ref_ok = {b for b, r in ref.rows.items() if r.status == "ok" and peak(r)}
-        for name, s in ser.items():
-            if name in (reference, st.FLOOR, st.FULL):
-                continue
-            common = sorted(ref_ok & {b for b, r in s.rows.items() if r.status == "ok" and peak(r)})
-            if not common:
-                continue
-            hi, lo = common[-1], common[0]
-            a, b = s.rows[hi], ref.rows[hi]
-            text = (f"{st.label(name)}/{st.label(reference)} peak at batch {hi}: **{fmt_ratio(peak(a) / peak(b))}** "
-                    f"({fmt_bytes(peak(a))} vs {fmt_bytes(peak(b))})")
-            if lo != hi:
-                text += f"; at batch {lo}: {fmt_ratio(peak(s.rows[lo]) / peak(ref.rows[lo]))}"
-            if a.wall_time_s and b.wall_time_s:
-                text += f"; time at batch {hi}: {fmt_ratio(a.wall_time_s / b.wall_time_s)}"
-            out.append(text)
     for name, s in ser.items():
-        oom, fit = s.batches("oom"), s.batches("ok")
-        if oom:
-            out.append(f"{st.label(name)} runs out of memory at batch {oom[0]}"
-                       + (f" (largest that fits: {max(b for b in fit if b < oom[0])})" if any(b < oom[0] for b in fit) else ""))
+        if name in (reference, st.FLOOR, st.FULL):
+            continue
+        common = sorted(ref_ok & {b for b, r in s.rows.items() if r.status == "ok" and peak(r)})
+        if not common:
+            continue
+        hi, lo = common[-1], common[0]
+        a, b = s.rows[hi], ref.rows[hi]
+        oom = s.batches("oom")
+        out.append([
+            model, st.label(name), str(hi), fmt_bytes(peak(a)), fmt_bytes(peak(b)),
+            f"**{fmt_ratio(peak(a) / peak(b))}**",
+            f"{fmt_ratio(peak(s.rows[lo]) / peak(ref.rows[lo]))} (batch {lo})" if lo != hi else "-",
+            fmt_ratio(a.wall_time_s / b.wall_time_s) if a.wall_time_s and b.wall_time_s else "-",
+            f"{oom[0] if oom else '-'} / {ref_oom[0] if ref_oom else '-'}",
+        ])
     return out
 
 
@@ -156,13 +163,17 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
                  + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ". "
                  "Peak memory is the peak of live tensor bytes; times are medians of the timed repeats. "
                  "The inference floor is a no-grad forward of the same batch.")
-    lines += ["", "## Environment", "", environment_table(groups), "", "## Headline", ""]
-    for key, g in groups.items():
-        for model in models(g):
-            bullets = headline(g, model, reference)
-            if bullets:
-                lines.append(f"- **{model}** ({_group_name(key, ', ')})")
-                lines += [f"  - {b}" for b in bullets]
+    lines += ["", "## Environment", "", environment_table(groups)]
+    ref_name = st.label(reference)
+    head = [f"{ref_name} peak" if h == "reference peak" else h for h in HEADLINE_HEAD]
+    body = [[_group_name(key), *line] for key, g in groups.items() for m in models(g) for line in headline(g, m, reference)]
+    if body:
+        lines += ["", "## Headline", "",
+                  f"Each selector's selection peak against {ref_name}'s at the largest batch size where both "
+                  f"fit (peak ratio), at the smallest, the time ratio at the largest, and the first batch "
+                  f"size that ran out of memory (selector / {ref_name}).", "",
+                  markdown_table(["", *head] if len(groups) > 1 else head,
+                                 body if len(groups) > 1 else [b[1:] for b in body])]
     for key, g in groups.items():
         lines += ["", f"## {_group_name(key)}"]
         for model in models(g):

@@ -210,6 +210,12 @@ def test_cli_plot_bad_file_is_one_line_error(tmp_path, capsys, content, message)
     assert err.startswith("fps-profile: error:") and message in err and err.count("\n") == 1
 
 
+def test_cli_plot_only_failed_rows(tmp_path, capsys):
+    results = write(tmp_path / "r.jsonl", [row("gps", "small_vit", 1, "select", status="error", error="boom")])
+    assert main(["plot", str(results), "--out", str(tmp_path / "f")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err
+
+
 def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
     assert main(["plot", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

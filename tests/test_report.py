@@ -6,7 +6,7 @@ import pytest
 from plotrows import BATCHES, MiB, find, grid, row
 
 from fps_profile.cli import main
-from fps_profile.report import build_report, headline, model_tables, write_report
+from fps_profile.report import HEADLINE_HEAD, build_report, headline, model_tables, write_report
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 
@@ -60,15 +60,18 @@ def test_ratio_tables_divide_by_fps_and_the_floor(rows):
 
 
 def test_headline_at_largest_common_batch(rows):
-    lines = headline(rows, "big_vit")
-    gps = next(x for x in lines if x.startswith("GPS/FPS"))
-    g4 = find(rows, model="big_vit", selector="gps", batch=4).peak_allocated_bytes
-    f4 = find(rows, model="big_vit", selector="fps", batch=4).peak_allocated_bytes
-    g1 = find(rows, model="big_vit", selector="gps", batch=1).peak_allocated_bytes
-    f1 = find(rows, model="big_vit", selector="fps", batch=1).peak_allocated_bytes
-    assert f"batch 4: **{fmt_ratio(g4 / f4)}**" in gps  # batch 8 is OOM for GPS
-    assert f"at batch 1: {fmt_ratio(g1 / f1)}" in gps
-    assert "GPS runs out of memory at batch 8 (largest that fits: 4)" in lines
+    lines = {r[1]: dict(zip(HEADLINE_HEAD, r)) for r in headline(rows, "big_vit")}
+    assert set(lines) == {"GPS", "magnitude", "random"}
+    gps = lines["GPS"]
+    g4, f4, g1, f1 = (find(rows, model="big_vit", selector=s, batch=b).peak_allocated_bytes
+                      for s, b in (("gps", 4), ("fps", 4), ("gps", 1), ("fps", 1)))
+    assert gps["batch"] == "4"  # batch 8 is OOM for GPS
+    assert gps["peak ratio"] == f"**{fmt_ratio(g4 / f4)}**"
+    assert (gps["peak"], gps["reference peak"]) == (fmt_bytes(g4), fmt_bytes(f4))
+    assert gps["ratio at smallest batch"] == f"{fmt_ratio(g1 / f1)} (batch 1)"
+    assert gps["time ratio"] == fmt_ratio(0.02 / 0.05)
+    assert gps["OOM from batch"] == "8 / -"
+    assert lines["magnitude"]["OOM from batch"] == "- / -"
 
 
 def test_report_sections_environment_and_no_figures(rows):

@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     if not paths:
-        raise UserError(f"nothing to plot in {args.results!r}")
+        raise UserError(f"nothing to plot in {args.results!r}: no row is ok or out of memory")
     return 0

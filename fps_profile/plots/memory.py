@@ -30,7 +30,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
         rows: Rows of one (device, dtype) group.
         device_memory: Bytes of device memory for the horizontal line (default: from the rows' env).
     """
-    names = models(rows)
+    names = [m for m in models(rows) if any(r.model == m and r.status in ("ok", "oom") for r in rows)]
     if not names:
         return None
     device_memory = device_memory or device_memory_bytes(rows)
