@@ -18,12 +18,11 @@ from fps_profile.selectors import Batch, Target, create
 _EMPTY = object()
 
 
-class _CountingBatches:
+class _Batches:
     """Normalises user batches to ``(images, labels)`` on the model's device and dtype."""
 
     def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype) -> None:
         self._batches, self.device, self.dtype = batches, device, dtype
-        self.count = 0
 
     def __iter__(self) -> Iterator[Batch]:
         for item in self._batches:
@@ -38,7 +37,6 @@ class _CountingBatches:
             images = images.to(device=self.device, dtype=self.dtype if images.is_floating_point() else None)
             if labels is not None:
                 labels = torch.as_tensor(labels).to(self.device)
-            self.count += 1
             yield images, labels
 
 
@@ -77,15 +75,16 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             raise UserError(f"selector {selector!r} needs batches of data")
         # Fail before any pass: a gradient selector given no batches would otherwise
         # report a misleading "received no gradient". Peeking keeps one-shot iterators whole.
-        it = iter(batches)
+        try:
+            it = iter(batches)
+        except TypeError:
+            raise UserError(f"batches must be an iterable of batches, not {type(batches).__name__}") from None
         head = next(it, _EMPTY)
         if head is _EMPTY:
             raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
         first = next(iter(params.values()))
-        data = _CountingBatches(itertools.chain([head], it), first.device, first.dtype)
+        data = _Batches(itertools.chain([head], it), first.device, first.dtype)
         sel.prepare(model, data, targets)
-        if data.count == 0:
-            raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
     else:
         sel.prepare(model, (), targets)
 

@@ -80,6 +80,8 @@ def make_sparse_trainable(model: nn.Module, mask: Mapping[str, torch.Tensor]) ->
             p.requires_grad_(False)
         else:
             module, attr = _owner(model, name)
+            if not hasattr(module, "_fps_param_order"):
+                module._fps_param_order = list(module._parameters)
             p.requires_grad_(False)
             sparse = SparseValues(p, m)
             parametrize.register_parametrization(module, attr, sparse)
@@ -95,8 +97,16 @@ def merge_sparse(model: nn.Module) -> nn.Module:
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
+            order = [n for n in module._parameters] + list(module.parametrizations.keys())
             for attr in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            # Removal re-registers the weight after the bias; restore the original order
+            # so positional consumers (e.g. a saved optimizer state) still line up.
+            original = getattr(module, "_fps_param_order", order)
+            module._parameters = {n: module._parameters[n] for n in original if n in module._parameters} | {
+                n: p for n, p in module._parameters.items() if n not in original}
+            if hasattr(module, "_fps_param_order"):
+                del module._fps_param_order
     for p in model.parameters():
         p.requires_grad_(True)
     return model

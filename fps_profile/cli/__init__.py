@@ -29,8 +29,18 @@ def _load(name: str):
     return importlib.import_module(f"fps_profile.cli.{name}_cmd")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (no usage dump), exit status 2."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("fps-profile").strip()
+        print(f"fps-profile: error: {where + ': ' if where else ''}{message} (see 'fps-profile "
+              f"{where + ' ' if where else ''}--help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fps-profile",
         description="Measure what parameter selection for fine-tuning really costs "
         "(peak memory and wall time of FPS, GPS and other selectors).",
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fps-profile {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in subcommands():
         _load(name).add_parser(sub)
     return parser
