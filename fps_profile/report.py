@@ -40,6 +40,10 @@ def _cell(s: Series | None, batch: int, fmt: Callable[[Result], str | None]) -> 
     return fmt(r) or "-"
 
 
+def _maybe(fmt, value):
+    return None if value is None else fmt(value)
+
+
 def _ratio_fmt(ref: Series | None, value: Callable[[Result], float | None]):
     def fmt(r: Result) -> str | None:
         d = ref.rows.get(r.batch_size) if ref else None
@@ -49,7 +53,7 @@ def _ratio_fmt(ref: Series | None, value: Callable[[Result], float | None]):
     return fmt
 
 
-def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> list[tuple[str, list[str], list[list[str]]]]:
+def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> list[tuple[str, list, list]]:
     """The tables of one model of one (device, dtype) group: ``(caption, head, body)`` each.
 
     Peak memory, peak over the reference selector's (selection rows) and over
@@ -64,12 +68,12 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
     wall = lambda r: r.wall_time_s  # noqa: E731
     ref_name = st.label(reference)
     specs = [
-        ("Peak memory (live tensors, allocated)", list(ser), lambda r: fmt_bytes(peak(r)) if peak(r) is not None else None),
+        ("Peak memory (live tensors, allocated)", list(ser), lambda r: _maybe(fmt_bytes, peak(r))),
         (f"Selection peak ÷ {ref_name} selection peak", others, _ratio_fmt(ref, peak)),
         ("Peak ÷ inference floor", [n for n in ser if n != st.FLOOR], _ratio_fmt(floor, peak)),
     ]
     if any(r.wall_time_s is not None for r in rows if r.model == model):
-        specs += [("Median wall time", list(ser), lambda r: fmt_seconds(r.wall_time_s) if r.wall_time_s is not None else None),
+        specs += [("Median wall time", list(ser), lambda r: _maybe(fmt_seconds, r.wall_time_s)),
                   (f"Selection time ÷ {ref_name} selection time", others, _ratio_fmt(ref, wall))]
     if any(r.time_floor_s for r in rows if r.model == model):
         specs.append(("Compute floor (FLOPs ÷ peak rate) and achieved fraction", list(ser), _floor_cell))
@@ -166,7 +170,8 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
     lines += ["", "## Environment", "", environment_table(groups)]
     ref_name = st.label(reference)
     head = [f"{ref_name} peak" if h == "reference peak" else h for h in HEADLINE_HEAD]
-    body = [[_group_name(key), *line] for key, g in groups.items() for m in models(g) for line in headline(g, m, reference)]
+    body = [[_group_name(key), *line] for key, g in groups.items() for m in models(g)
+            for line in headline(g, m, reference)]
     if body:
         lines += ["", "## Headline", "",
                   f"Each selector's selection peak against {ref_name}'s at the largest batch size where both "

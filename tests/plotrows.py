@@ -27,8 +27,14 @@ def peak_of(name: str, model: str, batch: int) -> int:
     return (base + slope * batch) * MiB
 
 
+TIME_PER_SAMPLE = {"floor": 0.01, "fps": 0.05, "gps": 0.02, "magnitude": 0.001, "random": 0.002, "full": 0.03}
+
+
 def time_of(name: str, batch: int) -> float:
-    return {"floor": 0.01, "fps": 0.05, "gps": 0.02, "magnitude": 0.001, "random": 0.002, "full": 0.03}[name] * batch
+    return TIME_PER_SAMPLE[name] * batch
+
+
+REFERENCES = {"floor": ("inference", None), "full": ("train_step", None)}
 
 
 def grid(**kw) -> list[Result]:
@@ -48,7 +54,7 @@ def grid(**kw) -> list[Result]:
                     status = "oom"
                 if model == "small_vit" and name == "magnitude" and b == 2:
                     status = "error"
-                phase, sel = {"floor": ("inference", None), "full": ("train_step", None)}.get(name, ("select", name))
+                phase, sel = REFERENCES.get(name, ("select", name))
                 rows.append(row(sel, model, b, phase, peak_of(name, model, b), status=status,
                                 wall=time_of(name, b), **kw))
                 if phase == "select":

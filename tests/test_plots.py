@@ -39,9 +39,10 @@ def test_memory_vs_batch_plots_each_rows_peak(rows):
         ax = panel(fig, model)
         for name, sel, phase in (("gps", "gps", "select"), ("fps", "fps", "select"),
                                  ("floor", None, "inference"), ("full", None, "train_step")):
-            ok = [b for b in BATCHES if find(rows, model=model, selector=sel, batch=b, phase=phase).status == "ok"]
-            want = [find(rows, model=model, selector=sel, batch=b, phase=phase).peak_allocated_bytes / MiB for b in ok]
-            assert xy(line(ax, name)) == (ok, pytest.approx(want))
+            cells = [find(rows, model=model, selector=sel, batch=b, phase=phase) for b in BATCHES]
+            ok = [r for r in cells if r.status == "ok"]
+            want = [r.peak_allocated_bytes / MiB for r in ok]
+            assert xy(line(ax, name)) == ([r.batch_size for r in ok], pytest.approx(want))
         assert ax.get_ylabel() == "peak memory (MiB)"
         assert ax.get_xscale() == "log"
 
@@ -106,6 +107,8 @@ def test_time_vs_batch_times_and_ratios(rows):
     assert ys == [find(rows, model="small_vit", selector="gps", batch=b).wall_time_s for b in xs]
     xs, ys = xy(line(bottom, "gps"))
     assert ys == pytest.approx([0.02 / 0.05] * len(xs))
+    no_ref = time_vs_batch(rows, reference="nope")
+    assert [ax.get_gid() for ax in no_ref.axes] == ["small_vit", "big_vit"]  # no empty ratio panels
     sim = [row("gps", "small_vit", 1, "select", MiB, device="sim", time_floor_s=1e-3)]
     assert time_vs_batch(sim) is None
 

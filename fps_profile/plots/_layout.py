@@ -96,8 +96,6 @@ def seconds_axis(ax) -> None:
 
 def log_axis(ax, fmt) -> None:
     """A log y axis labelled by ``fmt(value)``: ticks at 1-2-5 within two decades, else at decades."""
-    import math
-
     from matplotlib.ticker import LogLocator
 
     ax.set_yscale("log")
@@ -110,10 +108,8 @@ def log_axis(ax, fmt) -> None:
 
 def fmt_tick_seconds(s: float) -> str:
     """A short tick label: ``0.5 -> "500 ms"``, ``2.0 -> "2 s"``."""
-    for div, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if s >= div or unit == "us":
-            return f"{s / div:.3g} {unit}"
-    return f"{s:g} s"
+    div, unit = next(((d, u) for d, u in ((1.0, "s"), (1e-3, "ms")) if s >= d), (1e-6, "us"))
+    return f"{s / div:.3g} {unit}"
 
 
 def ratio_axis(ax) -> None:
@@ -157,7 +153,9 @@ def mark_ooms(ax, ooms: dict[str, Sequence[float]]) -> bool:
     return True
 
 
-OOM_HANDLE = Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.4, label="out of memory")
+def oom_handle() -> Line2D:
+    """The legend entry of the out-of-memory crosses."""
+    return Line2D([], [], linestyle="none", marker="x", color="black", markeredgewidth=1.4, label="out of memory")
 
 
 def legend(fig: Figure, axes_list: Sequence, extra: Sequence = ()) -> None:

@@ -63,7 +63,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
         ax.set_ylabel(f"peak memory ({unit})")
         lay.model_title(ax, model, rows)
     lay.title(fig, "Peak memory vs batch size", rows)
-    lay.legend(fig, [g[0] for g in grid], [lay.OOM_HANDLE] if any_oom else [])
+    lay.legend(fig, [g[0] for g in grid], [lay.oom_handle()] if any_oom else [])
     return fig
 
 
@@ -101,7 +101,7 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
         ax.set_ylabel(f"selection peak ÷ {ref_label} peak")
         lay.model_title(ax, model, rows)
     lay.title(fig, f"Peak memory of each selector relative to {ref_label}", rows)
-    lay.legend(fig, [g[0] for g in grid], [lay.OOM_HANDLE] if any_oom else [])
+    lay.legend(fig, [g[0] for g in grid], [lay.oom_handle()] if any_oom else [])
     return fig
 
 
@@ -113,7 +113,8 @@ def _label_ends(ax, ends, span: float) -> None:
         if y < 1.1 or any(abs(y - p) < 0.07 * span for p in placed):
             continue
         placed.append(y)
-        ax.annotate(f"{y:.0f}×" if y >= 20 else f"{y:.1f}×", (x, y), xytext=(4, 0), textcoords="offset points", va="center",
+        ax.annotate(f"{y:.0f}×" if y >= 20 else f"{y:.1f}×", (x, y), xytext=(4, 0), textcoords="offset points",
+                    va="center",
                     fontsize=6.5, color=st.style(name).color)
 
 
@@ -129,7 +130,8 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     """
     sized = [m for m in models(rows) if any(r.params_total for r in rows if r.model == m)]
     if batch is None:
-        common = set.intersection(*({r.batch_size for r in rows if r.model == m} for m in sized)) if sized else set()
+        per_model = [{r.batch_size for r in rows if r.model == m} for m in sized]
+        common = set.intersection(*per_model) if per_model else set()
         batch = max(common, default=None)
     at = [r for r in rows if r.batch_size == batch and r.model in sized]
     sized = [m for m in sized if any(r.model == m for r in at)]
@@ -160,7 +162,7 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     ax.set_ylabel(f"peak memory ({unit})")
     ax.set_title(f"batch size {batch}")
     lay.title(fig, "Peak memory vs model size", rows)
-    lay.legend(fig, [ax], [lay.OOM_HANDLE] if ooms else [])
+    lay.legend(fig, [ax], [lay.oom_handle()] if ooms else [])
     return fig
 
 

@@ -28,31 +28,36 @@ def achieved(r: Result) -> float | None:
 def time_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure | None:
     """Per model: median wall time vs batch size (top) and each selector's time over the reference's (bottom).
 
+    The bottom panels are left out when no model has the reference and another selector at a common batch.
+
     Returns:
         The figure, or None when no row has a measured wall time (e.g. simulated rows).
     """
     names = [m for m in models(rows) if any(r.wall_time_s for r in rows if r.model == m and r.status == "ok")]
     if not names:
         return None
-    fig, grid = lay.panels(len(names), rows_per_model=2)
+    sers = {m: series(rows, m) for m in names}
+    lines = {m: {n: ratios(s, ser.get(reference), wall) for n, s in ser.items()
+                 if n not in (reference, st.FLOOR, st.FULL)} for m, ser in sers.items()}
+    with_ratio = any(xs for per in lines.values() for xs, _ in per.values())
+    fig, grid = lay.panels(len(names), rows_per_model=2 if with_ratio else 1)
     ref_label = st.label(reference)
-    for model, (top, bottom) in zip(names, grid):
-        ser = series(rows, model)
+    for model, axes in zip(names, grid):
+        ser, top = sers[model], axes[0]
         batches = [b for s in ser.values() for b in s.rows]
         for name, s in ser.items():
             xs, ys = s.xy(wall)
             if xs:
                 top.plot(xs, ys, gid=name, **st.style(name).kwargs())
         lay.seconds_axis(top)
-        lay.log2_batch_axis(top, batches, label=False)
+        lay.log2_batch_axis(top, batches, label=not with_ratio)
         top.set_ylabel("median wall time")
         lay.model_title(top, model, rows)
+        if not with_ratio:
+            continue
+        bottom = axes[1]
         lay.reference_line(bottom, reference)
-        ref = ser.get(reference)
-        for name, s in ser.items():
-            if name in (reference, st.FLOOR, st.FULL):
-                continue
-            xs, ys = ratios(s, ref, wall)
+        for name, (xs, ys) in lines[model].items():
             if xs:
                 bottom.plot(xs, ys, gid=name, **st.style(name).kwargs())
         lay.ratio_axis(bottom)
