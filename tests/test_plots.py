@@ -11,7 +11,7 @@ from fps_profile.cli import main
 from fps_profile.plots import draw, floor_fraction, memory_vs_batch, memory_vs_params, plot_all, ratio_vs_batch
 from fps_profile.plots import style as st
 from fps_profile.plots import time_vs_batch
-from fps_profile.plots.data import by_group, series
+from fps_profile.plots.data import by_group, device_memory_bytes, series
 
 
 def panel(fig, model):
@@ -72,6 +72,16 @@ def test_device_memory_line_when_known_and_near_the_data():
     ax = panel(memory_vs_batch(far), "small_vit")
     assert not [ln for ln in ax.get_lines() if ln.get_gid() == "device_memory"]
     assert any("off scale" in t.get_text() for t in ax.texts)
+
+
+def test_sim_rows_get_the_target_memory():
+    targets = pytest.importorskip("fps_profile.sim.targets")
+    rows = [row("gps", "small_vit", b, "select", b * 16 * 1024**3, device="sim:h100", env={}) for b in (1, 2)]
+    assert device_memory_bytes(rows) == targets.get_target("sim:h100").memory_bytes
+    assert device_memory_bytes([row("gps", "small_vit", 1, "select", MiB, device="sim:nope")]) is None
+    ax = panel(memory_vs_batch(rows), "small_vit")
+    assert line(ax, "device_memory").get_ydata()[0] == pytest.approx(targets.get_target("sim:h100").memory_bytes
+                                                                      / 1024**3)
 
 
 def test_ratio_vs_batch_divides_by_the_reference(rows):

@@ -118,10 +118,22 @@ def ratios(num: Series, den: Series | None, value: Callable[[Result], float | No
 
 
 def device_memory_bytes(rows: Iterable[Result]) -> int | None:
-    """The device's memory from the rows' environment (the largest recorded), if any row has it."""
+    """The device's memory: the largest ``env.device_memory_bytes`` of the rows, else the sim target's."""
+    rows = list(rows)
     known = [r.env.get("device_memory_bytes") for r in rows if isinstance(r.env, dict)]
     known = [int(k) for k in known if isinstance(k, (int, float)) and k > 0]
+    if not known:
+        known = [m for m in {_sim_target_memory(r.device) for r in rows if r.device.startswith("sim")} if m]
     return max(known) if known else None
+
+
+def _sim_target_memory(device: str) -> int | None:
+    try:
+        from fps_profile.sim.targets import get_target
+
+        return get_target(device).memory_bytes
+    except Exception:  # no sim package here, or a target this version does not know: no memory line
+        return None
 
 
 def env_value(rows: Iterable[Result], key: str) -> str | None:
