@@ -191,6 +191,7 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
         lines += ["", "## Failed measurements", ""]
         lines += [f"- {r.device} {r.dtype} {r.model} batch {r.batch_size} {r.phase}:{r.selector or '-'}: "
                   f"{r.status}: {(r.error or '').splitlines()[0] if r.error else 'no message'}" for r in failed]
+    figures = [d for d in figures if d.paths]
     if figures:
         lines += ["", "## Figures"]
         for d in figures:

@@ -84,6 +84,7 @@ def test_report_sections_environment_and_no_figures(rows):
         assert heading in text
     assert "| device memory | - " in text and "80.0 GiB" in text
     assert "0123456" in text and "## Figures" not in text
+    assert "- cpu float32 small_vit batch 2 select:magnitude: error: no message" in text
 
 
 def test_write_report_embeds_figures_by_relative_path(tmp_path, rows):
