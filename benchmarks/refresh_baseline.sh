@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Re-measure the gate baseline (benchmarks/baseline.jsonl) from benchmarks/baseline.toml.
+# Run it after a change that is meant to alter the sim figures, and commit the new file
+# with that change. A sweep resumes into an existing file, so the old one is replaced
+# only once the new one is complete.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fps_profile=".venv/bin/fps-profile"; [ -x "$fps_profile" ] || fps_profile="fps-profile"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+"$fps_profile" sweep --config benchmarks/baseline.toml --out "$tmp/baseline.jsonl" --no-progress >/dev/null
+mv "$tmp/baseline.jsonl" benchmarks/baseline.jsonl
+echo "wrote benchmarks/baseline.jsonl ($(wc -l < benchmarks/baseline.jsonl) rows)"
