@@ -132,6 +132,8 @@ def _measure_real(cell: Cell, row: Result) -> None:
     from fps_profile.devices import resolve_device
     from fps_profile.mask import Mask
     from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.sim.flops import FlopCount, time_floor
+    from fps_profile.sim.targets import target_for_device_name
     from fps_profile.trackers import (CudaAllocatorPeak, LiveTensorBytes, NvmlSampler, RssPeak, limit_memory,
                                       median, time_repeats)
 
@@ -165,15 +167,21 @@ def _measure_real(cell: Cell, row: Result) -> None:
 
     for _ in range(cell.warmup):
         fn()
+    # FLOPs are counted in the memory-tracked run (shapes only: no extra run, no device memory).
     if device.type == "cuda":
-        with CudaAllocatorPeak(device) as cuda_peak, NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
+        with FlopCount() as flop_count, CudaAllocatorPeak(device) as cuda_peak, \
+                NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
             out = fn()
         row.peak_allocated_bytes, row.peak_reserved_bytes = cuda_peak.peak_allocated, cuda_peak.peak_reserved
         row.nvml_peak_used_bytes, row.nvml_process_peak_bytes = nvml.peak_used, nvml.peak_process
+        target = target_for_device_name(torch.cuda.get_device_name(device))
+        row.time_floor_s = time_floor(flop_count.counts, target.peak_flops) if target else None
     else:
-        with LiveTensorBytes("cpu", budget_bytes=cell.memory_budget) as live, RssPeak() as rss:
+        with FlopCount() as flop_count, LiveTensorBytes("cpu", budget_bytes=cell.memory_budget) as live, \
+                RssPeak() as rss:
             out = fn()
         row.peak_allocated_bytes = live.peak
+    row.flops = flop_count.total
     row.rss_peak_bytes = rss.peak
     if isinstance(out, Mask):
         row.params_trainable = out.stats().trainable

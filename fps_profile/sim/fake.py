@@ -1,0 +1,91 @@
+"""Models and batches made of fake tensors, and one-line errors for code that needs values.
+
+A model is built on the ``meta`` device (timm's initialisers run, no memory
+is used), cast there, then materialised as fake CPU tensors with
+``to_empty``, so every parameter is allocated once, through the tracker, in
+the order ``model.to(device)`` would allocate it. (Building directly under
+``FakeTensorMode`` fails: some timm initialisers call ``.item()``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch._subclasses import fake_tensor as ft
+
+from fps_profile.errors import UserError
+
+NEEDS_VALUES = (ft.DataDependentOutputException, ft.DynamicOutputShapeException)
+
+
+def new_fake_mode() -> ft.FakeTensorMode:
+    """A fake mode that accepts real and meta inputs (converted on use)."""
+    return ft.FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def build_model(name: str, dtype: torch.dtype) -> nn.Module:
+    """Create timm model ``name`` on the meta device, in ``dtype``; call :func:`materialize` next."""
+    import timm
+
+    from fps_profile.models import check_model_name
+
+    check_model_name(name)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a model the sim cannot build
+        raise UserError(f"sim cannot build {name!r} without real tensors ({_op_or_message(exc)}); "
+                        "measure it on a real device (--device cpu or cuda)") from exc
+    return model.to(dtype=dtype)
+
+
+def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
+    """Give a meta (or real) ``module`` fake storage on ``device``; call inside the fake mode."""
+    if any(p.device.type != "meta" for p in module.parameters()):
+        module = module.to("meta")
+    return module.to_empty(device=device)
+
+
+def batch(model: nn.Module, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels shaped as :func:`fps_profile.models.synthetic_batches` makes them."""
+    from fps_profile.models import check_batch_size, input_size
+
+    check_batch_size(batch_size)
+    c, h, w = input_size(model)
+    return torch.empty(batch_size, c, h, w, dtype=dtype), torch.empty(batch_size, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def real_tensors():
+    """Let new tensors be real inside the block (ops on fake tensors stay fake)."""
+    with ft.unset_fake_temporarily():
+        yield
+
+
+def _op_or_message(exc: BaseException) -> str:
+    func = getattr(exc, "func", None)
+    if func is not None:
+        return f"operation {func}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def needs_values_error(exc: BaseException, what: str) -> UserError | None:
+    """A one-line :class:`UserError` if ``exc`` means ``what`` needs tensor values, else None."""
+    symbolic = ()
+    try:
+        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+        symbolic = (GuardOnDataDependentSymNode,)
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    if isinstance(exc, NEEDS_VALUES + symbolic):
+        return UserError(f"sim cannot run {what}: {_op_or_message(exc)} needs tensor values "
+                         "(data-dependent control flow or output shape); measure it on a real device "
+                         "(--device cpu or cuda)")
+    if isinstance(exc, (ft.UnsupportedOperatorException, ft.UnsupportedFakeTensorException)):
+        return UserError(f"sim cannot run {what}: {_op_or_message(exc)} has no fake-tensor implementation; "
+                         "measure it on a real device (--device cpu or cuda)")
+    return None

@@ -1,0 +1,112 @@
+"""The runner's ``sim`` backend: one :class:`~fps_profile.runner.Cell` on a simulated device."""
+
+from __future__ import annotations
+
+import time
+
+from fps_profile.errors import UserError
+from fps_profile.sim.targets import get_target
+
+
+def check_sim_device(name: str) -> None:
+    """Validate ``sim`` / ``sim:<target>`` (one-line :class:`UserError` with suggestions)."""
+    get_target(name)
+
+
+def _needs(cell) -> tuple[str, ...]:
+    """cuBLAS workspaces a warm-up run of ``cell`` creates on a GPU."""
+    if cell.phase == "inference":
+        return ("forward",)
+    if cell.phase == "select":
+        from fps_profile.selectors import get
+
+        cls = get(cell.selector)
+        return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())
+    return ("forward", "backward")
+
+
+def measure_sim(cell, row) -> None:
+    """Fill ``row`` with the prediction for ``cell`` (called by :func:`fps_profile.runner.measure`).
+
+    Protocol, as the cuda backend's: build the model and batches; for a sparse
+    ``train_step``, a mask with the budget's exact counts (:mod:`fps_profile.sim.masks`);
+    warm-up (only ``train_step`` keeps state across runs, so only it runs one; the
+    other phases get the cuBLAS workspaces their warm-up would leave); then the
+    measured run. ``wall_time_s`` stays empty.
+
+    Raises:
+        UserError: Bad target, model, budget, or a model that needs tensor values.
+        torch.OutOfMemoryError: Beyond ``cell.memory_budget`` (the runner records ``oom``).
+    """
+    from fps_profile import phases
+    from fps_profile.models import parse_dtype
+    from fps_profile.sim.fake import real_tensors
+    from fps_profile.sim.masks import synthetic_mask, trainable_counts
+    from fps_profile.sim.session import Simulator
+
+    start = time.perf_counter()
+    target = get_target(cell.device)
+    dtype = parse_dtype(cell.dtype)
+    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else None
+    options = dict(cell.options)
+    with Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)) as sim:
+        model = sim.model(cell.model, dtype)
+        row.params_total = sum(p.numel() for p in model.parameters())
+        batches = [sim.batch(model, cell.batch_size, dtype) for _ in range(max(1, cell.num_batches))]
+        warmup = 0
+        if cell.phase == "select":
+            fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)
+            row.params_trainable = sum(trainable_counts(model, budget, cell.scope).values())
+        elif cell.phase == "inference":
+            fn = phases.inference_fn(model, batches[0][0])
+            row.params_trainable = 0
+        elif cell.phase == "train_step":
+            mask = None
+            if cell.selector is not None:
+                from fps_profile.selectors import create
+
+                create(cell.selector, **options)  # the options fail here as they would on a device
+                with real_tensors():
+                    mask = synthetic_mask(model, budget, cell.scope)
+            fn = _train_step(sim, model, batches[0], mask)
+            row.params_trainable = fn.trainable
+            warmup = min(cell.warmup, 1)
+        else:
+            raise UserError(f"unknown phase {cell.phase!r} (select, inference or train_step)")
+        stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else _needs(cell))
+    row.peak_allocated_bytes = stats.peak_bytes
+    row.flops = stats.flops
+    row.time_floor_s = stats.time_floor_s
+    row.wall_time_s, row.wall_times_s = None, []
+    row.env.update({
+        "device_name": target.description,
+        "device_memory_bytes": target.memory_bytes,
+        "sim": {"target": target.name, "backend": target.backend,
+                "cublas_workspace_bytes": target.cublas_workspace_bytes,
+                "allocator": "caching" if target.is_cuda else "exact",
+                "flops_by_kind": {f"{k}:{d}": n for (k, d), n in sorted(stats.flop_counts.items())},
+                "seconds": round(time.perf_counter() - start, 3)},
+    })
+
+
+def _train_step(sim, model, batch, mask):
+    """:func:`fps_profile.phases.train_step_fn`, with a host mask turned into fake index buffers.
+
+    ``make_sparse_trainable`` counts and indexes the mask's entries, which a fake
+    mask cannot answer, so the mask is real; its index buffers (on the GPU in a
+    real run) are then replaced by fake tensors of the same size so they count.
+    """
+    import torch
+
+    from fps_profile import phases
+    from fps_profile.sim.fake import real_tensors
+
+    if mask is None:
+        return phases.train_step_fn(model, *batch)
+    with real_tensors():
+        fn = phases.train_step_fn(model, *batch, mask=mask)
+    for module in model.modules():
+        for name, buf in list(module._buffers.items()):
+            if isinstance(buf, torch.Tensor) and not isinstance(buf, torch._subclasses.FakeTensor):
+                module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype)
+    return fn

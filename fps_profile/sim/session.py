@@ -1,0 +1,133 @@
+"""A simulated device: fake tensors, a byte tracker, CUDA stand-ins, FLOP counting.
+
+    with Simulator("h100") as sim:
+        model = sim.model("vit_base_patch16_224", torch.float32)
+        images, labels = sim.batch(model, 64, torch.float32)
+        stats = sim.measure(phases.inference_fn(model, images))
+    stats.peak_bytes, stats.flops, stats.time_floor_s
+
+Everything created inside the ``with`` block is a fake tensor: shapes, dtypes
+and storage sizes without memory or compute. The tracker is on from the
+start, so parameters, inputs and optimizer state are counted from their
+allocation, as the CUDA allocator sees them. :meth:`Simulator.measure`
+follows the cuda backend's protocol: warm-up runs, then garbage collection,
+``empty_cache``, a peak reset, and the measured run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
+
+from fps_profile.sim import fake
+from fps_profile.sim.allocator import CachingAllocator
+from fps_profile.sim.flops import FlopCount, time_floor
+from fps_profile.sim.policy import cuda_behaviour
+from fps_profile.sim.targets import Target, get_target
+from fps_profile.sim.tracker import SimTensorBytes
+
+
+@dataclass
+class SimStats:
+    """What one measured run predicts.
+
+    Attributes:
+        peak_bytes: Peak allocated bytes (``max_memory_allocated`` on the target).
+        flops: Floating-point operations of the run.
+        time_floor_s: ``flops`` at the target's peak rates (None for the cpu target).
+        flop_counts: FLOPs by ``(kind, dtype)``.
+    """
+
+    peak_bytes: int
+    flops: int
+    time_floor_s: float | None
+    flop_counts: dict = field(default_factory=dict)
+
+
+class Simulator:
+    """Context manager for one simulated device.
+
+    Args:
+        target: A :class:`Target` or device string (``sim``, ``sim:h200``, ...).
+        budget_bytes: Predicted out-of-memory (``torch.OutOfMemoryError``) beyond this.
+        what: Names the simulated work in error messages (e.g. the model name).
+    """
+
+    def __init__(self, target: Target | str = "sim", *, budget_bytes: int | None = None, what: str = "the model"):
+        self.target = get_target(target) if isinstance(target, str) else target
+        self.what = what
+        self.fake_mode = fake.new_fake_mode()
+        self.allocator = CachingAllocator() if self.target.is_cuda else None
+        self.tracker = SimTensorBytes(self.fake_mode, allocator=self.allocator, budget_bytes=budget_bytes,
+                                      workspace_bytes=self.target.cublas_workspace_bytes,
+                                      label=self.target.device_name())
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Simulator:
+        self._stack.enter_context(self.fake_mode)
+        self._stack.enter_context(self.tracker)
+        if self.target.is_cuda:
+            self._stack.enter_context(cuda_behaviour(self.target.capability))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @contextlib.contextmanager
+    def translating_errors(self):
+        """Turn "needs tensor values" failures into a one-line :class:`UserError`."""
+        try:
+            yield
+        except Exception as exc:
+            err = fake.needs_values_error(exc, self.what)
+            if err is not None:
+                raise err from exc
+            raise
+
+    def model(self, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """A randomly initialised timm model ``name``, in fake storage."""
+        with _disable_current_modes():
+            meta = fake.build_model(name, dtype)
+        with self.translating_errors():
+            return fake.materialize(meta)
+
+    def module(self, module: nn.Module) -> nn.Module:
+        """A fake copy of ``module`` (its structure, not its values); ``module`` moves to ``meta``."""
+        with _disable_current_modes():
+            meta = module.to("meta")
+        return fake.materialize(meta)
+
+    def batch(self, model: nn.Module, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images and labels for ``model``."""
+        return fake.batch(model, batch_size, dtype)
+
+    def measure(self, fn, *, warmup: int = 0, workspaces: tuple[str, ...] = ()) -> SimStats:
+        """Run ``fn`` ``warmup`` times, then once measured.
+
+        Args:
+            fn: The work (a phase callable).
+            warmup: Untracked runs first (needed where a run leaves state, e.g. optimizer moments).
+            workspaces: cuBLAS workspaces a warm-up would have created (``forward``,
+                ``backward``), for runs measured without one.
+        """
+        with self.translating_errors():
+            for _ in range(warmup):
+                out = fn()
+                del out
+            for thread in workspaces:
+                self.tracker.workspace(thread)
+            gc.collect()
+            if self.allocator is not None:
+                self.allocator.empty_cache()
+            self.tracker.reset_peak()
+            with FlopCount() as counter:
+                out = fn()
+            del out
+        counts = dict(counter.counts)
+        return SimStats(peak_bytes=self.tracker.peak, flops=counter.total,
+                        time_floor_s=time_floor(counter.counts, self.target.peak_flops), flop_counts=counts)

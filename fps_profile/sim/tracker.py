@@ -1,0 +1,100 @@
+"""Live bytes of fake tensors, counted as the target's allocator would count them.
+
+:class:`SimTensorBytes` is :class:`~fps_profile.trackers.LiveTensorBytes`
+(same storage tracking, same ``budget_bytes`` out-of-memory) restricted to the
+fake tensors of one fake mode, with two CUDA additions:
+
+* block sizes from :class:`~fps_profile.sim.allocator.CachingAllocator`
+  instead of exact storage bytes;
+* cuBLAS workspaces: PyTorch gives each cuBLAS handle (one per thread) on
+  each stream a workspace through the caching allocator at its first matrix
+  product, and keeps it. Forward matrix products run on the calling thread,
+  backward ones on the autograd engine's device thread, so a phase with a
+  backward pass holds two.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+from fps_profile.sim.allocator import CachingAllocator
+from fps_profile.trackers.tensor import LiveTensorBytes
+
+aten = torch.ops.aten
+CUBLAS_OPS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv,
+                        aten.dot, aten.vdot, aten.addr, aten._addmm_activation, aten._scaled_mm})
+
+
+class SimTensorBytes(LiveTensorBytes):
+    """Context manager counting the fake tensors of ``fake_mode``.
+
+    Args:
+        fake_mode: Only tensors of this fake mode are counted.
+        allocator: Count caching-allocator blocks (None: exact storage bytes).
+        budget_bytes: Raise ``torch.OutOfMemoryError`` when live bytes exceed it.
+        workspace_bytes: cuBLAS workspace per thread (0: none).
+        label: Names the simulated device in out-of-memory messages.
+
+    Attributes:
+        workspaces: ``"forward"`` / ``"backward"`` -> the workspace tensor, once created.
+    """
+
+    def __init__(self, fake_mode, *, allocator: CachingAllocator | None = None, budget_bytes: int | None = None,
+                 workspace_bytes: int = 0, label: str = "sim") -> None:
+        super().__init__("cpu", include_existing=False, budget_bytes=budget_bytes)
+        self.fake_mode, self.allocator, self.label = fake_mode, allocator, label
+        self.workspace_bytes = workspace_bytes
+        self.workspaces: dict[str, torch.Tensor] = {}
+        self._blocks: dict[int, object] = {}
+
+    def track(self, t: torch.Tensor, check_budget: bool = True) -> None:
+        if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:
+            return
+        if self.allocator is None:
+            return super().track(t, check_budget)
+        if t.layout is not torch.strided:
+            return
+        storage = t.untyped_storage()
+        key, nbytes = storage._cdata, storage.nbytes()
+        old = self._live.get(key)
+        if old == nbytes:
+            return
+        self._blocks[key], previous = self.allocator.malloc(nbytes), self._blocks.get(key)
+        self._live[key] = nbytes
+        if old is None:
+            import weakref
+
+            self._finalizers.append(weakref.finalize(storage, self._free, key))
+        else:  # resized in place: a new block, then the old one goes
+            self._sync(check_budget)
+            self.allocator.free(previous)
+        self._sync(check_budget)
+
+    def _free(self, key: int) -> None:
+        if self.allocator is None:
+            return super()._free(key)
+        self._live.pop(key, None)
+        self.allocator.free(self._blocks.pop(key, None))
+        self.current = self.allocator.allocated
+
+    def _sync(self, check_budget: bool) -> None:
+        self.current = self.allocator.allocated
+        if self.current > self.peak:
+            self.peak = self.current
+            if check_budget and self.budget_bytes is not None and self.current > self.budget_bytes:
+                raise torch.OutOfMemoryError(
+                    f"predicted out of memory on {self.label}: {self.current:,} bytes allocated, "
+                    f"budget {self.budget_bytes:,} bytes")
+
+    def workspace(self, thread: str) -> None:
+        """Allocate the cuBLAS workspace of ``thread`` (``forward``/``backward``) unless it exists."""
+        if self.workspace_bytes and thread not in self.workspaces:
+            ws = torch.empty(self.workspace_bytes, dtype=torch.uint8)
+            self.workspaces[thread] = ws
+            self.track(ws)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.workspace_bytes and func.overloadpacket in CUBLAS_OPS:
+            self.workspace("backward" if torch._C._current_autograd_node() is not None else "forward")
+        return super().__torch_dispatch__(func, types, args, kwargs)
