@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots import style as st
-from fps_profile.plots.data import Series, by_group, dedupe, env_value, models, peak, series
+from fps_profile.plots.data import Series, by_group, dedupe, device_memory_bytes, env_value, models, peak, series
 from fps_profile.results import Result
 from fps_profile.summary import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
@@ -76,7 +76,9 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
         specs += [("Median wall time", list(ser), lambda r: _maybe(fmt_seconds, r.wall_time_s)),
                   (f"Selection time ÷ {ref_name} selection time", others, _ratio_fmt(ref, wall))]
     if any(r.time_floor_s for r in rows if r.model == model):
-        specs.append(("Compute floor (FLOPs ÷ peak rate) and achieved fraction", list(ser), _floor_cell))
+        timed = any(r.time_floor_s and r.wall_time_s for r in rows if r.model == model)
+        specs.append(("Compute floor (FLOPs ÷ peak rate)" + (" and the achieved fraction of it" if timed else ""),
+                      list(ser), _floor_cell))
     out = []
     for caption, names, fmt in specs:
         body = [[series_label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
@@ -93,23 +95,30 @@ def _floor_cell(r: Result) -> str | None:
 
 
 HEADLINE_HEAD = ("model", "selector", "batch", "peak", "reference peak", "peak ratio", "ratio at smallest batch",
-                 "time ratio", "OOM from batch")
+                 "time ratio", "out of memory from batch")
 
 
 def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list[list[str]]:
     """Rows of the headline table (columns :data:`HEADLINE_HEAD`), one per selector other than the reference.
 
     Each selector's selection peak against the reference's at the largest
-    batch where both fit (the ratio in bold), the same ratio at the smallest
+    batch where both ran (the ratio in bold), the same ratio at the smallest
     such batch, the time ratio at the largest, and the first batch at which
-    the selector (and, after a slash, the reference) ran out of memory.
+    the selector (and, after a slash, the reference) ran out of memory or,
+    where the device's memory is known, peaked above it (simulated rows do not
+    run out of memory; their peaks can exceed the target's).
     """
     ser = series(rows, model)
     ref = ser.get(reference)
     if ref is None:
         return []
     ref_ok = {b for b, r in ref.rows.items() if r.status == "ok" and peak(r)}
-    ref_oom = ref.batches("oom")
+    memory = device_memory_bytes(rows)
+
+    def first_oom(s: Series) -> str:
+        over = [b for b, r in s.rows.items() if r.status == "ok" and memory and (peak(r) or 0) > memory]
+        return str(min(s.batches("oom") + over, default="-"))
+
     out = []
     for name, s in ser.items():
         if name in (reference, st.FLOOR, st.FULL):
@@ -119,15 +128,21 @@ def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list
             continue
         hi, lo = common[-1], common[0]
         a, b = s.rows[hi], ref.rows[hi]
-        oom = s.batches("oom")
         out.append([
             model, st.label(name), str(hi), fmt_bytes(peak(a)), fmt_bytes(peak(b)),
             f"**{fmt_ratio(peak(a) / peak(b))}**",
             f"{fmt_ratio(peak(s.rows[lo]) / peak(ref.rows[lo]))} (batch {lo})" if lo != hi else "-",
             fmt_ratio(a.wall_time_s / b.wall_time_s) if a.wall_time_s and b.wall_time_s else "-",
-            f"{oom[0] if oom else '-'} / {ref_oom[0] if ref_oom else '-'}",
+            f"{first_oom(s)} / {first_oom(ref)}",
         ])
     return out
+
+
+def _drop_empty_columns(head: list[str], body: list[list[str]], *, keep_first: bool) -> tuple[list, list]:
+    """Leave out columns with nothing in them (e.g. time on simulated rows), and the group column if asked."""
+    keep = [i for i in range(len(head)) if (i > 0 or keep_first)
+            and any(row[i] not in ("-", "- / -") for row in body)]
+    return [head[i] for i in keep], [[row[i] for i in keep] for row in body]
 
 
 def _group_name(key: tuple, sep: str = " · ") -> str:
@@ -174,11 +189,10 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
             for line in headline(g, m, reference)]
     if body:
         lines += ["", "## Headline", "",
-                  f"Each selector's selection peak against {ref_name}'s at the largest batch size where both "
-                  f"fit (peak ratio), at the smallest, the time ratio at the largest, and the first batch "
-                  f"size that ran out of memory (selector / {ref_name}).", "",
-                  markdown_table(["", *head] if len(groups) > 1 else head,
-                                 body if len(groups) > 1 else [b[1:] for b in body])]
+                  f"Each selector's selection peak against {ref_name}'s at the largest batch size both were "
+                  f"measured at (peak ratio), at the smallest, the time ratio at the largest, and the first batch "
+                  f"size that ran out of memory or peaked above the device's memory (selector / {ref_name}).",
+                  "", markdown_table(*_drop_empty_columns(["", *head], body, keep_first=len(groups) > 1))]
     for key, g in groups.items():
         lines += ["", f"## {_group_name(key)}"]
         for model in models(g):

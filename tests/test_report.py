@@ -70,8 +70,19 @@ def test_headline_at_largest_common_batch(rows):
     assert (gps["peak"], gps["reference peak"]) == (fmt_bytes(g4), fmt_bytes(f4))
     assert gps["ratio at smallest batch"] == f"{fmt_ratio(g1 / f1)} (batch 1)"
     assert gps["time ratio"] == fmt_ratio(0.02 / 0.05)
-    assert gps["OOM from batch"] == "8 / -"
-    assert lines["magnitude"]["OOM from batch"] == "- / -"
+    assert gps["out of memory from batch"] == "8 / -"
+    assert lines["magnitude"]["out of memory from batch"] == "- / -"
+
+
+def test_headline_counts_peaks_above_device_memory_and_drops_empty_columns():
+    env = {"device_memory_bytes": 100 * MiB}
+    rows = [row(s, "small_vit", b, "select", (b * 60 if s == "gps" else 10) * MiB, device="sim:h100", env=env)
+            for s in ("fps", "gps") for b in (1, 2, 4)]
+    (gps,) = headline(rows, "small_vit")
+    assert gps[-1] == "2 / -" and gps[HEADLINE_HEAD.index("time ratio")] == "-"
+    text = build_report(rows)
+    head = next(line for line in text.splitlines() if line.startswith("| model"))
+    assert "time ratio" not in head and "out of memory from batch" in head and "sim:h100" not in head
 
 
 def test_report_sections_environment_and_no_figures(rows):

@@ -50,14 +50,17 @@ class SeriesStyle:
     marker: str
     linestyle: str = "-"
     label: str = ""
+    zorder: float = 2.0
 
     def kwargs(self) -> dict:
         """Keyword arguments for ``Axes.plot``."""
-        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle, "label": self.label}
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle, "label": self.label,
+                "zorder": self.zorder}
 
 
 _KNOWN = {
-    FLOOR: SeriesStyle("#7f7f7f", "", "--", "inference floor"),
+    # Dashed and on top: where a selector sits at the floor (FPS often does), both stay visible.
+    FLOOR: SeriesStyle("#7f7f7f", "", "--", "inference floor", zorder=2.5),
     FULL: SeriesStyle("#000000", "*", ":", "full fine-tuning"),
     "fps": SeriesStyle("#0072B2", "o", "-", "FPS"),
     "gps": SeriesStyle("#D55E00", "s", "-", "GPS"),

@@ -85,7 +85,7 @@ def floor_fraction(rows: Sequence[Result]) -> Figure | None:
                                "Achieved fraction of the compute floor (FLOPs ÷ peak rate)",
                                "compute floor ÷ wall time")
     elif any(r.time_floor_s for r in ok):
-        value, what, ylabel = (lambda r: r.time_floor_s,
+        value, what, ylabel = (lambda r: r.time_floor_s or None,
                                "Compute floor: FLOPs ÷ peak rate (time if compute-bound)", "time floor")
     elif any(r.flops for r in ok):
         value, what, ylabel = lambda r: r.flops / 1e9 if r.flops else None, "Floating-point operations", "GFLOP"
