@@ -68,6 +68,10 @@ def test_device_memory_line_when_known_and_near_the_data():
     assert ax.get_ylabel() == "peak memory (GiB)"
     assert list(line(ax, "device_memory").get_ydata()) == [2.0, 2.0]
     assert xy(line(ax, "gps")) == ([1, 2], [0.5, 1.0])
+    two = rows + [row("gps", "big_vit", b, "select", b * 768 * MiB, device="cuda", env=env) for b in (1, 2)]
+    ax = memory_vs_params(two).axes[0]
+    assert list(line(ax, "device_memory").get_ydata()) == [2.0, 2.0]
+    assert xy(line(ax, "gps")) == ([PARAMS["small_vit"], PARAMS["big_vit"]], [1.0, 1.5])
     far = [row("gps", "small_vit", 1, "select", MiB, device="cuda", env=env)]
     ax = panel(memory_vs_batch(far), "small_vit")
     assert not [ln for ln in ax.get_lines() if ln.get_gid() == "device_memory"]

@@ -21,6 +21,7 @@ from fps_profile.units import bytes_scale, fmt_bytes
 
 # A device-memory line further above the data than this factor would flatten every curve: it is noted instead.
 MEMORY_LINE_MAX_HEADROOM = 4.0
+DEVICE_MEMORY_COLOR = "#b2182b"
 
 
 def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None) -> Figure | None:
@@ -33,10 +34,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     names = [m for m in models(rows) if any(r.model == m and r.status in ("ok", "oom") for r in rows)]
     if not names:
         return None
-    device_memory = device_memory or device_memory_bytes(rows)
-    largest = max((peak(r) or 0 for r in rows if r.status == "ok"), default=0)
-    draw_line = bool(device_memory) and (not largest or device_memory <= MEMORY_LINE_MAX_HEADROOM * largest)
-    div, unit = bytes_scale(max(largest, device_memory or 0) if draw_line else largest)
+    device_memory, div, unit = _memory_scale(rows, device_memory or device_memory_bytes(rows))
     fig, grid = lay.panels(len(names))
     any_oom = False
     for i, (model, (ax,)) in enumerate(zip(names, grid)):
@@ -49,15 +47,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
             if xs:
                 ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
                 top = max(top, max(ys) / div)
-        if draw_line:
-            ax.axhline(device_memory / div, color="#b2182b", linewidth=0.9, linestyle="-.", gid="device_memory")
-            ax.annotate(f"device memory {fmt_bytes(device_memory)}", (0.02, device_memory / div),
-                        xycoords=("axes fraction", "data"), xytext=(0, 2), textcoords="offset points",
-                        fontsize=6.5, color="#b2182b", va="bottom")
-            top = max(top, device_memory / div)
-        elif device_memory and i == 0:
-            ax.text(0.02, 0.02, f"device memory {fmt_bytes(device_memory)} (off scale)", transform=ax.transAxes,
-                    fontsize=6.5, color="#b2182b")
+        top = max(top, _device_memory_line(ax, device_memory, div, note=i == 0))
         ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
         lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
         ax.set_ylabel(f"peak memory ({unit})")
@@ -65,6 +55,31 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     lay.title(fig, "Peak memory vs batch size", rows)
     lay.legend(fig, [g[0] for g in grid], [lay.oom_handle()] if any_oom else [])
     return fig
+
+
+def _memory_scale(rows: Sequence[Result], device_memory: int | None) -> tuple[tuple | None, int, str]:
+    """``(line, divisor, unit)``: the device-memory line ``(bytes, drawn)`` if known, and the axis unit."""
+    largest = max((peak(r) or 0 for r in rows if r.status == "ok"), default=0)
+    if not device_memory:
+        return None, *bytes_scale(largest)
+    drawn = not largest or device_memory <= MEMORY_LINE_MAX_HEADROOM * largest
+    return (device_memory, drawn), *bytes_scale(max(largest, device_memory) if drawn else largest)
+
+
+def _device_memory_line(ax, line: tuple | None, div: int, *, note: bool = True) -> float:
+    """Draw the device's memory (or note it is off scale); returns its height in axis units (0 if not drawn)."""
+    if line is None:
+        return 0.0
+    memory, drawn = line
+    if not drawn:
+        if note:
+            ax.text(0.02, 0.02, f"device memory {fmt_bytes(memory)} (off scale)", transform=ax.transAxes,
+                    fontsize=6.5, color=DEVICE_MEMORY_COLOR)
+        return 0.0
+    ax.axhline(memory / div, color=DEVICE_MEMORY_COLOR, linewidth=0.9, linestyle="-.", gid="device_memory")
+    ax.annotate(f"device memory {fmt_bytes(memory)}", (0.02, memory / div), xycoords=("axes fraction", "data"),
+                xytext=(0, 2), textcoords="offset points", fontsize=6.5, color=DEVICE_MEMORY_COLOR, va="bottom")
+    return memory / div
 
 
 def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure | None:
@@ -119,7 +134,7 @@ def _label_ends(ax, ends, span: float) -> None:
 
 
 def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Figure | None:
-    """Peak memory vs model size (``params_total``) at one batch size, a line per series.
+    """Peak memory vs model size (``params_total``) at one batch size, a line per series, and the device's memory.
 
     Args:
         rows: Rows of one (device, dtype) group.
@@ -138,7 +153,7 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     if batch is None or len(sized) < 2:
         return None
     params = {m: max(r.params_total or 0 for r in rows if r.model == m) for m in sized}
-    div, unit = bytes_scale(max((peak(r) or 0 for r in at if r.status == "ok"), default=0))
+    memory_line, div, unit = _memory_scale(at, device_memory_bytes(rows))
     fig, ((ax,),) = lay.panels(1)
     per_series: dict[str, list[tuple[int, Result]]] = {}
     for m in sized:
@@ -152,6 +167,7 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
         if pts:
             ax.plot([p for p, _ in pts], [v / div for _, v in pts], gid=name, **st.style(name).kwargs())
             top = max(top, max(v for _, v in pts) / div)
+    top = max(top, _device_memory_line(ax, memory_line, div))
     ax.set_xscale("log")
     ticks = sorted(params.values())
     ax.set_xticks(ticks, [f"{lay.fmt_params(p)}\n{_short(m)}" for p, m in sorted((params[m], m) for m in sized)])
