@@ -239,3 +239,5 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
     results = write(tmp_path / "r.jsonl", rows[:3])
     assert main(["plot", str(results), "--out", str(tmp_path / "f"), "--format", "png,bmpx"]) == 2
     assert "unknown figure format 'bmpx'" in capsys.readouterr().err
+    assert main(["plot", str(results), "--out", str(results)]) == 2  # a file, not a folder
+    assert "cannot create figure folder" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.plots import plot_all
 
     rows = load_rows(args.results)
-    formats = comma_list(args.format)
+    formats = [f.lower() for f in comma_list(args.format)]
     if not formats:
         raise UserError("no figure format given")
     warn_missing_reference(rows, args.reference)

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     rows = load_rows(args.results)
     warn_missing_reference(rows, args.reference)
     out, figures = write_report(rows, args.out, figures_dir=args.figures, draw_figures=not args.no_figures,
-                                formats=comma_list(args.format) or ["png"], reference=args.reference,
+                                formats=[f.lower() for f in comma_list(args.format)] or ["png"],
+                                reference=args.reference,
                                 source=args.results)
     print(out)
     for path in figures:
