@@ -82,7 +82,8 @@ class Result:
 
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
-        return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase, self.budget)
+        return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
+                        self.budget, self.scope)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -96,8 +97,11 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def cell_key(selector, model, batch_size, dtype, device, phase, budget) -> tuple:
-    return (selector, model, int(batch_size), dtype, device, phase, budget)
+def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None) -> tuple:
+    """Identity of a cell. Budget and scope only matter where a selector is involved."""
+    if selector is None:
+        budget = scope = None
+    return (selector, model, int(batch_size), dtype, device, phase, budget, scope)
 
 
 def _trim_torn_tail(path: Path) -> None:

@@ -71,7 +71,7 @@ class Cell:
 
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
-                        self.phase, self.budget)
+                        self.phase, self.budget, self.scope)
 
     def label(self) -> str:
         who = self.selector or ("full" if self.phase == "train_step" else "-")
@@ -90,7 +90,7 @@ class Cell:
         """A result row for this cell with nothing measured yet."""
         return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
-                      scope=self.scope if self.phase != "inference" else None,
+                      scope=self.scope if self.selector is not None else None,
                       warmup=self.warmup, repeats=self.repeats, **fields)
 
 
