@@ -97,9 +97,10 @@ def select_metrics(names: Iterable[str]) -> set[str]:
 
 def cell_label(key: tuple) -> str:
     """``fps vit_tiny_patch16_224 b=1 float32 sim select k=1`` for a :meth:`Result.key`."""
-    selector, model, batch, dtype, device, phase, budget = key
+    selector, model, batch, dtype, device, phase, budget, scope = key
     who = selector or ("full" if phase == "train_step" else "floor")
-    return " ".join(str(p) for p in (who, model, f"b={batch}", dtype, device, phase, budget) if p is not None)
+    scope = None if scope in (None, "gps") else f"scope={scope}"
+    return " ".join(str(p) for p in (who, model, f"b={batch}", dtype, device, phase, budget, scope) if p is not None)
 
 
 def fmt_value(metric: str, value) -> str:
