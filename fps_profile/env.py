@@ -78,6 +78,8 @@ def collect(device: str) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
         env["driver"] = nvml_driver()
         env["device_memory_bytes"] = torch.cuda.get_device_properties(idx).total_memory
+        uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
+        env["device_uuid"] = str(uuid) if uuid is not None else None  # which physical GPU, on a cluster
     elif device == "cpu":
         env["device_name"] = cpu_name()
     return env

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -107,10 +109,11 @@ def _sweep(capsys, *args: str) -> tuple[int, str]:
 
 
 def _canonical(row) -> str:
-    """A row as JSON without what must differ between two runs: the time, and where Ray ran it."""
+    """A row as JSON without what must differ between two runs: when, how long sim took, where Ray ran it."""
     data = json.loads(row.to_json())
     data.pop("timestamp")
     data["env"] = {k: v for k, v in data["env"].items() if not k.startswith("ray_")}
+    data["env"].get("sim", {}).pop("seconds", None)
     return json.dumps(data, sort_keys=True)
 
 
@@ -161,10 +164,11 @@ def test_cpu_sweep_same_rows_as_local(ray_cluster, tmp_path, capsys, one_thread)
         assert row.params_total == want[key].params_total and row.params_trainable == want[key].params_trainable
         assert len(row.wall_times_s) == len(want[key].wall_times_s)
         assert row.env["ray_node_id"] and row.env["host"] == want[key].env.get("host", row.env["host"])
-    ok = got[None, MODEL, 1, "float32", "cpu", "inference", None]
+    by_phase = {(r.phase, r.selector): r for r in got.values()}
+    ok = by_phase["inference", None]
     assert ok.status == "ok" and ok.env["device_name"] == want[ok.key()].env["device_name"]
     assert ok.env["torch_threads"] == 1
-    crashed = got["ray_crash", MODEL, 1, "float32", "cpu", "select", "k=1"]
+    crashed = by_phase["select", "ray_crash"]
     assert crashed.status == "error" and "status 3" in crashed.error
     assert crashed.env["host"] and crashed.env["ray_node_id"]  # which node it crashed on
 
@@ -231,3 +235,37 @@ def test_task_lost_with_its_worker_is_an_error_row_and_retried(ray_cluster, tmp_
     rc, err = _sweep(capsys, *args, "--retry-failed")
     assert rc == 0, err
     assert attempts.read_text().count("attempt") == 3 and len(read_results(out)) == 3
+
+
+@pytest.mark.slow
+def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsys):
+    import ray
+
+    for old in ray_cluster.glob("hang-*"):
+        old.unlink()
+    out = tmp_path / "r.jsonl"
+    args = [*SMALL, "--selector", "ray_hang,magnitude,random", "--phase", "select", "--executor", "ray",
+            "--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
+    driver = subprocess.Popen([sys.executable, "-m", "fps_profile", "sweep", *args, "--timeout", "120"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                out.exists() and out.read_text().count("\n") >= 1 and list(ray_cluster.glob("hang-*"))):
+            time.sleep(0.1)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    partial = read_results(out)
+    hung = [int(p.name.split("-")[1]) for p in ray_cluster.glob("hang-*")]
+    assert 1 <= len(partial) < 3 and hung
+    deadline = time.monotonic() + 30  # the cluster ends the dead driver's tasks, measurements included
+    while any(map(_alive, hung)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, hung))
+    rc, err = _sweep(capsys, *args, "--timeout", "10")
+    assert rc == 0, err
+    rows = read_results(out)
+    assert len(rows) == len({r.key() for r in rows}) == 3
+    assert [r.to_json() for r in rows[:len(partial)]] == [r.to_json() for r in partial]  # nothing rewritten
+    assert {r.selector: r.status for r in rows} == {"ray_hang": "timeout", "magnitude": "ok", "random": "ok"}

@@ -150,15 +150,31 @@ def _run_cell(cell_json: str, timeout_s: float | None) -> str:
     return row.to_json()
 
 
+def _probe(address: str) -> None:
+    """Fail fast on a ``host:port`` where nothing listens (Ray itself would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"cannot connect to Ray at {address}: {exc.strerror or exc} "
+                        "(is 'ray start --head' running there?)") from None
+
+
 class RayExecutor:
     """Cells as Ray tasks; rows yielded to the driver in the order tasks finish.
 
     Args:
-        address: Ray cluster to use: None (connect to ``RAY_ADDRESS`` if set, else
-            start a local instance with this machine's GPUs), ``auto`` (the cluster
-            this machine belongs to, started with ``ray start``), ``host:port``, or
-            ``ray://host:port`` (Ray Client; needs ``ray[client]``).
+        address: Ray cluster to use: None (``RAY_ADDRESS`` if set, else a new
+            local instance with this machine's CPUs and GPUs, gone with the
+            sweep), ``auto`` (the cluster this machine belongs to, started with
+            ``ray start``), ``host:port`` (its head node), or ``ray://host:port``
+            (Ray Client; needs ``ray[client]``). Ignored when this process is
+            already connected (``ray.init`` called before).
         retries: Extra attempts of a task whose worker or node died.
+        accelerator_type: Run CUDA cells only on GPUs of this Ray accelerator
+            type (e.g. ``H100``), so that a mixed cluster gives comparable rows.
 
     Raises:
         UserError: Ray is not installed, or ``retries`` is negative.
@@ -167,24 +183,27 @@ class RayExecutor:
     name = "ray"
     remote = True  # devices are those of the cluster's workers, not of the driver
 
-    def __init__(self, address: str | None = None, retries: int = 0) -> None:
+    def __init__(self, address: str | None = None, retries: int = 0, accelerator_type: str | None = None) -> None:
         _import_ray()
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise UserError(f"retries must be an integer >= 0, not {retries!r}")
         self.address = address
         self.retries = retries
+        self.accelerator_type = accelerator_type
         self._task = None
 
     def _connect(self):
         ray = _import_ray()
         if not ray.is_initialized():
-            kwargs = dict(address=self.address, log_to_driver=False, logging_level=logging.ERROR)
-            if self.address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+            address = self.address or os.environ.get("RAY_ADDRESS") or "local"
+            kwargs = dict(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            if address == "local":
                 kwargs.update(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES)
+            _probe(address)
             try:
                 ray.init(**kwargs)
             except Exception as exc:  # no cluster there, no ray[client], refused, ...
-                where = self.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+                where = "a new local instance" if address == "local" else address
                 raise UserError(f"cannot connect to Ray ({where}): {one_line(exc)}") from None
         if self._task is None:
             self._task = ray.remote(_run_cell)
@@ -195,9 +214,16 @@ class RayExecutor:
             if _is_cuda(cell.device) and cell.device not in ("cuda", "cuda:0"):
                 raise UserError(f"device {cell.device!r} with --executor ray: use --device cuda "
                                 "(Ray gives each task one GPU of its own)")
-        if any(_is_cuda(c.device) for c in cells) and not ray.cluster_resources().get("GPU"):
+        if not any(_is_cuda(c.device) for c in cells):
+            return
+        have = ray.cluster_resources()
+        if not have.get("GPU"):
             raise UserError("--device cuda asked for, but the Ray cluster has no GPU "
                             "(start GPU nodes with 'ray start', or use --device cpu or sim)")
+        if self.accelerator_type and not have.get(f"accelerator_type:{self.accelerator_type}"):
+            known = sorted(k.split(":", 1)[1] for k in have if k.startswith("accelerator_type:"))
+            raise UserError(f"no GPU of accelerator type {self.accelerator_type!r} in the Ray cluster "
+                            f"(it has: {', '.join(known) or 'none'})")
 
     def run(self, cells: Sequence[Cell], timeout_s: float | None) -> Iterator[Result]:
         """Submit every cell, then yield one row per cell as its task finishes.
@@ -215,7 +241,11 @@ class RayExecutor:
         self._check(ray, cells)
         refs = {}
         for cell in cells:
-            need = {"num_gpus": 1} if _is_cuda(cell.device) else {"num_cpus": 1}
+            need = {"num_cpus": 1}  # one CPU slot on cpu and sim; on CUDA, one GPU (and Ray's default CPU)
+            if _is_cuda(cell.device):
+                need = {"num_gpus": 1}
+                if self.accelerator_type:
+                    need["accelerator_type"] = self.accelerator_type
             task = self._task.options(**need, max_retries=self.retries, retry_exceptions=False,
                                       name=f"fps-profile {cell.label()}")
             refs[task.remote(cell.to_json(), timeout_s)] = cell
