@@ -92,14 +92,15 @@ def ray_cluster(tmp_path_factory):
                 SELECTORS.unregister(name)
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
+@pytest.fixture(scope="module")
+def one_thread():
     """Local sweeps with one torch thread, as in a Ray CPU slot (fresh fork server before and after)."""
     from fps_profile import forkserver
 
     forkserver.client().close()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
     forkserver.client().close()
 
 
@@ -135,10 +136,27 @@ def test_missing_ray_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
     assert not out.exists()
 
 
-def test_bad_retries_and_cuda_index_are_one_line_errors(ray_cluster, tmp_path, capsys):
+def test_an_address_where_nothing_listens_fails_fast():
+    import socket
+
+    from fps_profile.errors import UserError
+    from fps_profile.executors.ray_executor import _probe
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    with pytest.raises(UserError, match=f"cannot connect to Ray at 127.0.0.1:{port}: .*ray start --head"):
+        _probe(f"127.0.0.1:{port}")
+    _probe("auto")  # left to Ray
+    _probe("ray://127.0.0.1:1")
+
+
+def test_cells_the_cluster_cannot_run_fail_before_submitting(ray_cluster, monkeypatch):
+    import ray
+
+    from fps_profile.errors import UserError
     from fps_profile.executors import get_executor
     from fps_profile.runner import Cell
-    from fps_profile.errors import UserError
 
     with pytest.raises(UserError, match="retries must be an integer >= 0"):
         get_executor("ray", retries=-1)
@@ -147,6 +165,9 @@ def test_bad_retries_and_cuda_index_are_one_line_errors(ray_cluster, tmp_path, c
         next(iter(executor.run([Cell(MODEL, 1, device="cuda:1")], 10)))
     with pytest.raises(UserError, match="Ray cluster has no GPU"):
         next(iter(executor.run([Cell(MODEL, 1, phase="inference", device="cuda")], 10)))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A100": 1.0})
+    with pytest.raises(UserError, match=r"accelerator type 'H100' in the Ray cluster \(it has: A100\)"):
+        next(iter(get_executor("ray", accelerator_type="H100").run([Cell(MODEL, 1, device="cuda")], 10)))
 
 
 def test_cpu_sweep_same_rows_as_local(ray_cluster, tmp_path, capsys, one_thread):
@@ -175,14 +196,14 @@ def test_cpu_sweep_same_rows_as_local(ray_cluster, tmp_path, capsys, one_thread)
 
 def test_sim_sweep_same_bytes_as_local(ray_cluster, tmp_path, capsys, one_thread):
     pytest.importorskip("fps_profile.sim")
-    args = [*SMALL, "--device", "sim", "--selector", "fps,gps", "--phase", "inference,select,train_step"]
+    args = [*SMALL, "--device", "sim", "--selector", "fps,gps", "--phase", "inference,select"]
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     assert _sweep(capsys, *args, "--out", str(local))[0] == 0
     rc, err = _sweep(capsys, *args, "--executor", "ray", "--out", str(remote))
     assert rc == 0, err
     want = sorted(_canonical(r) for r in read_results(local))
     got = sorted(_canonical(r) for r in read_results(remote))
-    assert len(got) == 6 and got == want
+    assert len(got) == 3 and got == want
     assert all(r.env["ray_node_id"] for r in read_results(remote))
 
 
