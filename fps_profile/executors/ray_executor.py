@@ -49,13 +49,18 @@ def _is_cuda(device: str) -> bool:
 def _fork_server():
     from fps_profile import forkserver
 
-    return getattr(forkserver._CLIENT, "_proc", None)
+    return getattr(getattr(forkserver, "_CLIENT", None), "_proc", None)
 
 
 def _kill_measurement() -> None:
-    """Kill the measurement this worker's fork server is running; the server answers for it and lives on."""
-    proc = _fork_server()
-    for pid in _children(proc.pid) if proc is not None else ():
+    """Kill the measurement this worker runs: a child of its fork server, or a spawned ``fps_profile.worker``.
+
+    The fork server answers for its killed child and lives on, in step for the next task.
+    """
+    server = _fork_server()
+    pids = _children(server.pid) if server is not None else []
+    pids += [pid for pid in _children(os.getpid()) if b"fps_profile.worker" in _cmdline(pid)]
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -69,8 +74,9 @@ def _stop_fork_server() -> None:
 
     _SERVER_ENV = None
     _kill_measurement()
-    if forkserver._CLIENT is not None:
-        forkserver._CLIENT.close()
+    client = getattr(forkserver, "_CLIENT", None)
+    if client is not None:
+        client.close()
 
 
 def _children(pid: int) -> list[int]:
@@ -85,6 +91,14 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry))
     return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
