@@ -24,11 +24,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_device(name: str) -> None:
-    """Validate a device name of a sweep (``cpu``, ``cuda[:N]``, ``sim[:target]``) without using it."""
+def check_device(name: str, *, local: bool = True) -> None:
+    """Validate a device name of a sweep (``cpu``, ``cuda[:N]``, ``sim[:target]``) without using it.
+
+    Args:
+        name: The device name.
+        local: Also check that a CUDA device exists on this machine (off when the
+            cells run on other machines, e.g. Ray workers).
+    """
     if name == "sim" or name.startswith("sim:"):
         from fps_profile.sim import check_sim_device
 
         check_sim_device(name)
-    else:
+    elif local:
         resolve_device(name)
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r} (use cpu, cuda, cuda:N or sim)") from None
+        if device.type not in ("cpu", "cuda"):
+            raise UserError(f"unsupported device {name!r} (use cpu, cuda, cuda:N or sim)")

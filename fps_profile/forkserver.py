@@ -19,7 +19,19 @@ import threading
 import time
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so nothing outlives a killed driver."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the server still exits on stdin EOF
+        pass
+
+
 def _serve() -> None:
+    _die_with_parent()
     import timm  # noqa: F401  (imported once here, inherited by every child)
     import torch  # noqa: F401
 
@@ -42,6 +54,7 @@ def _serve() -> None:
 def _child(req: dict) -> None:
     code = 1
     try:
+        _die_with_parent()
         fd = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 2)
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -64,8 +64,13 @@ class Grid:
                 out += [self._cell(model, batch, dtype, device, "train_step", s) for s in self.selectors]
         return out
 
-    def validate(self) -> None:
-        """Check every name and number before anything is measured (one-line errors)."""
+    def validate(self, local_devices: bool = True) -> None:
+        """Check every name and number before anything is measured (one-line errors).
+
+        Args:
+            local_devices: Check that CUDA devices exist here (False when an executor
+                runs the cells on other machines).
+        """
         from fps_profile.devices import check_device
         from fps_profile.models import check_model_name, parse_dtype
         from fps_profile.phases import BudgetSpec
@@ -93,7 +98,7 @@ class Grid:
         for d in self.dtypes:
             parse_dtype(d)
         for d in self.devices:
-            check_device(d)
+            check_device(d, local=local_devices)
         BudgetSpec.parse(self.budget)
         get_scope(self.scope)
         for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
@@ -162,7 +167,8 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, executor=None, timeout_s: f
 
     from fps_profile.executors import LocalExecutor
 
-    grid.validate()
+    executor = executor or LocalExecutor()
+    grid.validate(local_devices=not getattr(executor, "remote", False))
     path = Path(out)
     have = latest(check_output(path))
     cells = grid.cells()
@@ -172,7 +178,6 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, executor=None, timeout_s: f
         return row is not None and not (retry_failed and row.status in ("error", "timeout"))
 
     todo = [c for c in cells if not done(c)]
-    executor = executor or LocalExecutor()
     start = time.perf_counter()
     tty = progress and sys.stderr.isatty()
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,

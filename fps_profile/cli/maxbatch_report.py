@@ -18,7 +18,7 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
     from fps_profile.sweep import _row_line, check_output, latest
     from fps_profile.units import fmt_bytes
 
-    grid.validate()
+    grid.validate(local_devices=not getattr(executor, "remote", False))
     have = latest(check_output(out))
     body = []
     for device in grid.devices:

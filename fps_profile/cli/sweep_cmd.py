@@ -57,6 +57,8 @@ def add_parser(sub) -> None:
     p.add_argument("--executor", default="local", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (auto, ray://host:port)")
     p.add_argument("--retries", type=int, default=0, help="with --executor ray: retries of a task lost with its node")
+    p.add_argument("--ray-accelerator", default=None, metavar="TYPE",
+                   help="with --executor ray: run CUDA cells only on GPUs of this Ray accelerator type (e.g. H100)")
     p.add_argument("--out", help=f"results file, JSON lines (default {DEFAULT_OUT})")
     p.add_argument("--plots", metavar="DIR", help="also draw the figures of the results into DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-row lines")
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or DEFAULT_OUT)
     if args.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"address": args.address, "retries": args.retries} if args.executor == "ray" else {}
+    kwargs = ({"address": args.address, "retries": args.retries, "accelerator_type": args.ray_accelerator}
+              if args.executor == "ray" else {})
     executor = get_executor(args.executor, **kwargs)
     if args.max_batch:
         from fps_profile.cli.maxbatch_report import run_max_batch
