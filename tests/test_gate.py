@@ -236,3 +236,51 @@ def test_rows_written_by_json_roundtrip_compare_equal(tmp_path):
     write_results(path, rows)
     again = [Result.from_dict(json.loads(line)) for line in path.read_text().splitlines()]
     assert compare(rows, again).changes == []
+
+
+# The committed baseline (benchmarks/baseline.jsonl) and its grid (benchmarks/baseline.toml).
+
+def _baseline():
+    from pathlib import Path
+
+    from fps_profile.results import read_results
+
+    root = Path(__file__).resolve().parents[1]
+    return root, read_results(root / "benchmarks" / "baseline.jsonl")
+
+
+def test_baseline_matches_its_grid():
+    import tomllib
+
+    from fps_profile.sweep import Grid
+
+    root, rows = _baseline()
+    grid = Grid(**tomllib.loads((root / "benchmarks" / "baseline.toml").read_text()))
+    assert grid.devices == ["sim"]
+    assert sorted(map(repr, (c.key() for c in grid.cells()))) == sorted(map(repr, (r.key() for r in rows)))
+    assert all(r.status == "ok" and r.peak_allocated_bytes and r.flops is not None for r in rows)
+    assert {r.selector for r in rows if r.phase == "select"} >= {"fps", "gps"}
+
+
+def test_baseline_gates_an_injected_regression(tmp_path, capsys):
+    root, rows = _baseline()
+    i = next(i for i, r in enumerate(rows) if r.selector == "gps" and r.phase == "select")
+    worse = _changed(rows, i, peak_allocated_bytes=int(rows[i].peak_allocated_bytes * 1.05))
+    base = str(root / "benchmarks" / "baseline.jsonl")
+    assert _gate(capsys, base, base, "--strict")[0] == 0
+    code, out, _ = _gate(capsys, base, _write(tmp_path / "cur.jsonl", worse), "--strict")
+    assert code == 1 and out.count("**WORSE**") == 1 and "gps vit_" in out
+
+
+@pytest.mark.slow
+def test_sim_measurement_reproduces_the_baseline(tmp_path, capsys):
+    """What CI's gate does, on one cell: measure it now and compare with the committed row."""
+    from fps_profile.runner import Cell, measure
+
+    _, rows = _baseline()
+    old = next(r for r in rows if r.selector == "fps" and r.phase == "select" and r.batch_size == 1
+               and r.model == "vit_tiny_patch16_224")
+    new = measure(Cell(model=old.model, batch_size=1, phase="select", selector="fps", device="sim",
+                       budget=old.budget, scope=old.scope, warmup=0, repeats=1))
+    report = compare([old], [new])
+    assert report.cells == 1 and report.changes == [], report.changes
