@@ -241,3 +241,16 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
     assert "unknown figure format 'bmpx'" in capsys.readouterr().err
     assert main(["plot", str(results), "--out", str(results)]) == 2  # a file, not a folder
     assert "cannot create figure folder" in capsys.readouterr().err
+
+
+def test_mixed_gpu_models_are_separate_groups():
+    from fps_profile.plots.data import by_group
+    from fps_profile.results import Result
+
+    def row(name, b):
+        return Result(selector="fps", model="m", batch_size=b, dtype="float32", device="cuda", phase="select",
+                      budget="k=1", scope="gps", peak_allocated_bytes=100 * b, env={"device_name": name})
+
+    mixed = by_group([row("NVIDIA H100", 1), row("NVIDIA A100", 1), row("NVIDIA H100", 2)])
+    assert {k[0]: len(v) for k, v in mixed.items()} == {"cuda:NVIDIA H100": 2, "cuda:NVIDIA A100": 1}
+    assert list(by_group([row("NVIDIA H100", 1)])) == [("cuda", "float32", None)]

@@ -23,13 +23,26 @@ def series_name(row: Result) -> str:
     return row.selector or "?"
 
 
+def device_label(row: Result) -> str:
+    """The row's device, naming the GPU model for CUDA rows (``cuda:NVIDIA H100 80GB HBM3``).
+
+    Mixed clusters measure the same cell on different GPUs; these must never be
+    merged or drawn as one line.
+    """
+    name = row.env.get("device_name") if isinstance(row.env, dict) else None
+    return f"{row.device}:{name}" if row.device.startswith("cuda") and name else row.device
+
+
 def dedupe(rows: Iterable[Result]) -> list[Result]:
-    """One row per cell, the last one written winning (as a resumed sweep reads its file)."""
-    return list({r.key(): r for r in rows}.values())
+    """One row per cell and device model, the last one written winning (as a resumed sweep reads its file)."""
+    return list({(r.key(), device_label(r)): r for r in rows}.values())
 
 
 def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[Result]]:
     """Rows by ``(device, dtype, budget)``, in sorted order; rows are de-duplicated first.
+
+    Where CUDA rows of one device string come from several GPU models (a mixed
+    Ray cluster), the device is :func:`device_label`, so each model is its own group.
 
     The budget is None unless a (device, dtype) holds selections of several
     budgets (e.g. ``k=1`` and ``fraction=0.01``); then each budget is its own
@@ -37,8 +50,14 @@ def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[R
     """
     out: dict[tuple[str, str, str | None], list[Result]] = {}
     by_dev: dict[tuple[str, str], list[Result]] = {}
-    for r in dedupe(rows):
-        by_dev.setdefault((r.device, r.dtype), []).append(r)
+    rows = dedupe(rows)
+    names = {(r.device, r.dtype): set() for r in rows}
+    for r in rows:
+        names[(r.device, r.dtype)].add(device_label(r))
+    for r in rows:
+        # Split by GPU model only where one device string covers several (mixed clusters).
+        device = device_label(r) if len(names[(r.device, r.dtype)]) > 1 else r.device
+        by_dev.setdefault((device, r.dtype), []).append(r)
     for (device, dtype), group in by_dev.items():
         budgets = sorted({r.budget for r in group if r.budget is not None})
         if len(budgets) <= 1:
