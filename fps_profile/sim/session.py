@@ -69,6 +69,11 @@ class Simulator:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Simulator:
+        # Frees then follow reference counting alone (collections only where the cuda
+        # backend collects), so the allocator sees the same sequence on every machine.
+        if gc.isenabled():
+            gc.disable()
+            self._stack.callback(gc.enable)
         self._stack.enter_context(self.fake_mode)
         self._stack.enter_context(self.tracker)
         if self.target.is_cuda:
@@ -97,7 +102,8 @@ class Simulator:
             return fake.materialize(meta)
 
     def module(self, module: nn.Module) -> nn.Module:
-        """A fake copy of ``module`` (its structure, not its values); ``module`` moves to ``meta``."""
+        """``module`` with fake storage: it is moved to the ``meta`` device (its values are dropped),
+        then materialised through the tracker. Build it before entering the simulator."""
         with _disable_current_modes():
             meta = module.to("meta")
         return fake.materialize(meta)
