@@ -16,7 +16,7 @@ what the CUDA kernel saves:
 * memory-efficient (float32/16/bf16; head dim divisible by 4 in float32, 8
   otherwise; masks allowed): output plus log-sum-exp ``[B, H, ceil32(T)]``
   float32, the latter only when a gradient is needed;
-* math otherwise (e.g. float64, an odd head dim, a nested layout).
+* math otherwise (e.g. float64, an odd head dim, grouped-query heads, a nested layout).
 
 Not modelled: kernel-internal workspaces (flash backward's float32 ``dq``
 accumulator, the efficient kernel's split-key buffer), which live only while
@@ -45,7 +45,7 @@ def choose_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, a
         return "math"
     d_qk, d_v = query.size(-1), value.size(-1)
     if (query.dtype in _HALF and attn_mask is None and d_qk == key.size(-1) == d_v and d_qk <= 256
-            and (8, 0) <= capability <= (9, 0) and (same_heads or enable_gqa)):
+            and (8, 0) <= capability <= (9, 0) and same_heads):
         return "flash"
     align = 8 if query.dtype in _HALF else 4
     if (query.dtype in _HALF + (torch.float32,) and d_qk == key.size(-1) and d_qk % align == 0

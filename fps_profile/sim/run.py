@@ -47,12 +47,15 @@ def measure_sim(cell, row) -> None:
     start = time.perf_counter()
     target = get_target(cell.device)
     dtype = parse_dtype(cell.dtype)
-    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else None
+    # No budget on a selection fails as on a device ("give exactly one of k ... or fraction").
+    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else phases.BudgetSpec(k=None)
     options = dict(cell.options)
     with Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)) as sim:
         model = sim.model(cell.model, dtype)
         row.params_total = sum(p.numel() for p in model.parameters())
-        batches = [sim.batch(model, cell.batch_size, dtype) for _ in range(max(1, cell.num_batches))]
+        if cell.num_batches < 1:
+            raise UserError(f"num_batches must be >= 1, not {cell.num_batches}")
+        batches = [sim.batch(model, cell.batch_size, dtype) for _ in range(cell.num_batches)]
         warmup = 0
         if cell.phase == "select":
             fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)

@@ -15,6 +15,8 @@ fake tensors of one fake mode, with two CUDA additions:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
@@ -60,11 +62,10 @@ class SimTensorBytes(LiveTensorBytes):
         old = self._live.get(key)
         if old == nbytes:
             return
-        self._blocks[key], previous = self.allocator.malloc(nbytes), self._blocks.get(key)
+        previous = self._blocks.get(key)
+        self._blocks[key] = self.allocator.malloc(nbytes)
         self._live[key] = nbytes
         if old is None:
-            import weakref
-
             self._finalizers.append(weakref.finalize(storage, self._free, key))
         else:  # resized in place: a new block, then the old one goes
             self._sync(check_budget)
