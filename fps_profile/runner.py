@@ -167,27 +167,31 @@ def _measure_real(cell: Cell, row: Result) -> None:
 
     for _ in range(cell.warmup):
         fn()
-    # FLOPs are counted in the memory-tracked run (shapes only: no extra run, no device memory).
     if device.type == "cuda":
-        with FlopCount() as flop_count, CudaAllocatorPeak(device) as cuda_peak, \
-                NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
+        with CudaAllocatorPeak(device) as cuda_peak, NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
             out = fn()
         row.peak_allocated_bytes, row.peak_reserved_bytes = cuda_peak.peak_allocated, cuda_peak.peak_reserved
         row.nvml_peak_used_bytes, row.nvml_process_peak_bytes = nvml.peak_used, nvml.peak_process
-        target = target_for_device_name(torch.cuda.get_device_name(device))
-        row.time_floor_s = time_floor(flop_count.counts, target.peak_flops) if target else None
     else:
+        # LiveTensorBytes is a dispatch mode already, so counting FLOPs in this run changes nothing.
         with FlopCount() as flop_count, LiveTensorBytes("cpu", budget_bytes=cell.memory_budget) as live, \
                 RssPeak() as rss:
             out = fn()
         row.peak_allocated_bytes = live.peak
-    row.flops = flop_count.total
     row.rss_peak_bytes = rss.peak
     if isinstance(out, Mask):
         row.params_trainable = out.stats().trainable
     del out
     row.wall_times_s = time_repeats(fn, device, warmup=0, repeats=cell.repeats)
     row.wall_time_s = median(row.wall_times_s)
+    if device.type == "cuda":
+        # Any active dispatch mode changes eager choices (e.g. gradients accumulate out of
+        # place), so on CUDA the FLOPs come from one more run, after everything is measured.
+        with FlopCount() as flop_count:
+            fn()
+        target = target_for_device_name(torch.cuda.get_device_name(device))
+        row.time_floor_s = time_floor(flop_count.counts, target.peak_flops) if target else None
+    row.flops = flop_count.total
 
 
 def run_isolated(cell: Cell, timeout_s: float | None = 1800.0, isolation: str | None = None) -> Result:
