@@ -22,6 +22,7 @@ WHAT = {
     "gps-ce": {"phase": "select", "selector": "gps", "options": (("loss", "ce"), ("views", 1))},
     "gps": {"phase": "select", "selector": "gps"},
     "train_step": {"phase": "train_step"},
+    "sparse_step": {"phase": "train_step", "selector": "fps"},
 }
 GIB = 1 << 30
 # measurement.md: H200, torch 2.11, timm ViT-B/16, random init, float32, batch 64, max_memory_allocated.
@@ -52,7 +53,8 @@ def sim_row(model: str, batch: int, what: str, device: str = "sim:h100"):
 class SimSpeed:
     """Wall time and host peak RSS of one sim cell (in this process; imports done in setup)."""
 
-    params = (["vit_base_patch16_224", "vit_huge_patch14_224"], [64, 512], ["inference", "gps", "train_step"])
+    params = (["vit_base_patch16_224", "vit_huge_patch14_224"], [64, 512],
+              ["inference", "gps", "train_step", "sparse_step"])
     param_names = ["model", "batch_size", "what"]
     number = 1
     repeat = 1
