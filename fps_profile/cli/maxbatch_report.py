@@ -23,6 +23,10 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
     body = []
     for device in grid.devices:
         budget = grid.memory_budget
+        if budget is None and device.startswith("sim"):
+            from fps_profile.sim.targets import get_target
+
+            budget = get_target(device).memory_bytes  # the simulated card's memory
         if budget is None:
             if not device.startswith("cuda"):
                 raise UserError(f"--max-batch on {device} needs --memory-budget (e.g. 8GiB)")
