@@ -31,16 +31,23 @@ def _ratio(a, b):
 
 
 def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLine]:
-    """Lines for every select / inference / train_step row, grouped by cell."""
+    """Lines for every select / inference / train_step row, grouped by cell.
+
+    Groups are ordered by device, dtype, model size (``params_total``) and batch;
+    within a group: the floor, the selectors, full fine-tuning, sparse steps.
+    """
     groups: dict[tuple, list[Result]] = {}
+    size: dict[str, int] = {}
     for r in rows:
         groups.setdefault((r.device, r.dtype, r.model, r.batch_size), []).append(r)
+        size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     out = []
-    for (device, dtype, model, batch), rs in sorted(groups.items(), key=lambda kv: (kv[0][:3], kv[0][3])):
+    order = {"inference": 0, "select": 1, "train_step": 2}
+    for (device, dtype, model, batch), rs in sorted(groups.items(),
+                                                    key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         ok = [r for r in rs if r.status == "ok"]
         floor = next((r for r in ok if r.phase == "inference"), None)
         ref = next((r for r in ok if r.phase == "select" and r.selector == reference), None)
-        order = {"inference": 0, "select": 1, "train_step": 2}
         for r in sorted(rs, key=lambda r: (order.get(r.phase, 3), r.selector is not None, r.selector or "")):
             if r.phase == "inference":
                 what = "floor"
@@ -59,21 +66,37 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
 
 
 def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
-    """A markdown table of :func:`summarize`."""
+    """Markdown tables of :func:`summarize`: selections (with the floor), then train steps.
+
+    Columns that hold one value throughout (device, dtype) become a heading instead.
+    """
     lines = summarize(rows, reference)
     if not lines:
         return "(no rows)"
-    head = ["device", "dtype", "model", "batch", "what", "peak", "peak/floor", f"peak/{reference}",
-            "time", f"time/{reference}"]
-    body = []
-    for s in lines:
-        if s.status != "ok":
-            body.append([s.device, s.dtype, s.model, str(s.batch_size), s.what, s.status.upper(), "", "", "", ""])
-            continue
-        body.append([s.device, s.dtype, s.model, str(s.batch_size), s.what, fmt_bytes(s.peak_bytes),
-                     fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps), fmt_seconds(s.time_s),
-                     fmt_ratio(s.time_vs_gps)])
-    return markdown_table(head, body)
+    constant = [c for c in ("device", "dtype") if len({getattr(s, c) for s in lines}) == 1]
+    keys = [c for c in ("device", "dtype", "model", "batch_size") if c not in constant]
+    heading = " · ".join(str(getattr(lines[0], c)) for c in constant)
+
+    def cells(s: SummaryLine, values: list[str]) -> list[str]:
+        lead = [str(getattr(s, k)) for k in keys] + [s.what]
+        return lead + (values if s.status == "ok" else [s.status.upper()] + [""] * (len(values) - 1))
+
+    head = [k.replace("_size", "") for k in keys] + ["what"]
+    sel = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps),
+                     fmt_seconds(s.time_s), fmt_ratio(s.time_vs_gps)])
+           for s in lines if not s.what.startswith("train:")]
+    train = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_seconds(s.time_s)])
+             for s in lines if s.what.startswith("train:")]
+    out = []
+    if sel:
+        out += [f"Selection{' (' + heading + ')' if heading else ''}: peak memory and time, against the "
+                f"inference floor and {reference}", "",
+                markdown_table(head + ["peak", "peak/floor", f"peak/{reference}", "time", f"time/{reference}"], sel)]
+    if train:
+        out += ["" if out else None, f"Fine-tuning step{' (' + heading + ')' if heading else ''}: "
+                "full, and sparse with each selector's mask", "",
+                markdown_table(head + ["peak", "peak/floor", "time"], train)]
+    return "\n".join(x for x in out if x is not None)
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:
