@@ -37,6 +37,20 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _breakdown(model, mask, scope: str) -> str:
+    """Ranked entries vs whole trainable tensors, and the count without the classifier
+    head (the figure GPS and FPS papers quote, e.g. 0.195% of ViT-B/16 at k=1)."""
+    from fps_profile.scope import Role, assign_roles
+
+    roles = assign_roles(model, scope)
+    ranked = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.RANKED)
+    whole = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.TRAINABLE)
+    body = [n for n in mask if "head" not in n]
+    chosen, total = sum(int(mask[n].sum()) for n in body), sum(mask[n].numel() for n in body)
+    return (f"ranked entries {ranked:,}; whole tensors {whole:,} (biases, head, layer scales); "
+            f"without the head: {chosen:,} of {total:,} ({100.0 * chosen / max(total, 1):.3f}%)")
+
+
 def run(args: argparse.Namespace) -> int:
     import fps_profile
     from fps_profile.devices import resolve_device
@@ -66,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
               f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device})")
         print(stats.format(per_tensor=args.per_tensor))
+        print(_breakdown(model, mask, args.scope))
         if args.out:
             print(f"mask written to {args.out}")
     return 0
