@@ -40,12 +40,20 @@ def test_select_writes_a_loadable_mask_and_prints_stats(tmp_path, capsys):
     lines = out.strip().splitlines()
     assert lines[0].startswith(f"fps on {MODEL} (per-row top-2, scope gps, batch 2 x 1, float32, cpu)")
     assert lines[-1] == f"mask written to {out_path}"
-    m = re.fullmatch(r"trainable ([\d,]+) of ([\d,]+) parameters \(([\d.]+)%\)", lines[-2])
-    assert m, lines[-2]
+    m = re.fullmatch(r"trainable ([\d,]+) of ([\d,]+) parameters \(([\d.]+)%\)", lines[-3])
+    assert m, lines[-3]
     mask = Mask.load(out_path)
     stats = mask.stats()
     assert int(m.group(1).replace(",", "")) == stats.trainable
     assert int(m.group(2).replace(",", "")) == stats.total
+    b = re.fullmatch(r"ranked entries ([\d,]+); whole tensors ([\d,]+) \(biases, head, layer scales\); "
+                     r"without the head: ([\d,]+) of ([\d,]+) \([\d.]+%\)", lines[-2])
+    assert b, lines[-2]
+    num = [int(g.replace(",", "")) for g in b.groups()]
+    assert num[0] + num[1] == stats.trainable
+    body = [n for n in mask if "head" not in n]
+    assert num[2] == sum(int(mask[n].sum()) for n in body)
+    assert num[3] == sum(mask[n].numel() for n in body)
     assert mask.meta["selector"] == "fps" and mask.meta["model"] == MODEL
     assert mask.meta["budget"] == "per-row top-2" and mask.meta["scope"] == "gps"
 
