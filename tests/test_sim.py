@@ -350,3 +350,22 @@ def test_cli_sweep_and_max_batch_on_sim(tmp_path):
                                   "--memory-budget", "64MiB"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "oom at" in done.stdout
+
+
+def test_compare_predicted_with_measured(tmp_path, capsys):
+    from fps_profile.results import Result, write_results
+    from fps_profile.sim.compare import main
+
+    def row(device, peak, batch=8, selector="fps"):
+        return Result(selector=selector, model="m", batch_size=batch, dtype="float32", device=device,
+                      phase="select", budget="k=1", scope="gps", peak_allocated_bytes=peak)
+
+    write_results(tmp_path / "cuda.jsonl", [row("cuda", 1000), row("cuda", 4000, selector="gps"),
+                                            row("cuda", 10, batch=1)])
+    write_results(tmp_path / "sim.jsonl", [row("sim:h100", 1030), row("sim:h100", 3800, selector="gps")])
+    assert main([str(tmp_path / "cuda.jsonl"), str(tmp_path / "sim.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "+3.0%" in out and "-5.0%" in out
+    assert "2 cells: median |error| 4.0%, worst 5.0%" in out
+    write_results(tmp_path / "none.jsonl", [row("sim:h100", 5, batch=2)])
+    assert main([str(tmp_path / "cuda.jsonl"), str(tmp_path / "none.jsonl")]) == 2
