@@ -9,6 +9,8 @@ model name, so callers and tests can read the plotted points back.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
@@ -170,7 +172,9 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     top = max(top, _device_memory_line(ax, memory_line, div))
     ax.set_xscale("log")
     ticks = sorted(params.values())
-    ax.set_xticks(ticks, [f"{lay.fmt_params(p)}\n{_short(m)}" for p, m in sorted((params[m], m) for m in sized)])
+    labels = [f"{lay.fmt_params(p)}\n{_short(m)}" for p, m in sorted((params[m], m) for m in sized)]
+    crowded = any(b / a < 3.0 for a, b in zip(ticks, ticks[1:]) if a)  # labels would touch on a log axis
+    ax.set_xticks(ticks, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.xaxis.set_minor_locator(lay.NullLocator())
     ax.set_xlim(ticks[0] / 1.6, ticks[-1] * 1.6)
     ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if ooms else 0.95))
@@ -183,5 +187,5 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
 
 
 def _short(model: str) -> str:
-    """A timm name without its resolution suffix, to fit under a tick."""
-    return model.removesuffix("_224").removesuffix("_patch16")
+    """A timm name without its patch and resolution suffixes, to fit under a tick."""
+    return re.sub(r"_patch\d+(_\d+)?$|_\d+$", "", model)
