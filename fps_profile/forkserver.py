@@ -35,7 +35,7 @@ def _serve() -> None:
     import timm  # noqa: F401  (imported once here, inherited by every child)
     import torch  # noqa: F401
 
-    from fps_profile.runner import Cell, measure  # noqa: F401
+    from fps_profile.runner import measure_to_file  # noqa: F401
 
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but replies goes to the pipe
@@ -62,13 +62,9 @@ def _child(req: dict) -> None:
         import warnings
 
         warnings.simplefilter("ignore")
-        from fps_profile.runner import Cell, measure
+        from fps_profile.runner import measure_to_file
 
-        row = measure(Cell.from_json(req["cell"]))
-        tmp = req["out"] + ".partial"
-        with open(tmp, "w") as f:
-            f.write(row.to_json())
-        os.replace(tmp, req["out"])
+        measure_to_file(req["cell"], req["out"])
         code = 0
     except BaseException:
         import traceback

@@ -1,9 +1,10 @@
 """One measurement, isolated in a fresh process.
 
-:func:`measure` does the work in the current process (the worker calls it);
-:func:`run_isolated` starts ``python -m fps_profile.worker`` for one
-:class:`Cell`, with a timeout, and turns a crash or hang into a row with status
-``error`` or ``timeout``, so a sweep always gets a row back.
+:func:`measure` does the work in the current process; :func:`run_isolated`
+runs it for one :class:`Cell` in a fresh process (a child forked from
+:mod:`fps_profile.forkserver`, or a new ``python -m fps_profile.worker``), with a
+timeout, and turns a crash or hang into a row with status ``error`` or
+``timeout``, so a sweep always gets a row back.
 
 Protocol of one measurement: build the model and synthetic batches (and, for a
 sparse train step, the selector's mask) outside any measured region; warm up;
@@ -125,6 +126,15 @@ def measure(cell: Cell) -> Result:
         row.status = "oom" if _is_oom(exc) else "error"
         row.error = one_line(exc)
     return row
+
+
+def measure_to_file(cell_json: str, out_path: str | os.PathLike) -> None:
+    """Measure a cell given as JSON and write its row atomically (body of every worker process)."""
+    row = measure(Cell.from_json(cell_json))
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(row.to_json())
+    os.replace(tmp, out)
 
 
 def _measure_real(cell: Cell, row: Result) -> None:

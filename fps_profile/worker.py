@@ -6,7 +6,6 @@ separate from the CLI so a measurement imports only what it needs.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -15,14 +14,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m fps_profile.worker CELL_JSON RESULT_JSON", file=sys.stderr)
         return 2
-    from fps_profile.runner import Cell, measure
+    from fps_profile.runner import measure_to_file
 
-    cell = Cell.from_json(Path(argv[0]).read_text())
-    row = measure(cell)
-    out = Path(argv[1])
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(row.to_json())
-    os.replace(tmp, out)
+    measure_to_file(Path(argv[0]).read_text(), argv[1])
     return 0
 
 

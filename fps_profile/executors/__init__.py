@@ -24,7 +24,7 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One cell at a time on this machine, each in a fresh ``python -m fps_profile.worker``."""
+    """One cell at a time on this machine, each in a fresh process (see :func:`run_isolated`)."""
 
     name = "local"
 
