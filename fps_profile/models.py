@@ -21,11 +21,6 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[key]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """Canonical name of a supported dtype (``torch.bfloat16`` -> ``"bfloat16"``)."""
-    return {v: k for k, v in DTYPES.items()}[dtype]
-
-
 @functools.cache
 def _timm_names() -> tuple[str, ...]:
     import timm

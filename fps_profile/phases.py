@@ -87,7 +87,9 @@ class TrainStep:
 
     @property
     def trainable(self) -> int:
-        return sum(p.numel() for p in self.params)
+        from fps_profile.sparse import trainable_count
+
+        return trainable_count(self.params)
 
     def __call__(self) -> torch.Tensor:
         loss = F.cross_entropy(self.model(self.images), self.labels)

@@ -7,7 +7,6 @@ wildcards) and lm-evaluation-harness's Registry (clear errors, lazy targets).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
 from importlib import metadata
 from typing import Generic, TypeVar
 
@@ -87,11 +86,3 @@ class Registry(Generic[T]):
             self._items[name] = target
         return self._items[name]
 
-
-def make_decorator(registry: Registry[T]) -> Callable[..., Callable[[T], T]]:
-    """``@register("name")`` for a registry."""
-
-    def register(name: str, *, override: bool = False) -> Callable[[T], T]:
-        return registry.register(name, override=override)
-
-    return register

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,5 +91,3 @@ def take_grads(targets: Sequence[Target], selector: str) -> dict[str, torch.Tens
         grads[t.name] = t.param.grad
     return grads
 
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
