@@ -125,7 +125,8 @@ class SimAccuracy:
         self.sim_device = target.device_name()
 
     def track_error_percent(self, model, batch_size, what):
-        from fps_profile.runner import Cell, run_isolated
+        from fps_profile.isolation import run_isolated
+        from fps_profile.runner import Cell
 
         real = run_isolated(Cell(model=model, batch_size=batch_size, device="cuda", repeats=1, **WHAT[what]))
         if real.status != "ok":

@@ -1,10 +1,10 @@
-"""One measurement, isolated in a fresh process.
+"""One measurement: the body of every isolated worker process.
 
-:func:`measure` does the work in the current process; :func:`run_isolated`
-runs it for one :class:`Cell` in a fresh process (a child forked from
-:mod:`fps_profile.forkserver`, or a new ``python -m fps_profile.worker``), with a
-timeout, and turns a crash or hang into a row with status ``error`` or
-``timeout``, so a sweep always gets a row back.
+:func:`measure` does the work in the current process; the worker processes
+(:mod:`fps_profile.forkserver` children and ``python -m fps_profile.worker``)
+run it through :func:`measure_to_file`, started by
+:func:`fps_profile.isolation.run_isolated`, which never lets one crash or hang
+lose a row.
 
 Protocol of one measurement: build the model and synthetic batches (and, for a
 sparse train step, the selector's mask) outside any measured region; warm up;
@@ -18,9 +18,6 @@ import dataclasses
 import gc
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +104,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def measure(cell: Cell) -> Result:
-    """Measure ``cell`` in this process (the worker's job; prefer :func:`run_isolated`).
+    """Measure ``cell`` in this process (the worker's job; prefer :func:`fps_profile.isolation.run_isolated`).
 
     Never raises for a failed measurement: an out-of-memory becomes status
     ``oom``, any other exception status ``error`` with its message.
@@ -202,62 +199,3 @@ def _measure_real(cell: Cell, row: Result) -> None:
         target = target_for_device_name(torch.cuda.get_device_name(device))
         row.time_floor_s = time_floor(flop_count.counts, target.peak_flops) if target else None
     row.flops = flop_count.total
-
-
-def run_isolated(cell: Cell, timeout_s: float | None = 1800.0, isolation: str | None = None) -> Result:
-    """Measure ``cell`` in a fresh process.
-
-    Args:
-        cell: What to measure.
-        timeout_s: Kill the worker after this many seconds (status ``timeout``).
-        isolation: ``"fork"`` (default on Linux: a child of a pre-imported fork
-            server) or ``"spawn"`` (a new ``python -m fps_profile.worker``; the
-            default elsewhere, or with ``FPS_PROFILE_ISOLATION=spawn``).
-
-    Returns:
-        The worker's row; or, when the worker crashes, is killed or hangs past
-        ``timeout_s``, a row with status ``error`` / ``timeout`` and the reason.
-    """
-    isolation = isolation or os.environ.get("FPS_PROFILE_ISOLATION") or (
-        "fork" if hasattr(os, "fork") else "spawn")
-    if isolation not in ("fork", "spawn"):
-        raise UserError(f"isolation must be 'fork' or 'spawn', not {isolation!r}")
-    with tempfile.TemporaryDirectory(prefix="fps-profile-") as tmp:
-        out_file, err_file = Path(tmp, "result.json"), Path(tmp, "stderr.txt")
-        if isolation == "fork":
-            from fps_profile.forkserver import client
-
-            reply = client().run(cell.to_json(), str(out_file), str(err_file), timeout_s)
-            if reply.get("timeout"):
-                return cell.empty_row(status="timeout", error=f"worker did not finish within {timeout_s:g} s")
-            code = reply.get("exitcode")
-        else:
-            cell_file = Path(tmp, "cell.json")
-            cell_file.write_text(cell.to_json())
-            cmd = [sys.executable, "-m", "fps_profile.worker", str(cell_file), str(out_file)]
-            try:
-                with open(err_file, "w") as err:
-                    code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, timeout=timeout_s,
-                                          env={**os.environ, "PYTHONWARNINGS": "ignore"}).returncode
-            except subprocess.TimeoutExpired:
-                return cell.empty_row(status="timeout", error=f"worker did not finish within {timeout_s:g} s")
-        if out_file.exists():
-            try:
-                return Result.from_dict(json.loads(out_file.read_text()))
-            except (ValueError, TypeError) as exc:
-                return cell.empty_row(status="error", error=f"worker wrote an unreadable result: {exc}")
-        stderr = err_file.read_text(errors="replace") if err_file.exists() else ""
-        return cell.empty_row(status="error", error=_crash_reason(code, stderr))
-
-
-def _crash_reason(code: int | None, stderr: str) -> str:
-    if code is not None and code < 0:
-        import signal
-
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        hint = " (likely out of host memory)" if name == "SIGKILL" else ""
-        reason = f"worker killed by {name}{hint}"
-    else:
-        reason = f"worker exited with status {code}"
-    tail = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    return reason + (f": {tail[-1].strip()}" if tail else "")

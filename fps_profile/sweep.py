@@ -182,8 +182,9 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, executor=None, timeout_s: f
     tty = progress and sys.stderr.isatty()
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", file=sys.stderr,
                disable=not tty, dynamic_ncols=True, desc="sweep")
+    produced = executor.run(todo, timeout_s)
     try:
-        for i, row in enumerate(executor.run(todo, timeout_s), start=1):
+        for i, row in enumerate(produced, start=1):
             append_result(path, row)
             have[row.key()] = row
             if tty:
@@ -197,6 +198,8 @@ def run_sweep(grid: Grid, out: str | os.PathLike, *, executor=None, timeout_s: f
             if on_row:
                 on_row(row)
     finally:
+        if hasattr(produced, "close"):  # an interrupted sweep stops its executor's work now, not at garbage collection
+            produced.close()
         bar.close()
     rows = [have[c.key()] for c in cells if c.key() in have]
     return SweepReport(rows=rows, measured=len(todo), skipped=len(cells) - len(todo),

@@ -19,6 +19,8 @@ import pytest
 
 from fps_profile.cli import main
 from fps_profile.results import read_results
+from fps_profile.runner import Cell
+from interrupts import GONE_WITHIN_S, all_gone, hung_pids, measurements, wait_until
 
 MODEL = "test_vit"
 SMALL = ["--model", MODEL, "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--no-progress"]
@@ -95,13 +97,13 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_thread():
     """Local sweeps with one torch thread, as in a Ray CPU slot (fresh fork server before and after)."""
-    from fps_profile import forkserver
+    from fps_profile.isolation import client
 
-    forkserver.client().close()
+    client().close()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
-    forkserver.client().close()
+    client().close()
 
 
 def _sweep(capsys, *args: str) -> tuple[int, str]:
@@ -116,14 +118,6 @@ def _canonical(row) -> str:
     data["env"] = {k: v for k, v in data["env"].items() if not k.startswith("ray_")}
     data["env"].get("sim", {}).pop("seconds", None)
     return json.dumps(data, sort_keys=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_missing_ray_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
@@ -156,7 +150,6 @@ def test_cells_the_cluster_cannot_run_fail_before_submitting(ray_cluster, monkey
 
     from fps_profile.errors import UserError
     from fps_profile.executors import get_executor
-    from fps_profile.runner import Cell
 
     with pytest.raises(UserError, match="retries must be an integer >= 0"):
         get_executor("ray", retries=-1)
@@ -207,37 +200,75 @@ def test_sim_sweep_same_bytes_as_local(ray_cluster, tmp_path, capsys, one_thread
     assert all(r.env["ray_node_id"] for r in read_results(remote))
 
 
-def test_interrupted_sweep_cancels_its_tasks_and_resumes(ray_cluster, tmp_path):
+def interrupt_ray_sweep(site, out) -> None:
+    """A Ray sweep interrupted while a measurement hangs: every measurement is gone within 10 s, then it resumes."""
     from fps_profile.executors import get_executor
     from fps_profile.sweep import Grid, run_sweep
 
+    for old in site.glob("hang-*"):
+        old.unlink()
     grid = Grid(selectors=["ray_hang", "magnitude", "random"], models=[MODEL], batch_sizes=[1, 2],
                 phases=["select"], warmup=0, repeats=1)
-    out = tmp_path / "r.jsonl"
     seen = []
 
     def interrupt(row):
         seen.append(row)
-        deadline = time.monotonic() + 60
-        while not list(ray_cluster.glob("hang-*")) and time.monotonic() < deadline:
-            time.sleep(0.1)  # until a hung measurement is in flight
+        assert wait_until(lambda: hung_pids(site), 120)  # a hung measurement is in flight
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, out, executor=get_executor("ray"), timeout_s=120, progress=False, on_row=interrupt)
+    # run_sweep returns once every cancelled task has ended: nothing may still measure.
+    assert wait_until(lambda: not measurements(os.getpid()), GONE_WITHIN_S), measurements(os.getpid())
+    assert all_gone(hung_pids(site))
     assert len(read_results(out)) == len(seen) == 1
-    hung = [int(p.name.split("-")[1]) for p in ray_cluster.glob("hang-*")]
-    assert hung  # a hung measurement was in flight; its cancelled task kills it
-    deadline = time.monotonic() + 30
-    while any(map(_alive, hung)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(map(_alive, hung))
     report = run_sweep(grid, out, executor=get_executor("ray"), timeout_s=10, progress=False)
     assert report.skipped == len(seen) and report.measured == 6 - len(seen)
     rows = read_results(out)
     assert len(rows) == len({r.key() for r in rows}) == 6
     status = {(r.selector, r.batch_size): r.status for r in rows}
     assert status == {(s, b): "timeout" if s == "ray_hang" else "ok" for s in grid.selectors for b in (1, 2)}
+    assert all_gone(hung_pids(site)) and not measurements(os.getpid())
+
+
+def test_interrupted_sweep_cancels_its_tasks_and_resumes(ray_cluster, tmp_path):
+    interrupt_ray_sweep(ray_cluster, tmp_path / "r.jsonl")
+
+
+def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cluster, monkeypatch):
+    """A task deaf to the plain cancel (as when Ray's interrupt misses it) is force-cancelled after the grace."""
+    import ray
+
+    from fps_profile.executors import ray_executor
+
+    for old in ray_cluster.glob("hang-*"):
+        old.unlink()
+    monkeypatch.setattr(ray_executor, "CANCEL_GRACE_S", 2.0)
+
+    @ray.remote(num_cpus=1)
+    def deaf(cell_json):
+        import signal as sig
+
+        sig.signal(sig.SIGINT, sig.SIG_IGN)  # Ray's KeyboardInterrupt never arrives
+        from fps_profile.isolation import run_isolated
+        from fps_profile.runner import Cell
+
+        while True:
+            try:
+                return run_isolated(Cell.from_json(cell_json), 300).to_json()
+            except KeyboardInterrupt:
+                pass
+
+    cell = Cell(MODEL, 1, selector="ray_hang", warmup=0, repeats=1)
+    ref = deaf.remote(cell.to_json())
+    assert wait_until(lambda: hung_pids(ray_cluster), 120)
+    start = time.monotonic()
+    ray_executor._cancel(ray, [ref])
+    took = time.monotonic() - start
+    assert ray_executor.CANCEL_GRACE_S <= took < ray_executor.CANCEL_GRACE_S + ray_executor.FORCE_WAIT_S
+    assert wait_until(lambda: all_gone(hung_pids(ray_cluster)), GONE_WITHIN_S)
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(ref, timeout=30)
 
 
 @pytest.mark.slow
@@ -270,20 +301,15 @@ def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsy
     driver = subprocess.Popen([sys.executable, "-m", "fps_profile", "sweep", *args, "--timeout", "120"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (
-                out.exists() and out.read_text().count("\n") >= 1 and list(ray_cluster.glob("hang-*"))):
-            time.sleep(0.1)
+        assert wait_until(lambda: out.exists() and out.read_text().count("\n") >= 1 and hung_pids(ray_cluster), 300)
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     partial = read_results(out)
-    hung = [int(p.name.split("-")[1]) for p in ray_cluster.glob("hang-*")]
+    hung = hung_pids(ray_cluster)
     assert 1 <= len(partial) < 3 and hung
-    deadline = time.monotonic() + 30  # the cluster ends the dead driver's tasks, measurements included
-    while any(map(_alive, hung)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(map(_alive, hung))
+    # The cluster ends the dead driver's tasks; their measurements die with their workers.
+    assert wait_until(lambda: all_gone(hung), GONE_WITHIN_S)
     rc, err = _sweep(capsys, *args, "--timeout", "10")
     assert rc == 0, err
     rows = read_results(out)

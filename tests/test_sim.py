@@ -12,7 +12,8 @@ from torch import nn
 
 from fps_profile import phases
 from fps_profile.errors import UserError
-from fps_profile.runner import Cell, measure, run_isolated
+from fps_profile.isolation import run_isolated
+from fps_profile.runner import Cell, measure
 from fps_profile.sim import Simulator, check_sim_device, get_target
 from fps_profile.sim.allocator import CachingAllocator, round_size
 from fps_profile.sim.attention import choose_kernel

@@ -1,13 +1,17 @@
 """The ``fps-profile`` command line: thin subcommands over the library.
 
 Every user error ends as one line on stderr (``fps-profile: error: ...``) and
-exit status 2; ``--debug`` shows the traceback instead.
+exit status 2; ``--debug`` shows the traceback instead. Ctrl-C (exit 130) and
+SIGTERM (exit 143) both unwind normally, so a sweep stops the measurements it
+started before it exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from fps_profile import __version__
 from fps_profile.errors import UserError
@@ -54,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that clean-up runs as it does for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fps-profile`` console script; returns the exit status."""
     parser = build_parser()
@@ -61,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
@@ -68,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fps-profile: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fps-profile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"fps-profile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

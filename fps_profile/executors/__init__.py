@@ -11,8 +11,9 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from fps_profile.errors import did_you_mean
+from fps_profile.isolation import run_isolated
 from fps_profile.results import Result
-from fps_profile.runner import Cell, run_isolated
+from fps_profile.runner import Cell
 
 
 class Executor(Protocol):

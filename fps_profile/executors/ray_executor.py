@@ -2,7 +2,7 @@
 
 Each cell is one Ray task that asks for one GPU (``num_gpus=1``) on CUDA, or
 one CPU slot on ``cpu`` and ``sim``. Inside the task the measurement still runs
-in a fresh process (:func:`~fps_profile.runner.run_isolated`, through the
+in a fresh process (:func:`~fps_profile.isolation.run_isolated`, through the
 worker's own fork server), so peaks stay as clean as with the local executor.
 Rows come back to the driver as tasks finish (``ray.wait``); the driver alone
 writes the results file. A task that fails outright (its worker or node died,
@@ -18,18 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator, Sequence
 
 from fps_profile.errors import UserError
+from fps_profile.isolation import client, kill_measurements, run_isolated
 from fps_profile.results import Result
 from fps_profile.runner import Cell, one_line
 
 INSTALL_HINT = "pip install 'fps-profile[ray]'"
 OBJECT_STORE_BYTES = 128 * 2**20  # rows are a few KiB; a local instance needs no more
+
+CANCEL_GRACE_S = 10.0  # a cancelled task has this long to stop its measurement before it is force-cancelled
+FORCE_WAIT_S = 20.0  # and its worker this long to be gone after the force-cancel
 
 _SERVER_ENV: tuple | None = None  # the environment this worker's fork server was started with
 
@@ -46,61 +48,6 @@ def _is_cuda(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 
 
-def _fork_server():
-    from fps_profile import forkserver
-
-    return getattr(getattr(forkserver, "_CLIENT", None), "_proc", None)
-
-
-def _kill_measurement() -> None:
-    """Kill the measurement this worker runs: a child of its fork server, or a spawned ``fps_profile.worker``.
-
-    The fork server answers for its killed child and lives on, in step for the next task.
-    """
-    server = _fork_server()
-    pids = _children(server.pid) if server is not None else []
-    pids += [pid for pid in _children(os.getpid()) if b"fps_profile.worker" in _cmdline(pid)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _stop_fork_server() -> None:
-    """Stop this worker's fork server (and any measurement it is running)."""
-    global _SERVER_ENV
-    from fps_profile import forkserver
-
-    _SERVER_ENV = None
-    _kill_measurement()
-    client = getattr(forkserver, "_CLIENT", None)
-    if client is not None:
-        client.close()
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
     """:func:`run_isolated` in a thread, so that a cancelled task can stop it.
 
@@ -110,10 +57,10 @@ def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
     on the interrupt it kills the measurement in flight (again, until the
     thread is done: the request may reach the server just after), lets the fork
     server answer for it (so the server stays in step for the next task), and
-    re-raises.
+    re-raises. Should that take longer than the driver's grace period, the
+    driver force-cancels the task, which kills this worker and, with it, the
+    fork server and its child (they die with their parent).
     """
-    from fps_profile.runner import run_isolated
-
     done: dict = {}
     finished = threading.Event()  # not Thread.join: an interrupted join can mark a live thread dead (3.11)
 
@@ -130,9 +77,8 @@ def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
         while not finished.wait(0.1):
             pass
     except BaseException:
-        deadline = time.monotonic() + 30  # the request may reach the server (or it may start) just after
-        while not finished.is_set() and time.monotonic() < deadline:
-            _kill_measurement()
+        while not finished.is_set():
+            kill_measurements()
             finished.wait(0.1)
         raise
     if "exc" in done:
@@ -147,21 +93,47 @@ def _run_cell(cell_json: str, timeout_s: float | None) -> str:
     ``CUDA_VISIBLE_DEVICES``; the fork server (one per worker process) is
     restarted whenever the environment differs from the one it started with.
     A cancelled task kills its measurement in flight (see :func:`_measure_cancellably`).
+    The fork server is started here, in the worker's main thread, which lives
+    as long as the worker (a server started by the short-lived measuring
+    thread would die with that thread).
     """
     global _SERVER_ENV
     import ray
 
     cell = Cell.from_json(cell_json)
     env = tuple(sorted(os.environ.items()))
+    server = client()
     if env != _SERVER_ENV:
-        _stop_fork_server()
+        server.close()
         _SERVER_ENV = env
+    if (os.environ.get("FPS_PROFILE_ISOLATION") or "fork") == "fork":
+        server.start()  # from the main thread: the server dies with the thread that starts it
     row = _measure_cancellably(cell, timeout_s)
     row.env.setdefault("host", socket.gethostname())
     row.env["ray_node_id"] = ray.get_runtime_context().get_node_id()
     if _is_cuda(cell.device):
         row.env["ray_gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
     return row.to_json()
+
+
+def _cancel(ray, refs: list) -> None:
+    """Cancel ``refs`` and wait until every one has ended; force-cancel those that do not.
+
+    A plain ``ray.cancel`` raises ``KeyboardInterrupt`` in a running task, whose
+    measurement is then killed (:func:`_measure_cancellably`). Ray does not
+    promise delivery (a task just being dispatched can miss it), so a task not
+    ended after ``CANCEL_GRACE_S`` is force-cancelled: Ray kills its worker
+    process, and the fork server and measurement below it die with it. Worst
+    case, every process of the sweep is gone ``CANCEL_GRACE_S + FORCE_WAIT_S``
+    seconds after the interruption.
+    """
+    for ref in refs:
+        ray.cancel(ref)
+    _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+    if left:
+        for ref in left:
+            ray.cancel(ref, force=True)
+        ray.wait(left, num_returns=len(left), timeout=FORCE_WAIT_S)
 
 
 def _probe(address: str) -> None:
@@ -243,7 +215,8 @@ class RayExecutor:
         """Submit every cell, then yield one row per cell as its task finishes.
 
         Closing the iterator early (an interrupted sweep) cancels the tasks
-        still queued or running; their cells get no row and are measured on resume.
+        still queued or running and returns once they are gone (see
+        :func:`_cancel`); their cells get no row and are measured on resume.
 
         Raises:
             UserError: No connection to Ray, or a cell the cluster cannot run
@@ -270,8 +243,8 @@ class RayExecutor:
                 for ref in done:
                     yield self._row(ray, ref, refs.pop(ref))
         finally:
-            for ref in pending:
-                ray.cancel(ref)
+            if pending:
+                _cancel(ray, pending)
 
     def _row(self, ray, ref, cell: Cell) -> Result:
         try:
