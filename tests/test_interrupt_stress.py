@@ -58,3 +58,10 @@ def test_ray_killed_driver(ray_cluster, tmp_path, capsys, cpu_load):  # noqa: F8
     for i in range(REPEATS):
         (tmp_path / str(i)).mkdir()
         test_ray_executor.test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path / str(i), capsys)
+
+
+def test_ray_killed_private_driver(ray_cluster, tmp_path, cpu_load):  # noqa: F811
+    for i in range(REPEATS):
+        (tmp_path / str(i)).mkdir()
+        test_ray_executor.test_killed_driver_of_a_private_instance_takes_everything_with_it(
+            ray_cluster, tmp_path / str(i))

@@ -20,7 +20,8 @@ import pytest
 from fps_profile.cli import main
 from fps_profile.results import read_results
 from fps_profile.runner import Cell
-from interrupts import GONE_WITHIN_S, all_gone, hung_pids, measurements, wait_until
+from fps_profile import _proc
+from interrupts import GONE_WITHIN_S, all_gone, fps_processes, hung_pids, measurements, wait_until
 
 MODEL = "test_vit"
 SMALL = ["--model", MODEL, "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--no-progress"]
@@ -316,3 +317,23 @@ def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsy
     assert len(rows) == len({r.key() for r in rows}) == 3
     assert [r.to_json() for r in rows[:len(partial)]] == [r.to_json() for r in partial]  # nothing rewritten
     assert {r.selector: r.status for r in rows} == {"ray_hang": "timeout", "magnitude": "ok", "random": "ok"}
+
+
+@pytest.mark.slow
+def test_killed_driver_of_a_private_instance_takes_everything_with_it(ray_cluster, tmp_path):
+    """SIGKILL of a driver that started its own Ray: its workers, fork servers and measurements all go."""
+    for old in ray_cluster.glob("hang-*"):
+        old.unlink()
+    out = tmp_path / "r.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-m", "fps_profile", "sweep", *SMALL, "--selector", "ray_hang",
+                               "--phase", "select", "--executor", "ray", "--out", str(out), "--timeout", "300"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        assert wait_until(lambda: hung_pids(ray_cluster), 300)
+        started = fps_processes(driver.pid)
+        assert set(hung_pids(ray_cluster)) <= set(started)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), [p for p in started if _proc.alive(p)]
