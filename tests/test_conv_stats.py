@@ -13,13 +13,16 @@ from __future__ import annotations
 import math
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import Conv2dSame, StdConv2d, create_conv2d
 from torch import nn
 
-from fps_profile import UserError, select
+from fps_profile import UserError, phases, select
 from fps_profile.selectors import Target, create
+from fps_profile.sim import Simulator
+from fps_profile.trackers import LiveTensorBytes
 
 
 def explicit_padding(size, kernel, stride, dilation, padding):
@@ -236,3 +239,37 @@ def test_weight_no_call_used_is_a_clear_error():
     with pytest.raises(UserError, match="'wanda' cannot score 'mlp.weight'"):
         select(model, batches, "wanda", k=1)
     assert select(model, batches, "fps", k=1, scope="attention")["mlp.weight"].sum() == 0
+
+
+# ----------------------------------------------------------------------------- sim
+
+K1 = phases.BudgetSpec.parse("k=1")
+
+
+def test_sim_fps_on_convnext_equals_real_cpu_bytes():
+    # every statistic is a reduction of a view, so fake tensors allocate what real ones do
+    model = timm.create_model("convnext_atto")
+    images = torch.randn(2, 3, 64, 64)
+    with LiveTensorBytes("cpu", include_existing=False) as live:
+        for t in (*model.parameters(), *model.buffers(), images):
+            live.track(t, check_budget=False)
+        live.reset_peak()
+        mask = phases.select_fn(model, [(images, None)], "fps", K1)()
+    del mask
+    with Simulator("sim:cpu") as sim:
+        fake = sim.model("convnext_atto")
+        fake_images = torch.empty(2, 3, 64, 64)
+        predicted = sim.measure(phases.select_fn(fake, [(fake_images, None)], "fps", K1))
+    assert predicted.peak_bytes == live.peak
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "eva02_tiny_patch14_224"])
+def test_sim_fps_peaks_at_the_inference_floor(name):
+    # sim:h100 rows of models that used to fail: depthwise convs, F.linear(x, qkv.weight)
+    with Simulator("sim:h100") as sim:
+        model = sim.model(name)
+        images, labels = sim.batch(model, 16, torch.float32)
+        floor = sim.measure(phases.inference_fn(model, images), workspaces=("forward",)).peak_bytes
+        fps = sim.measure(phases.select_fn(model, [(images, labels)], "fps", K1), workspaces=("forward",))
+        mask_bytes = sum(p.numel() for p in model.parameters())
+    assert fps.peak_bytes <= 1.02 * (floor + mask_bytes)

@@ -67,3 +67,17 @@ def test_fps_leaves_no_gradient_state():
         after = live.current
     assert after == live.baseline  # nothing left behind once the mask is dropped
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("batch_size", [16, pytest.param(64, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["convnext_atto", "efficientnet_b0", "regnetx_002"])
+def test_fps_peak_on_convnets_is_the_inference_floor_plus_mask(name, batch_size):
+    # depthwise (ConvNeXt 7x7, EfficientNet 3x3/5x5 strided) and grouped (RegNet) convolutions:
+    # one activation-sized copy (abs(), an unfolded sample) would cost 7-20% here
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    batches = synthetic_batches(model, batch_size)
+    floor = _peak(inference_fn(model, batches[0][0]))
+    masks = []
+    fps = _peak(lambda: masks.append(fps_profile.select(model, batches, "fps", k=1)))
+    assert fps <= 1.02 * (floor + masks[0].nbytes)
