@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 
 def reduce(x: torch.Tensor, dims: tuple[int, ...], ord: int) -> torch.Tensor:
@@ -94,12 +95,15 @@ def conv_sums(x: torch.Tensor, out_size: Sequence[int], kernel: Sequence[int], s
                 if cols is not None:
                     sums[:, a] = reduce(view[..., cols], (0, 2), ord)
             continue
-        # Every offset along the last dim reads the same rows: reduce them once to
-        # [C, W] (a small tensor), then each offset sums its strided columns of that.
+        # Every offset along the last dim reads the same rows: reduce them once to a
+        # small [C, W], zero-pad it as the convolution pads, and read every offset's
+        # strided columns at once.
         per_column = reduce(view, (0, *spatial[:-1]), ord)
-        for a, cols in enumerate(windows[-1]):
-            if cols is not None:
-                sums[(slice(None), *head, a)] = per_column[:, cols].sum(-1)
+        span = (out_size[-1] - 1) * stride[-1] + (kernel[-1] - 1) * dilation[-1] + 1
+        padded = F.pad(per_column, (lead[-1], max(0, span - lead[-1] - per_column.shape[-1])))
+        taps = padded.as_strided((padded.shape[0], kernel[-1], out_size[-1]),
+                                 (padded.stride(0), dilation[-1], stride[-1]))
+        sums[(slice(None), *head)] = taps.sum(-1)
     return sums, count
 
 
