@@ -241,6 +241,23 @@ def test_weight_no_call_used_is_a_clear_error():
     assert select(model, batches, "fps", k=1, scope="attention")["mlp.weight"].sum() == 0
 
 
+@pytest.mark.parametrize("ord", [1, 2])
+@pytest.mark.parametrize("conv", [dict(kernel=(7, 7), stride=1, padding=3), dict(kernel=(3, 3), stride=2, padding=1),
+                                  dict(kernel=(4, 4), stride=4, padding=0), dict(kernel=(1, 1), stride=1, padding=0)],
+                         ids=["7x7", "3x3s2", "patches", "1x1"])
+def test_conv_statistic_allocates_no_activation_sized_temporary(conv, ord):
+    from fps_profile.selectors._conv_stats import conv_sums
+
+    x = torch.randn(4, 16, 32, 32)  # 256 KiB
+    k, st, p = conv["kernel"], conv["stride"], conv["padding"]
+    out = [(32 + 2 * p - kk) // st + 1 for kk in k]
+    with LiveTensorBytes("cpu", include_existing=False) as live:  # counts what the call allocates
+        sums, count = conv_sums(x, out, k, st, p, 1, ord)
+    assert 0 < live.peak <= 2 * 16 * 7 * 7 * 4 + 16 * 38 * 4 * 2  # the sums, a [C, W] row, its padding
+    ref = ref_unfolded_sums(x, k, (st, st), padding=(p, p))
+    torch.testing.assert_close(sums.double(), ref[ord - 1], rtol=1e-5, atol=1e-6)
+    assert count == ref[2]
+
 # ----------------------------------------------------------------------------- sim
 
 K1 = phases.BudgetSpec.parse("k=1")
