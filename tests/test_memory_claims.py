@@ -73,7 +73,7 @@ def test_fps_leaves_no_gradient_state():
 @pytest.mark.parametrize("name", ["convnext_atto", "efficientnet_b0", "regnetx_002"])
 def test_fps_peak_on_convnets_is_the_inference_floor_plus_mask(name, batch_size):
     # depthwise (ConvNeXt 7x7, EfficientNet 3x3/5x5 strided) and grouped (RegNet) convolutions:
-    # one activation-sized copy (abs(), an unfolded sample) would cost 7-20% here
+    # one copy of the largest conv input (an abs(), an unfolded sample) would cost 6-34% here
     torch.manual_seed(0)
     model = timm.create_model(name)
     batches = synthetic_batches(model, batch_size)
