@@ -23,6 +23,7 @@ from fps_profile.errors import UserError
 from fps_profile.selectors._conv_stats import conv_sums, linear_sums
 from fps_profile.selectors.base import Batch, Target
 
+#: Argument names of ``F.convNd`` (``F.linear`` shares the first two).
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 #: Watched functions -> number of spatial dims (0: linear). ``F.convNd`` is ``torch.convNd``.
@@ -50,14 +51,15 @@ class _Watch(TorchFunctionMode):
         n = _WATCHED.get(func) if type(func) is _BUILTIN else None
         if n is not None:
             weight = _arg(args, kwargs, 1)
-            if id(weight) in self.stats.targets and self.stats.targets[id(weight)].param is weight:
+            target = self.stats.targets.get(id(weight))
+            if target is not None and target.param is weight:
                 x = _arg(args, kwargs, 0)
                 if n == 0:
                     sums, count = linear_sums(x, self.stats.ord)
                 else:
                     sums, count = conv_sums(x, out.shape[-n:], weight.shape[2:], _arg(args, kwargs, 3),
                                             _arg(args, kwargs, 4), _arg(args, kwargs, 5), self.stats.ord)
-                self.stats.add(self.stats.targets[id(weight)], sums, count)
+                self.stats.add(target, sums, count)
         return out
 
 
