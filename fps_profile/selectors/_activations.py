@@ -1,11 +1,14 @@
-"""Per-input-feature activation statistics gathered by forward hooks.
+"""Per-input-feature activation statistics of the target weights, keyed by the tensor.
 
-Shared by the activation-based selectors (FPS, Wanda). For each target module
-it keeps one small vector (length ``in_features``, or ``C x kh x kw`` for a
-convolution): the running sum over every token of every sample of ``|x_j|``
-(``ord=1``) or ``x_j ** 2`` (``ord=2``). Reductions use
-``torch.linalg.vector_norm``, which reduces without materialising an
-activation-sized ``abs()`` or ``pow()`` copy.
+Shared by the activation-based selectors (FPS, Wanda). During the selection
+forward a ``TorchFunctionMode`` watches every linear and convolution call
+(``F.linear``, ``F.conv1d/2d/3d``, whoever makes it: the layer's own forward,
+or a block that calls ``F.linear(x, self.qkv.weight)`` itself as EVA does) and,
+when the weight passed in *is* a target tensor, adds that call's input sums
+(:mod:`fps_profile.selectors._conv_stats`) to the target's. A weight used
+several times is scored over all its uses. Each target keeps one small float32
+tensor of the weight's input-feature shape, so the peak stays that of a
+``torch.no_grad()`` forward.
 """
 
 from __future__ import annotations
@@ -13,108 +16,139 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from fps_profile.errors import UserError
+from fps_profile.selectors._conv_stats import conv_sums, linear_sums
 from fps_profile.selectors.base import Batch, Target
 
+#: Argument names of ``F.convNd`` (``F.linear`` shares the first two).
+_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+#: Watched functions -> number of spatial dims (0: linear). ``F.convNd`` is ``torch.convNd``.
+_WATCHED = {torch._C._nn.linear: 0, torch.conv1d: 1, torch.conv2d: 2, torch.conv3d: 3}
+_BUILTIN = type(torch.conv2d)
 
-def _reduce(x: torch.Tensor, dims: tuple[int, ...], ord: int) -> torch.Tensor:
-    r = torch.linalg.vector_norm(x, ord=ord, dim=dims)
-    r = r.float()
-    return r.square_() if ord == 2 else r
+
+def _arg(args: tuple, kwargs: dict, i: int):
+    name = _CONV_ARGS[i]
+    if i < len(args):
+        return args[i]
+    return kwargs.get(name, _CONV_DEFAULTS.get(name))
 
 
-def _patchwise_view(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
-    """``x`` as ``[B, C, Hp, kh, Wp, kw]`` without a copy, if the conv tiles its input."""
-    kh, kw = conv.kernel_size
-    if (
-        conv.stride != (kh, kw)
-        or conv.padding not in ((0, 0), "valid")
-        or conv.dilation != (1, 1)
-        or conv.groups != 1
-        or not x.is_contiguous()
-    ):
-        return None
-    b, c, h, w = x.shape
-    hp, wp = h // kh, w // kw
-    if (h, w) != (hp * kh, wp * kw):
-        return None
-    return x.view(b, c, hp, kh, wp, kw)
+class _Watch(TorchFunctionMode):
+    """Adds input sums of every linear/conv call whose weight is a target to ``stats``."""
+
+    def __init__(self, stats: InputStats) -> None:
+        super().__init__()
+        self.stats = stats
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        n = _WATCHED.get(func) if type(func) is _BUILTIN else None
+        if n is not None:
+            weight = _arg(args, kwargs, 1)
+            target = self.stats.targets.get(id(weight))
+            if target is not None and target.param is weight:
+                x = _arg(args, kwargs, 0)
+                if n == 0:
+                    sums, count = linear_sums(x, self.stats.ord)
+                else:
+                    sums, count = conv_sums(x, out.shape[-n:], weight.shape[2:], _arg(args, kwargs, 3),
+                                            _arg(args, kwargs, 4), _arg(args, kwargs, 5), self.stats.ord)
+                self.stats.add(target, sums, count)
+        return out
 
 
 class InputStats:
-    """Accumulates input statistics of the target modules during forward passes.
+    """Accumulates input statistics of the target weights during forward passes.
 
     Args:
-        targets: Parameters to score; each must be the weight of an ``nn.Linear``
-            or ``nn.Conv2d``.
+        targets: Parameters to score; each must be the weight of linear or
+            convolution calls in the forward pass.
         ord: 1 for the sum of ``|x|`` (FPS), 2 for the sum of ``x**2`` (Wanda).
         selector: Selector name, for error messages.
     """
 
     def __init__(self, targets: Sequence[Target], ord: int, selector: str) -> None:
-        for t in targets:
-            if t.attr != "weight" or not isinstance(t.module, (nn.Linear, nn.Conv2d)):
-                raise UserError(
-                    f"selector {selector!r} cannot score {t.name!r}: only weights of "
-                    "nn.Linear and nn.Conv2d layers have input activations to use"
-                )
         self.ord = ord
-        self.sums: dict[nn.Module, torch.Tensor] = {}
-        self.counts: dict[nn.Module, int] = {}
-        self._modules = {t.module for t in targets}
+        self.selector = selector
+        self.targets = {id(t.param): t for t in targets}
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
 
-    def _hook(self, module: nn.Module, args: tuple) -> None:
-        x = args[0]
-        if isinstance(module, nn.Linear):
-            r = _reduce(x, tuple(range(x.dim() - 1)), self.ord)
-            n = x.numel() // x.shape[-1]
+    def add(self, target: Target, sums: torch.Tensor, count: int) -> None:
+        """Add one call's ``sums`` over ``count`` tokens to ``target``'s statistic."""
+        key = id(target.param)
+        if key not in self.sums:
+            self.sums[key], self.counts[key] = sums, count
+        elif self.sums[key].shape != sums.shape:
+            raise UserError(f"selector {self.selector!r} cannot score {target.name!r}: it is used by calls "
+                            f"with inputs of different shapes ({list(self.sums[key].shape)} and {list(sums.shape)})")
         else:
-            if x.dim() == 3:  # unbatched conv input
-                x = x.unsqueeze(0)
-            patches = _patchwise_view(module, x)
-            if patches is not None:
-                r = _reduce(patches, (0, 2, 4), self.ord)
-                n = patches.shape[0] * patches.shape[2] * patches.shape[4]
-            else:  # general convolution: unfold one sample at a time to bound the copy
-                r, n = 0, 0
-                for xi in x.split(1):
-                    cols = F.unfold(xi, module.kernel_size, module.dilation, module.padding, module.stride)
-                    r = r + _reduce(cols, (0, 2), self.ord)
-                    n += cols.shape[-1]
-                    del cols
-                r = r.view(module.in_channels, *module.kernel_size)
-        if module in self.sums:
-            self.sums[module].add_(r)
-            self.counts[module] += n
-        else:
-            self.sums[module] = r
-            self.counts[module] = n
+            self.sums[key].add_(sums)
+            self.counts[key] += count
 
     def collect(self, model: nn.Module, batches: Iterable[Batch]) -> int:
-        """Run a no-grad, eval-mode forward over ``batches``; returns the batch count."""
-        handles = [m.register_forward_pre_hook(self._hook) for m in self._modules]
+        """Run a no-grad, eval-mode forward over ``batches``; returns the batch count.
+
+        Raises:
+            UserError: A target no linear or convolution call used as its weight.
+        """
         was_training = model.training
         model.eval()
         n_batches = 0
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _Watch(self):
                 for images, _ in batches:
                     model(images)
                     n_batches += 1
         finally:
-            for h in handles:
-                h.remove()
             model.train(was_training)
+        unseen = [t for key, t in self.targets.items() if key not in self.sums]
+        if unseen and n_batches:
+            raise _unseen_error(model, unseen[0], self.selector)
         return n_batches
 
     def stat(self, target: Target) -> tuple[torch.Tensor, int]:
-        """The accumulated sum for ``target``'s module and the number of tokens it covers."""
-        if target.module not in self.sums:
-            raise UserError(
-                f"layer of {target.name!r} never ran in the forward pass; "
-                "it cannot be scored from activations"
-            )
-        return self.sums[target.module], self.counts[target.module]
+        """The accumulated sums for ``target`` and the number of tokens they cover.
+
+        The sums are shaped ``[groups, in_features / groups, *kernel]`` (groups is
+        1 for linear layers), ready for :func:`scale_rows`.
+        """
+        sums = self.sums[id(target.param)]
+        per_group = target.param.shape[1]
+        return sums.view(sums.shape[0] // per_group, per_group, *sums.shape[1:]), self.counts[id(target.param)]
+
+
+def scale_rows(scores: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+    """Multiply ``scores`` (a weight's shape, ``[out, in/groups, ...]``) in place by ``stat``.
+
+    ``stat`` is ``[groups, in/groups, ...]``: output row ``o`` belongs to group
+    ``o // (out / groups)`` and reads that group's input features.
+    """
+    groups = stat.shape[0]
+    scores.unflatten(0, (groups, -1)).mul_(stat.unsqueeze(1).to(scores.dtype))
+    return scores
+
+
+def _unseen_error(model: nn.Module, target: Target, selector: str) -> UserError:
+    from fps_profile.scope import SCOPES, Role, assign_roles
+
+    skipping = []
+    for name in SCOPES.names():
+        try:
+            if assign_roles(model, name)[target.name][0] is not Role.RANKED:
+                skipping.append(repr(name))
+        except (UserError, KeyError):  # a scope that ranks nothing here is no way out
+            continue
+    way_out = (f"the {' or '.join(skipping)} scope skips it" if skipping
+               else "no built-in scope skips it: pass a Scope that freezes it")
+    return UserError(
+        f"selector {selector!r} cannot score {target.name!r} ({type(target.module).__name__}): no linear or "
+        "convolution call used it as its weight in the forward pass (a layer that transforms its weight "
+        f"first, e.g. weight standardisation, or never runs); {way_out}"
+    )

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from fps_profile.selectors._activations import InputStats
+from fps_profile.selectors._activations import InputStats, scale_rows
 from fps_profile.selectors.base import Batch, Selector, Target
 from fps_profile.selectors.registry import register
 
@@ -16,11 +16,13 @@ from fps_profile.selectors.registry import register
 class FPS(Selector):
     """|w_ij| x mean |x_j| over all tokens of all samples; one forward pass, no gradients.
 
-    The statistic is the mean absolute input activation per input feature (per
-    ``(channel, ky, kx)`` of the unfolded patches for a convolution), taken
-    over every token position of every selection sample. Peak memory is that of
-    a ``torch.no_grad()`` forward plus one ``in_features`` vector per layer and
-    one layer's scores at a time.
+    The statistic is the mean absolute input activation per input feature, taken
+    over every token position of every selection sample and every use of the
+    weight. For a convolution (grouped and depthwise included) weight entry
+    ``[o, i, a, b]`` gets the mean ``|x|`` of the input channel it reads (channel
+    ``i`` of its group) at kernel offset ``(a, b)``, over every output position,
+    zero padding included. Peak memory is that of a ``torch.no_grad()`` forward
+    plus one input-feature statistic per weight and one layer's scores at a time.
     """
 
     needs_backward = False
@@ -32,9 +34,7 @@ class FPS(Selector):
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)
         w = target.param.detach()
-        s = w.abs()
-        s.mul_((total / count).to(s.dtype))
-        return s
+        return scale_rows(w.abs(), total / count)
 
     def release(self) -> None:
         self._stats = None

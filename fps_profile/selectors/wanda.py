@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from fps_profile.selectors._activations import InputStats
+from fps_profile.selectors._activations import InputStats, scale_rows
 from fps_profile.selectors.base import Batch, Selector, Target
 from fps_profile.selectors.registry import register
 
@@ -16,7 +16,8 @@ from fps_profile.selectors.registry import register
 class Wanda(Selector):
     """|w_ij| x ||x_j||_2 over all tokens of all samples; one forward pass, no gradients.
 
-    Differs from FPS only in the reduction: the L2 norm instead of the mean of |x|.
+    Differs from FPS only in the reduction: the L2 norm instead of the mean of |x|
+    (the same input features, convolutions included).
     """
 
     needs_backward = False
@@ -27,9 +28,7 @@ class Wanda(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         sumsq, _ = self._stats.stat(target)
-        s = target.param.detach().abs()
-        s.mul_(sumsq.sqrt().to(s.dtype))
-        return s
+        return scale_rows(target.param.detach().abs(), sumsq.sqrt())
 
     def release(self) -> None:
         self._stats = None
