@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -66,6 +66,7 @@ class Scope:
         rank_modules: Module types whose ``weight`` is ranked.
         rank_pattern: Regular expression a ranked name must match (``re.search``).
         names_only: Match the words against names only, as the GPS code does.
+        about: One line for ``fps-profile list scopes``.
     """
 
     name: str
@@ -74,6 +75,7 @@ class Scope:
     rank_modules: tuple[type, ...] = (nn.Linear, nn.Conv2d)
     rank_pattern: str = ""
     names_only: bool = False
+    about: str = field(default="", compare=False)
 
     def decide(self, name: str, module: nn.Module, attr: str,
                classifier: Classifier | None = None) -> tuple[Role, str]:
@@ -110,10 +112,16 @@ class Scope:
 
 
 SCOPES: Registry[Scope] = Registry("scope")
-SCOPES.register("gps", Scope("gps"))
-SCOPES.register("all-weights", Scope("all-weights", frozen=(), trainable=()))
-SCOPES.register("attention", Scope("attention", trainable=("head",), rank_pattern=r"(^|\.)attn\."))
-SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)mlp\."))
+SCOPES.register("gps", Scope("gps", about="GPS: Linear/Conv2d weights ranked; biases, layer scales and the "
+                                    "classifier trained whole; norms and position tables frozen"))
+SCOPES.register("all-weights", Scope("all-weights", frozen=(), trainable=(),
+                                     about="every Linear/Conv2d weight ranked, the classifier's too; the rest frozen"))
+SCOPES.register("attention", Scope("attention", trainable=("head",), rank_pattern=r"(^|\.)attn\.",
+                                   about="Linear/Conv2d weights under an 'attn' module ranked; the classifier "
+                                   "trained whole; the rest frozen"))
+SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)mlp\.",
+                             about="Linear/Conv2d weights under an 'mlp' module ranked; the classifier "
+                             "trained whole; the rest frozen"))
 
 
 def get_scope(scope: str | Scope) -> Scope:
