@@ -83,7 +83,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
-        model: Any ``nn.Module`` (timm models get the GPS name rules right).
+        model: Any ``nn.Module``; on a timm model the scope also finds the classifier,
+            normalisation layers, position tables and layer scales from the model itself.
         batches: Iterable of image tensors or ``(images, labels)`` tuples; read once.
             Selectors that need no data (``magnitude``, ``random``) accept None.
         selector: A registered selector name (see :func:`list_selectors`).

@@ -103,3 +103,13 @@ def test_sim_keeps_its_message_for_a_model_it_cannot_build(monkeypatch):
     assert row.status == "error"
     assert row.error == ("UserError: sim cannot build 'test_vit' without real tensors (item() on a meta tensor); "
                          "measure it on a real device (--device cpu or cuda)")
+
+
+def test_select_cli_takes_image_size(capsys):
+    from fps_profile.cli import main
+
+    assert main(["select", "--model", "test_vit", "--selector", "magnitude", "--image-size", "32",
+                 "--batch-size", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # test_vit (width 64, 16-pixel patches) at 32 px keeps 2x2 + 1 positions instead of 10x10 + 1
+    assert out["stats"]["total"] == sum(p.numel() for p in build_timm("test_vit").parameters()) - (101 - 5) * 64
