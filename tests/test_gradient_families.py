@@ -129,3 +129,11 @@ def test_forward_head_without_pre_logits_is_one_line():
 
     with pytest.raises(UserError, match=r"Old\.forward_head takes no pre_logits"):
         select(Old(), [(torch.randn(2, 3, 2, 2), torch.tensor([0, 1]))], "gps", k=1)
+
+
+def test_an_unused_layer_is_named_without_the_classifier_hint():
+    model = make("test_resnet")
+    model.add_module("unused", nn.Linear(4, 4).double())
+    with pytest.raises(UserError, match=r"'unused\.weight' \(Linear\) received no gradient: the loss does not "
+                       r"use it$"):
+        select(model, data(model), "gps", k=1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -120,18 +120,20 @@ def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def take_grads(targets: Sequence[Target], selector: str, hint: str = "") -> dict[str, torch.Tensor]:
+def take_grads(targets: Sequence[Target], selector: str,
+               hint: Callable[[Target], str] | None = None) -> dict[str, torch.Tensor]:
     """References to the targets' gradients (each must exist).
 
     Args:
-        hint: Appended to the error, e.g. why the loss may not reach a layer.
+        hint: Gives the end of the error for a target without gradient (why the loss
+            may not reach it), or "".
     """
     grads = {}
     for t in targets:
         if t.param.grad is None:
             raise UserError(
                 f"selector {selector!r}: {t.name!r} ({type(t.module).__name__}) received no gradient: "
-                f"the loss does not use it{hint}"
+                f"the loss does not use it{hint(t) if hint else ''}"
             )
         grads[t.name] = t.param.grad
     return grads

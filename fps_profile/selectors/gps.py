@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.parts import find_classifier
 from fps_profile.selectors._gradients import (autocast, cross_entropy, gradient_pass, pre_logits, supcon_loss,
                                               take_grads)
 from fps_profile.selectors.base import Batch, Selector, Target, check_labels
@@ -68,9 +69,14 @@ class GPS(Selector):
                     loss = self._loss(model, images, labels)
                 loss.backward()
                 del loss
-            hint = (" (SupCon is computed on the pre-logits features, so the classifier gets no gradient: "
-                    "rank it with loss='ce', or use a scope that trains it whole, such as gps)"
-                    if self.loss == "supcon" else "")
+            classifier = find_classifier(model)
+
+            def hint(t: Target) -> str:
+                if self.loss != "supcon" or not classifier.owns(t.name):
+                    return ""
+                return (" (SupCon is computed on the pre-logits features, so the classifier gets no gradient: "
+                        "rank it with loss='ce', or use a scope that trains it whole, such as gps)")
+
             self._grads = take_grads(targets, self.name, hint)
 
     def score(self, target: Target) -> torch.Tensor:
