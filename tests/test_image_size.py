@@ -61,6 +61,10 @@ def test_key_has_image_size_only_when_set_and_old_rows_load(tmp_path):
     assert cell.key() == sized.key() and Cell.from_json(cell.to_json()) == cell
     assert Cell(model="m", batch_size=2, selector="fps").key() == row.key()
     assert "96px" in cell.label()
+    from fps_profile.summary import summarize
+
+    lines = summarize([row, sized])  # the same model at two sizes: two groups, told apart
+    assert [s.model for s in lines] == ["m", "m @96px"]
 
 
 def test_sweep_flag_and_toml_set_the_cells(tmp_path):
