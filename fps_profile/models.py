@@ -36,32 +36,83 @@ def check_model_name(name: str) -> None:
         raise did_you_mean(name, _timm_names(), "timm model", show_known=False)
 
 
+def build_timm(name: str, *, image_size: int | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=False)`` on the current default device, with one-line errors.
+
+    A model built without a classifier (``num_classes=0``, e.g. EVA-02's MIM
+    checkpoints) gets a 1000-class one, since the losses and the fine-tuning step
+    need logits (pass ``num_classes`` to choose).
+
+    Args:
+        name: A timm model name.
+        image_size: Input height and width. Models whose layout depends on it (ViT
+            position embeddings, Swin windows) are built for it (``img_size``);
+            convolutional models take any size as they are.
+        **kwargs: Passed to ``timm.create_model``.
+
+    Raises:
+        UserError: Unknown name, or timm cannot build it (the message names the model).
+    """
+    import timm
+
+    check_model_name(name)
+    try:
+        if image_size is not None:
+            try:
+                model = timm.create_model(name, pretrained=False, img_size=image_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+                model = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        if getattr(model, "num_classes", None) == 0 and "num_classes" not in kwargs \
+                and hasattr(model, "reset_classifier"):
+            model.reset_classifier(1000)
+    except Exception as exc:  # noqa: BLE001 - timm raises anything from a model's constructor
+        text = str(exc).strip().splitlines()
+        raise UserError(f"timm cannot build {name!r}"
+                        f"{f' at image size {image_size}' if image_size else ''}: "
+                        f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")) from exc
+    return model
+
+
 def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 **kwargs) -> nn.Module:
+                 *, image_size: int | None = None, **kwargs) -> nn.Module:
     """A randomly initialised timm model (no weights are downloaded).
 
     Args:
         name: A timm model name (``timm.list_models()``).
         device: Where to build it.
         dtype: Parameter dtype.
-        **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``, ``img_size``).
+        image_size: Input size to build it for (see :func:`build_timm`); default the model's own.
+        **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``).
     """
-    import timm
-
-    check_model_name(name)
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    model = build_timm(name, image_size=image_size, **kwargs)
     return model.to(device=device, dtype=dtype)
 
 
-def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """``(channels, height, width)`` the model expects."""
+def input_size(model: nn.Module, image_size: int | None = None) -> tuple[int, int, int]:
+    """``(channels, height, width)`` the model expects: its ``pretrained_cfg["input_size"]``
+    (FastViT 256, Inception 299, ...), with height and width ``image_size`` when given."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     if "input_size" in cfg:
-        return tuple(cfg["input_size"])
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "img_size", None):
-        return (pe.proj.in_channels, *pe.img_size)
-    return (3, 224, 224)
+        c, h, w = tuple(cfg["input_size"])
+    else:
+        pe = getattr(model, "patch_embed", None)
+        if pe is not None and getattr(pe, "img_size", None):
+            c, (h, w) = pe.proj.in_channels, pe.img_size
+        else:
+            c, h, w = 3, 224, 224
+    return (c, image_size, image_size) if image_size else (c, h, w)
+
+
+def check_image_size(image_size: int | None) -> None:
+    """Fail with one line unless ``image_size`` is None or an integer >= 1."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise UserError(f"image size must be an integer >= 1, not {image_size!r}")
 
 
 def num_classes(model: nn.Module) -> int:
@@ -69,8 +120,8 @@ def num_classes(model: nn.Module) -> int:
 
 
 def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, seed: int = 0,
-                      device: str | torch.device | None = None, dtype: torch.dtype | None = None
-                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                      device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                      image_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Random normal images and uniform labels shaped for ``model``.
 
     Args:
@@ -80,6 +131,7 @@ def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, s
         seed: Seed, so the same call gives the same data.
         device: Defaults to the model's device.
         dtype: Defaults to the model's parameter dtype.
+        image_size: Height and width; defaults to the model's own (:func:`input_size`).
     """
     check_batch_size(batch_size)
     if num_batches < 1:
@@ -88,7 +140,8 @@ def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, s
     device = torch.device(device) if device is not None else p.device
     dtype = dtype or p.dtype
     gen = torch.Generator().manual_seed(seed)
-    c, h, w = input_size(model)
+    check_image_size(image_size)
+    c, h, w = input_size(model, image_size)
     out = []
     for _ in range(num_batches):
         images = torch.randn(batch_size, c, h, w, generator=gen).to(device=device, dtype=dtype)

@@ -37,6 +37,9 @@ class Result:
         phase: ``select``, ``inference`` or ``train_step``.
         status: ``ok``, ``oom``, ``error`` or ``timeout``.
         budget: ``k=1`` or ``fraction=0.01`` for select and sparse train_step rows, else None.
+        scope: Parameter scope of select and sparse train_step rows, else None.
+        image_size: Input height and width when set by ``--image-size``; None: the model's own
+            (``pretrained_cfg["input_size"]``).
         peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
             ``max_memory_allocated``; exact storage bytes on the CPU; predicted on sim).
         peak_reserved_bytes: CUDA ``max_memory_reserved`` (None elsewhere).
@@ -62,6 +65,7 @@ class Result:
     status: str = "ok"
     budget: str | None = None
     scope: str | None = None
+    image_size: int | None = None
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     nvml_peak_used_bytes: int | None = None
@@ -83,7 +87,7 @@ class Result:
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
-                        self.budget, self.scope)
+                        self.budget, self.scope, self.image_size)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -97,11 +101,13 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None) -> tuple:
-    """Identity of a cell. Budget and scope only matter where a selector is involved."""
+def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, image_size=None) -> tuple:
+    """Identity of a cell. Budget and scope only matter where a selector is involved; an image
+    size is part of the key only when set, so rows written before it existed keep their keys."""
     if selector is None:
         budget = scope = None
-    return (selector, model, int(batch_size), dtype, device, phase, budget, scope)
+    key = (selector, model, int(batch_size), dtype, device, phase, budget, scope)
+    return key + (int(image_size),) if image_size else key
 
 
 def _trim_torn_tail(path: Path) -> None:

@@ -46,6 +46,7 @@ class Cell:
         repeats: Timed runs.
         memory_budget: Bytes; beyond it the run is an out-of-memory (simulated on
             cpu/sim, enforced by the caching allocator on cuda).
+        image_size: Input height and width; None: the model's own (``pretrained_cfg``).
     """
 
     model: str
@@ -61,6 +62,7 @@ class Cell:
     warmup: int = 1
     repeats: int = 3
     memory_budget: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.phase == "inference" or (self.phase == "train_step" and self.selector is None):
@@ -69,11 +71,12 @@ class Cell:
 
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
-                        self.phase, self.budget, self.scope)
+                        self.phase, self.budget, self.scope, self.image_size)
 
     def label(self) -> str:
         who = self.selector or ("full" if self.phase == "train_step" else "-")
-        return f"{self.model} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}"
+        size = f" {self.image_size}px" if self.image_size else ""
+        return f"{self.model}{size} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -88,7 +91,7 @@ class Cell:
         """A result row for this cell with nothing measured yet."""
         return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
-                      scope=self.scope if self.selector is not None else None,
+                      scope=self.scope if self.selector is not None else None, image_size=self.image_size,
                       warmup=self.warmup, repeats=self.repeats, **fields)
 
 
@@ -146,9 +149,9 @@ def _measure_real(cell: Cell, row: Result) -> None:
 
     device = resolve_device(cell.device)
     torch.manual_seed(0)
-    model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype))
+    model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype), image_size=cell.image_size)
     row.params_total = sum(p.numel() for p in model.parameters())
-    batches = synthetic_batches(model, cell.batch_size, cell.num_batches)
+    batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size)
     budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else None
     options = dict(cell.options)
     if cell.memory_budget is not None and device.type == "cuda":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fps_profile.budget import make_budget
 from fps_profile.errors import UserError
@@ -40,13 +42,49 @@ class _Batches:
             yield images, labels
 
 
+@contextlib.contextmanager
+def left_as_found(model: nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves ``model`` as it was: every parameter's ``requires_grad``
+    and ``.grad`` (the same objects), every submodule's train/eval flag, every buffer.
+
+    Selectors may run the model in train mode (GPS does, as its code does), which
+    would update BatchNorm running statistics. Inside the block BatchNorm layers
+    keep train-mode semantics (batch statistics) without updating anything: their
+    ``track_running_stats`` is off, which costs no memory. Running statistics of
+    other layers (e.g. EvoNorm's ``running_var``, InstanceNorm's) are copied before
+    and written back after; they are a few numbers per channel. Parameters are
+    never copied.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    stats = [(b, b.detach().clone()) for m in model.modules() if not isinstance(m, _BatchNorm)
+             for n, b in m.named_buffers(recurse=False) if n.startswith("running_") or n == "num_batches_tracked"]
+    try:
+        for m in batchnorms:
+            m.track_running_stats = False
+        yield
+    finally:
+        for m in batchnorms:
+            m.track_running_stats = True
+        with torch.no_grad():
+            for b, value in stats:
+                b.copy_(value)
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.grad = grad
+            p.requires_grad_(requires_grad)
+
+
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
            **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
-        model: Any ``nn.Module`` (timm models get the GPS name rules right).
+        model: Any ``nn.Module``; on a timm model the scope also finds the classifier,
+            normalisation layers, position tables and layer scales from the model itself.
         batches: Iterable of image tensors or ``(images, labels)`` tuples; read once.
             Selectors that need no data (``magnitude``, ``random``) accept None.
         selector: A registered selector name (see :func:`list_selectors`).
@@ -57,7 +95,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
-        A :class:`Mask` over every parameter of ``model``, True = trainable.
+        A :class:`Mask` over every parameter of ``model``, True = trainable. The model
+        is left exactly as found (:func:`left_as_found`), even when selection fails.
 
     Raises:
         UserError: Unknown selector or option, bad budget, no batches, missing labels,
@@ -70,6 +109,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     params = dict(model.named_parameters())
     targets = [Target(n, params[n], mod, attr) for n, (role, mod, attr) in roles.items() if role is Role.RANKED]
 
+    data: Iterable = ()
     if sel.needs_data:
         if batches is None:
             raise UserError(f"selector {selector!r} needs batches of data")
@@ -84,16 +124,15 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
         first = next(iter(params.values()))
         data = _Batches(itertools.chain([head], it), first.device, first.dtype)
-        sel.prepare(model, data, targets)
-    else:
-        sel.prepare(model, (), targets)
 
     out: dict[str, torch.Tensor] = {}
-    try:
-        scored = ((t.name, sel.score(t)) for t in targets)
-        out.update(budget.masks(scored))
-    finally:
-        sel.release()
+    with left_as_found(model):
+        try:
+            sel.prepare(model, data, targets)
+            scored = ((t.name, sel.score(t)) for t in targets)
+            out.update(budget.masks(scored))
+        finally:
+            sel.release()
     for name, (role, _, _) in roles.items():
         if role is not Role.RANKED:
             fill = torch.ones if role is Role.TRAINABLE else torch.zeros

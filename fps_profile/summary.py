@@ -39,8 +39,9 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     groups: dict[tuple, list[Result]] = {}
     size: dict[str, int] = {}
     for r in rows:
-        groups.setdefault((r.device, r.dtype, r.model, r.batch_size), []).append(r)
-        size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
+        model = f"{r.model} @{r.image_size}px" if r.image_size else r.model
+        groups.setdefault((r.device, r.dtype, model, r.batch_size), []).append(r)
+        size[model] = max(size.get(model, 0), r.params_total or 0)
     out = []
     order = {"inference": 0, "select": 1, "train_step": 2}
     for (device, dtype, model, batch), rs in sorted(groups.items(),

@@ -27,7 +27,8 @@ class Grid:
 
     ``options`` maps a selector name to its options. Inference and full
     fine-tuning rows are measured once per (model, batch, dtype, device), not
-    per selector.
+    per selector. ``image_size`` builds every model for that input size and feeds
+    it images of that size (None: each model's own ``pretrained_cfg["input_size"]``).
     """
 
     selectors: list[str] = field(default_factory=lambda: ["fps", "gps", "magnitude", "random"])
@@ -43,12 +44,14 @@ class Grid:
     warmup: int = 1
     repeats: int = 3
     memory_budget: int | None = None
+    image_size: int | None = None
 
     def _cell(self, model, batch, dtype, device, phase, selector=None) -> Cell:
         opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
         return Cell(model=model, batch_size=batch, phase=phase, selector=selector, dtype=dtype, device=device,
                     budget=self.budget, scope=self.scope, options=opts, num_batches=self.num_batches,
-                    warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget)
+                    warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget,
+                    image_size=self.image_size)
 
     def cells(self) -> list[Cell]:
         """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps."""
@@ -72,7 +75,7 @@ class Grid:
                 runs the cells on other machines).
         """
         from fps_profile.devices import check_device
-        from fps_profile.models import check_model_name, parse_dtype
+        from fps_profile.models import check_image_size, check_model_name, parse_dtype
         from fps_profile.phases import BudgetSpec
         from fps_profile.scope import get_scope
         from fps_profile.selectors import create, get
@@ -101,6 +104,7 @@ class Grid:
             check_device(d, local=local_devices)
         BudgetSpec.parse(self.budget)
         get_scope(self.scope)
+        check_image_size(self.image_size)
         for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
             if value < 1:
                 raise UserError(f"{what} must be >= 1, not {value}")

@@ -127,9 +127,12 @@ def test_roles_of_a_plain_module():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Linear(4, 2))
     assert roles_of(model, "gps") == {
         "0.weight": Role.RANKED, "0.bias": Role.TRAINABLE,
-        "1.weight": Role.FROZEN, "1.bias": Role.TRAINABLE,  # a LayerNorm not named "norm" is not frozen
+        "1.weight": Role.FROZEN, "1.bias": Role.FROZEN,  # a LayerNorm is frozen by type, whatever its name
         "2.weight": Role.RANKED, "2.bias": Role.TRAINABLE,
     }
+    # GPS's name rules alone let the bias of a LayerNorm not named "norm" through
+    names_only = Scope("gps-names", names_only=True)
+    assert roles_of(model, names_only)["1.bias"] is Role.TRAINABLE
 
 
 # ----------------------------------------------------------------------------- per-row top-K

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
         from fps_profile.scope import SCOPES
 
         for name in SCOPES.names(args.pattern):
-            print(name)
+            print(f"{name:<12} {SCOPES.get(name).about}")
+        print("(norms by type, position tables and the classifier from timm's metadata on every family; "
+              "'fps-profile scope MODEL' shows a model's roles)")
     else:
         import timm
 

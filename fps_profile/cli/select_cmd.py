@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="input height and width, the model built for it (default: the model's own)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
     budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
@@ -40,12 +42,14 @@ def add_parser(sub) -> None:
 def _breakdown(model, mask, scope: str) -> str:
     """Ranked entries vs whole trainable tensors, and the count without the classifier
     head (the figure GPS and FPS papers quote, e.g. 0.195% of ViT-B/16 at k=1)."""
+    from fps_profile.parts import find_classifier
     from fps_profile.scope import Role, assign_roles
 
     roles = assign_roles(model, scope)
     ranked = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.RANKED)
     whole = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.TRAINABLE)
-    body = [n for n in mask if "head" not in n]
+    classifier = find_classifier(model)
+    body = [n for n in mask if not classifier.owns(n)]
     chosen, total = sum(int(mask[n].sum()) for n in body), sum(mask[n].numel() for n in body)
     return (f"ranked entries {ranked:,}; whole tensors {whole:,} (biases, head, layer scales); "
             f"without the head: {chosen:,} of {total:,} ({100.0 * chosen / max(total, 1):.3f}%)")
@@ -65,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     if args.fraction is None and args.k is None:
         args.k = 1
-    model = create_model(args.model, device=device, dtype=dtype)
-    batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed)
+    model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
+    batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
+                                image_size=args.image_size)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
                               scope=args.scope, **options)
     mask.meta["model"] = args.model

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, dtypes, devices, phases, budget, scope, repeats, ..., [options.<selector>]); "
+                   "batch_sizes, dtypes, devices, phases, budget, scope, image_size, repeats, ..., [options.<selector>]); "
                    "flags given on the command line override it")
     p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
     p.add_argument("--model", help="comma list of timm models (default vit_tiny_patch16_224,vit_small_patch16_224)")
@@ -45,6 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument("--option", "-o", action="append", default=[], metavar="SELECTOR:KEY=VALUE",
                    help="selector option, e.g. -o gps:loss=ce -o random:seed=1 (repeatable)")
     p.add_argument("--num-batches", type=int, help="batches of selection data (default 1)")
+    p.add_argument("--image-size", type=int, help="input height and width for every model, built for it "
+                   "(default: each model's own, e.g. 224, FastViT 256, Inception 299)")
     p.add_argument("--warmup", type=int, help="untimed runs before measuring (default 1)")
     p.add_argument("--repeats", type=int, help="timed runs; the median is reported (default 3)")
     p.add_argument("--memory-budget", help="e.g. 8GiB: a run that needs more is recorded as 'oom' "
@@ -101,7 +103,7 @@ def build_grid(args: argparse.Namespace):
         grid.budget = f"k={args.k}"
     elif args.fraction is not None:
         grid.budget = f"fraction={args.fraction}"
-    for flag in ("scope", "num_batches", "warmup", "repeats"):
+    for flag in ("scope", "num_batches", "warmup", "repeats", "image_size"):
         if getattr(args, flag) is not None:
             setattr(grid, flag, getattr(args, flag))
     if args.memory_budget:

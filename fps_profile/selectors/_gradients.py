@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +41,53 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
 
 
 def pre_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The feature before the classifier (CLS token after the final norm for a ViT)."""
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+    """The feature the classifier reads, ``[batch, dim]``, through timm's
+    ``forward_head(forward_features(x), pre_logits=True)``: the CLS token after the
+    final norm for a ViT, the pooled features for a CNN (ResNet, EfficientNet, ...),
+    the pooled and normed features for ConvNeXt/Swin.
+
+    Raises:
+        UserError: The model has no ``forward_features``/``forward_head`` (not a timm
+            model), or its ``forward_head`` takes no ``pre_logits``.
+    """
+    features, head = getattr(model, "forward_features", None), getattr(model, "forward_head", None)
+    if not (callable(features) and callable(head)):
         raise UserError(
             f"{type(model).__name__} has no forward_features/forward_head: the contrastive "
             "loss needs a timm model (or use loss='ce')"
         )
-    return model.forward_head(model.forward_features(images), pre_logits=True)
+    try:
+        out = head(features(images), pre_logits=True)
+    except TypeError as exc:
+        if "pre_logits" not in str(exc):
+            raise
+        raise UserError(f"{type(model).__name__}.forward_head takes no pre_logits: the contrastive loss "
+                        "cannot get its features (use loss='ce')") from None
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        raise UserError(f"{type(model).__name__}.forward_head(..., pre_logits=True) gave no [batch, dim] "
+                        "features (use loss='ce')")
+    return out.flatten(1)
+
+
+def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, selector: str) -> torch.Tensor:
+    """Cross-entropy of ``model(images)``, which must be ``[batch, classes]`` logits ``labels`` index.
+
+    Only shapes are checked up front (no device sync); a label beyond the classes
+    fails in the loss, turned into one line where the device reports it (CPU).
+    """
+    if getattr(model, "num_classes", None) == 0:
+        raise UserError(f"selector {selector!r}: the cross-entropy loss needs logits, but "
+                        f"{type(model).__name__} has no classifier (num_classes=0)")
+    out = model(images)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != labels.shape[0]:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"selector {selector!r}: the cross-entropy loss needs [batch, classes] logits, but "
+                        f"{type(model).__name__} returned {shape}")
+    try:
+        return F.cross_entropy(out, labels)
+    except IndexError as exc:
+        raise UserError(f"selector {selector!r}: a label is out of range for the model's {out.shape[1]} "
+                        f"outputs ({exc}); build it with enough classes (num_classes=)") from None
 
 
 @contextlib.contextmanager
@@ -80,13 +120,20 @@ def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextM
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def take_grads(targets: Sequence[Target], selector: str) -> dict[str, torch.Tensor]:
-    """References to the targets' gradients (each must exist)."""
+def take_grads(targets: Sequence[Target], selector: str,
+               hint: Callable[[Target], str] | None = None) -> dict[str, torch.Tensor]:
+    """References to the targets' gradients (each must exist).
+
+    Args:
+        hint: Gives the end of the error for a target without gradient (why the loss
+            may not reach it), or "".
+    """
     grads = {}
     for t in targets:
         if t.param.grad is None:
             raise UserError(
-                f"selector {selector!r}: {t.name!r} received no gradient (it is not used by the loss)"
+                f"selector {selector!r}: {t.name!r} ({type(t.module).__name__}) received no gradient: "
+                f"the loss does not use it{hint(t) if hint else ''}"
             )
         grads[t.name] = t.param.grad
     return grads

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.selectors._gradients import autocast, gradient_pass, pre_logits, supcon_loss, take_grads
+from fps_profile.parts import find_classifier
+from fps_profile.selectors._gradients import (autocast, cross_entropy, gradient_pass, pre_logits, supcon_loss,
+                                              take_grads)
 from fps_profile.selectors.base import Batch, Selector, Target, check_labels
 from fps_profile.selectors.registry import register
 
@@ -26,7 +27,9 @@ class GPS(Selector):
 
     Faithful to the public GPS code by default: train mode, gradients of all batches
     accumulated (signed) before the absolute value, the views of a batch concatenated
-    into one forward pass, and the loss on the L2-normalised pre-logits feature.
+    into one forward pass, and the loss on the L2-normalised pre-logits feature
+    (timm's ``forward_head(..., pre_logits=True)``, so every timm family works; the
+    classifier itself gets no gradient from it).
 
     Args:
         loss: ``"supcon"`` (GPS) or ``"ce"`` (cross-entropy on the logits).
@@ -53,7 +56,7 @@ class GPS(Selector):
         x = torch.cat([self.augment(images, v) for v in range(self.views)]) if self.views > 1 else images
         b = images.shape[0]
         if self.loss == "ce":
-            return F.cross_entropy(model(x), labels.repeat(self.views))
+            return cross_entropy(model, x, labels.repeat(self.views), self.name)
         feats = pre_logits(model, x).float()
         feats = torch.stack(feats.split(b), dim=1)  # [b, views, dim]
         return supcon_loss(feats, labels, self.temperature)
@@ -66,7 +69,15 @@ class GPS(Selector):
                     loss = self._loss(model, images, labels)
                 loss.backward()
                 del loss
-            self._grads = take_grads(targets, self.name)
+            classifier = find_classifier(model)
+
+            def hint(t: Target) -> str:
+                if self.loss != "supcon" or not classifier.owns(t.name):
+                    return ""
+                return (" (SupCon is computed on the pre-logits features, so the classifier gets no gradient: "
+                        "rank it with loss='ce', or use a scope that trains it whole, such as gps)")
+
+            self._grads = take_grads(targets, self.name, hint)
 
     def score(self, target: Target) -> torch.Tensor:
         return self._grads.pop(target.name).abs()

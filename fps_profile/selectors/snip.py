@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.selectors._gradients import gradient_pass, take_grads
+from fps_profile.selectors._gradients import cross_entropy, gradient_pass, take_grads
 from fps_profile.selectors.base import Batch, Selector, Target, check_labels
 from fps_profile.selectors.registry import register
 
@@ -35,7 +34,7 @@ class SNIP(Selector):
             for i, (images, labels) in enumerate(batches):
                 if i == self.num_batches:
                     break
-                loss = F.cross_entropy(model(images), check_labels(self, labels))
+                loss = cross_entropy(model, images, check_labels(self, labels), self.name)
                 loss.backward()
                 del loss
             self._grads = take_grads(targets, self.name)

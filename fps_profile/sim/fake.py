@@ -25,19 +25,20 @@ def new_fake_mode() -> ft.FakeTensorMode:
     return ft.FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def build_model(name: str, dtype: torch.dtype) -> nn.Module:
+def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) -> nn.Module:
     """Create timm model ``name`` on the meta device, in ``dtype``; call :func:`materialize` next."""
-    import timm
-
-    from fps_profile.models import check_model_name
+    from fps_profile.models import build_timm, check_model_name
 
     check_model_name(name)
     try:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
-    except Exception as exc:  # noqa: BLE001 - any failure here is a model the sim cannot build
-        raise UserError(f"sim cannot build {name!r} without real tensors ({_op_or_message(exc)}); "
-                        "measure it on a real device (--device cpu or cuda)") from exc
+            model = build_timm(name, image_size=image_size)
+    except UserError as exc:  # any failure here is a model the sim cannot build
+        cause = exc.__cause__
+        if cause is None:
+            raise
+        raise UserError(f"sim cannot build {name!r} without real tensors ({_op_or_message(cause)}); "
+                        "measure it on a real device (--device cpu or cuda)") from cause
     return model.to(dtype=dtype)
 
 
@@ -48,12 +49,14 @@ def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
     return module.to_empty(device=device)
 
 
-def batch(model: nn.Module, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(model: nn.Module, batch_size: int, dtype: torch.dtype,
+          image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels shaped as :func:`fps_profile.models.synthetic_batches` makes them."""
-    from fps_profile.models import check_batch_size, input_size
+    from fps_profile.models import check_batch_size, check_image_size, input_size
 
     check_batch_size(batch_size)
-    c, h, w = input_size(model)
+    check_image_size(image_size)
+    c, h, w = input_size(model, image_size)
     return torch.empty(batch_size, c, h, w, dtype=dtype), torch.empty(batch_size, dtype=torch.long)
 
 

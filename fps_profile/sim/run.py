@@ -51,11 +51,11 @@ def measure_sim(cell, row) -> None:
     budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else phases.BudgetSpec(k=None)
     options = dict(cell.options)
     with Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)) as sim:
-        model = sim.model(cell.model, dtype)
+        model = sim.model(cell.model, dtype, cell.image_size)
         row.params_total = sum(p.numel() for p in model.parameters())
         if cell.num_batches < 1:
             raise UserError(f"num_batches must be >= 1, not {cell.num_batches}")
-        batches = [sim.batch(model, cell.batch_size, dtype) for _ in range(cell.num_batches)]
+        batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size) for _ in range(cell.num_batches)]
         warmup = 0
         if cell.phase == "select":
             fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)

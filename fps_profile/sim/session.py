@@ -94,10 +94,10 @@ class Simulator:
                 raise err from exc
             raise
 
-    def model(self, name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
-        """A randomly initialised timm model ``name``, in fake storage."""
+    def model(self, name: str, dtype: torch.dtype = torch.float32, image_size: int | None = None) -> nn.Module:
+        """A randomly initialised timm model ``name`` (built for ``image_size``), in fake storage."""
         with _disable_current_modes():
-            meta = fake.build_model(name, dtype)
+            meta = fake.build_model(name, dtype, image_size)
         with self.translating_errors():
             return fake.materialize(meta)
 
@@ -108,9 +108,10 @@ class Simulator:
             meta = module.to("meta")
         return fake.materialize(meta)
 
-    def batch(self, model: nn.Module, batch_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake images and labels for ``model``."""
-        return fake.batch(model, batch_size, dtype)
+    def batch(self, model: nn.Module, batch_size: int, dtype: torch.dtype,
+              image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images and labels for ``model`` (``image_size`` square, default the model's own)."""
+        return fake.batch(model, batch_size, dtype, image_size)
 
     def measure(self, fn, *, warmup: int = 0, workspaces: tuple[str, ...] = ()) -> SimStats:
         """Run ``fn`` ``warmup`` times, then once measured.

@@ -1,0 +1,41 @@
+"""``fps-profile scope``: the role every parameter of a timm model gets under a scope."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from fps_profile.cli._args import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "scope",
+        help="show which tensors of a model a scope ranks, trains whole or freezes",
+        description="Build a timm model (on the meta device: no memory, no weights) and print the role "
+        "each parameter gets under a scope: ranked (entry by entry, by the selector and the budget), "
+        "trainable (the whole tensor) or frozen, with the reason, grouped over repeated blocks.",
+        epilog="Example: fps-profile scope resnet50 --scope gps",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="timm model name")
+    p.add_argument("--scope", default="gps", help="gps, all-weights, attention or mlp")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="input height and width to build the model for (default: its own)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (every tensor's role too)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fps_profile.models import build_timm
+    from fps_profile.scope import get_scope
+    from fps_profile.scope_report import scope_report
+
+    scope = get_scope(args.scope)  # an unknown scope fails before the model is built
+    with torch.device("meta"):
+        model = build_timm(args.model, image_size=args.image_size)
+    report = scope_report(model, scope, args.model)
+    print(json.dumps(report.to_dict()) if args.json else report.format())
+    return 0
