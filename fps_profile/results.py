@@ -22,6 +22,10 @@ from fps_profile.errors import UserError
 SCHEMA = "fps-profile/results/1"
 PHASES = ("select", "inference", "train_step")
 STATUSES = ("ok", "oom", "error", "timeout")
+# ``peak_breakdown_bytes`` categories (the last two only where a backend has them) and ``peak_phase`` values.
+BREAKDOWN_CATEGORIES = ("weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations",
+                        "temporaries", "workspace", "allocator_slack")
+PEAK_PHASES = ("forward", "backward", "optimizer", "scoring")
 
 
 @dataclass

@@ -54,13 +54,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from fps_profile.results import BREAKDOWN_CATEGORIES
 from fps_profile.trackers.tensor import _storage_key
 
-CATEGORIES = ("weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations",
-              "temporaries", "workspace", "allocator_slack")
+CATEGORIES = BREAKDOWN_CATEGORIES
 # Shown only where a backend has them (sim, the cuda extra run).
 DEVICE_CATEGORIES = ("workspace", "allocator_slack")
-PHASES = ("forward", "backward", "optimizer", "scoring")
 TOP_MODULES = 10
 
 INPUTS, OPTIMIZER, OUTSIDE, BEFORE = "(inputs)", "(optimizer)", "(outside modules)", "(before the run)"
@@ -383,23 +382,6 @@ class PeakBreakdown:
         if rec is not None and rec[1] in ("weights", "activations"):
             self._bw_holder = rec[2]
         return t
-
-
-def dominant(breakdown: dict[str, int] | None) -> tuple[str, float] | None:
-    """The largest category of a breakdown and its share of the total, or None."""
-    if not breakdown:
-        return None
-    total = sum(breakdown.values())
-    if total <= 0:
-        return None
-    name = max(breakdown, key=lambda c: (breakdown[c], -CATEGORIES.index(c) if c in CATEGORIES else 0))
-    return name, breakdown[name] / total
-
-
-def mostly(breakdown: dict[str, int] | None) -> str:
-    """``"activations 62%"``: the largest category and its share; ``"-"`` without a breakdown."""
-    d = dominant(breakdown)
-    return "-" if d is None else f"{d[0].replace('_', ' ')} {100 * d[1]:.0f}%"
 
 
 def record_extra_run(fn, model: nn.Module, *, inputs=(), optimizer=None, device_type: str = "cuda",
