@@ -145,6 +145,7 @@ class PeakBreakdown:
         self._total = 0
         self._phase_peaks: dict[str, int] = {}
         self._pending: str | None = None
+        self._allocating: set[str] = set()  # phases in which something was allocated
         self._stack: list[str] = []
         self._bw_holder = OUTSIDE
         self._grads_seen = False
@@ -219,6 +220,8 @@ class PeakBreakdown:
         global _active
         self._scan()
         self._finalize()
+        # A phase that allocated nothing (e.g. the forward mark before a data-free selector scores) is no phase.
+        self.phases = {k: v for k, v in self.phases.items() if k in self._allocating} or self.phases
         self.tracker.observer = None
         _active = None
         self._paths, self._stack = {}, []
@@ -256,6 +259,7 @@ class PeakBreakdown:
         now = self._current_phase()
         if now != self._phase:
             self._switch(now)
+        self._allocating.add(now)
         if now == "backward":
             self._grads_seen = True
             self._queue_grad_scan()
