@@ -249,3 +249,108 @@ def test_sim_rows_at_batch_16(model):
     fps = row_of(model, 16, "select", "fps", device="sim")
     bd = check_row(fps)
     assert bd["gradients"] == bd["optimizer_state"] == bd["activations"] == 0
+
+
+# -- shown: summary, explain, report, figure, gate (synthetic rows) -------------------------------------------
+
+
+def shown_rows():
+    from plotrows import MiB, row
+
+    def bd(**kw):
+        out = dict.fromkeys(("weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations",
+                             "temporaries"), 0)
+        out.update({k: v * MiB for k, v in kw.items()})
+        return out
+
+    gps_phases = {"forward": bd(weights=10, inputs=2, activations=70, temporaries=3),
+                  "backward": bd(weights=10, inputs=2, activations=68, temporaries=20),
+                  "scoring": bd(weights=10, inputs=2, gradients=9, temporaries=1)}
+    top = [{"module": f"blocks.{i}.mlp.fc1", "category": "activations", "bytes": (10 - i) * MiB} for i in range(6)]
+    return [
+        row("gps", "small_vit", 8, "select", 100 * MiB, peak_breakdown_bytes=gps_phases["backward"],
+            peak_phase="backward", peak_top_modules=top, peak_breakdown_by_phase=gps_phases,
+            peak_breakdown_run="measured"),
+        row("fps", "small_vit", 8, "select", 13 * MiB, peak_breakdown_bytes=bd(weights=10, inputs=2, temporaries=1),
+            peak_phase="forward", peak_top_modules=top[:1],
+            peak_breakdown_by_phase={"forward": bd(weights=10, inputs=2, temporaries=1)}),
+        row("magnitude", "small_vit", 8, "select", 11 * MiB),  # an older row: no breakdown
+    ]
+
+
+def test_summary_column_says_what_the_peak_is_mostly():
+    from fps_profile.summary import format_summary
+
+    text = format_summary(shown_rows())
+    assert "peak is mostly" in text
+    gps_line = next(ln for ln in text.splitlines() if "| gps " in ln)
+    assert gps_line.rstrip(" |").endswith("activations 68%")
+    assert "peak is mostly" not in format_summary([r for r in shown_rows() if r.selector == "magnitude"])
+
+
+def test_explain_command(tmp_path, capsys):
+    from fps_profile.cli import main
+    from fps_profile.results import write_results
+
+    path = tmp_path / "rows.jsonl"
+    write_results(path, shown_rows())
+    assert main(["explain", str(path), "--cell", "what=gps batch=8", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "peak 100.0 MiB in backward, in the measured run; the categories sum to the peak" in out
+    assert "| activations | 68.0 MiB | 68.0% |" in out.replace("  ", " ").replace("  ", " ")
+    assert "* backward" in out and "blocks.2.mlp.fc1" in out and "blocks.3.mlp.fc1" not in out
+    assert main(["explain", str(path), "--cell", "what=magnitude"]) == 0
+    assert "no breakdown: no breakdown was recorded: the row comes from a results file written before" in \
+        capsys.readouterr().out
+    assert main(["explain", str(path)]) == 0
+    listing = capsys.readouterr().out
+    assert "activations 68%" in listing and "| magnitude " in listing
+    assert main(["explain", str(path), "--cell", "what=gsp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'gps'" in err
+    assert main(["explain", str(path), "--cell", "modle=x"]) == 2
+    assert "did you mean 'model'" in capsys.readouterr().err
+
+
+def test_report_section_and_figure_show_each_selector_and_phase(tmp_path):
+    from fps_profile.plots import breakdown_bars
+    from fps_profile.report import build_report
+
+    rows = shown_rows()
+    text = build_report(rows)
+    assert "What the peak is made of at batch 8" in text
+    assert "| GPS · backward * " in text and "| GPS · scoring " in text and "| FPS · forward * " in text
+    assert "No breakdown for magnitude: no breakdown was recorded" in text
+    fig = breakdown_bars(rows)
+    bars = {p.get_gid(): p.get_width() for ax in fig.axes for p in ax.patches}
+    assert bars["gps:backward:activations"] == pytest.approx(68)  # MiB
+    assert bars["gps:scoring:gradients"] == pytest.approx(9)
+    assert "magnitude:forward:weights" not in bars and "fps:forward:activations" not in bars
+    assert breakdown_bars([rows[2]]) is None
+
+
+def test_gate_shows_bytes_moving_between_categories_without_failing():
+    import copy
+
+    from fps_profile.gate import compare
+
+    old = shown_rows()
+    new = copy.deepcopy(old)
+    new[0].peak_breakdown_bytes["activations"] -= 1024
+    new[0].peak_breakdown_bytes["temporaries"] += 1024
+    report = compare(old, new)
+    moved = {c.metric: c.verdict for c in report.changes}
+    assert moved == {"peak_breakdown_bytes.activations": "changed", "peak_breakdown_bytes.temporaries": "changed"}
+    assert not report.failed(strict=True)
+
+
+def test_asv_tracks_every_category():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.common import CATEGORIES
+
+    from fps_profile.results import BREAKDOWN_CATEGORIES
+
+    assert tuple(CATEGORIES) == BREAKDOWN_CATEGORIES
