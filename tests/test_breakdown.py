@@ -20,12 +20,10 @@ def explained(fn, model, inputs=(), optimizer=None, breakdown=True):
     with LiveTensorBytes("cpu") as live:
         if breakdown:
             with PeakBreakdown(live, model, inputs=inputs, optimizer=optimizer) as bd:
-                out = fn()
-                del out
+                fn()  # whatever it returns is dropped inside the region
         else:
             bd = None
-            out = fn()
-            del out
+            fn()
     return live.peak, bd
 
 
@@ -119,19 +117,17 @@ def test_gps_scoring_holds_the_ranked_gradients_and_masks_are_labelled():
 def test_fps_holds_no_gradients_and_its_mask_is_the_mask():
     model = make_tiny_vit()
     batches = make_batches(1, 1)
-    masks = []
-    _, bd = explained(lambda: masks.append(fps_select(model, batches)), model, inputs=batches)
+    kept = []
+    _, bd = explained(lambda: kept.append(fps_select(model, batches)), model, inputs=batches)
+    assert list(bd.phases) == ["forward", "scoring"]
     for snap in bd.phases.values():
         assert snap.categories.get("gradients", 0) == snap.categories.get("optimizer_state", 0) == 0
         assert snap.categories.get("activations", 0) == 0  # no_grad: nothing is saved for backward
-    assert bd.phases["scoring"].categories["mask"] <= masks[0].nbytes
-    del masks
-    # the mask is what the selection leaves: every bool of it, nothing else new
-    with LiveTensorBytes("cpu") as live, PeakBreakdown(live, model, inputs=batches) as bd:
-        kept = fps_select(model, batches)
-        bd._finalize()
-        live_now = dict(bd._categories)
-    assert live_now["mask"] == kept.nbytes
+    scoring = bd.phases["scoring"]
+    assert 0 < scoring.categories["mask"] <= kept[0].nbytes
+    # masks are held by the modules whose parameters they select
+    held = {h for (h, c), b in scoring.holders.items() if c == "mask"}
+    assert held and held <= {name.rpartition(".")[0] or "(model)" for name in kept[0]}
 
 
 def fps_select(model, batches):

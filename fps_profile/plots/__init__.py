@@ -25,8 +25,8 @@ from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
 from fps_profile.results import Result
 
-__all__ = ["FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params", "plot_all",
-           "ratio_vs_batch", "time_vs_batch"]
+__all__ = ["FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params",
+           "plot_all", "ratio_vs_batch", "time_vs_batch"]
 
 
 @dataclass(frozen=True)
