@@ -50,8 +50,8 @@ def missing_reason(row: Result) -> str:
     err = row.env.get("breakdown_error") if isinstance(row.env, dict) else None
     if err:
         return f"the extra run that records the breakdown on {row.device} failed: {err}"
-    return ("no breakdown was recorded: the row comes from a results file written before fps-profile "
-            "recorded breakdowns, or from a backend without one; measure the cell again to get it")
+    return ("the row comes from a results file written before fps-profile recorded breakdowns, or from a "
+            "backend without one; measure the cell again to get one")
 
 
 def label(row: Result) -> str:
