@@ -14,6 +14,9 @@ SELECTORS = ["fps", "gps", "magnitude", "random"]
 WITH_FLOOR = ["floor"] + SELECTORS
 MODELS = ["vit_tiny_patch16_224", "vit_base_patch16_224"]
 BATCHES = [1, 32]
+# Categories of a peak breakdown (fps_profile.results.BREAKDOWN_CATEGORIES; listed here so old commits import).
+CATEGORIES = ["weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations", "temporaries",
+              "workspace", "allocator_slack"]
 # Every selector, on small models, for the CPU timings.
 CPU_SELECTORS = ["fps", "gps", "magnitude", "random", "wanda", "snip"]
 CPU_MODELS = ["test_vit", "vit_tiny_patch16_224"]

@@ -12,7 +12,9 @@ Tolerances depend on the kind of metric:
 
 Parameter counts are shown when they change but never fail the gate (more
 trainable parameters is a behaviour change, not a cost: its cost shows in the
-bytes). A cell whose status goes from ``ok`` to anything else fails; the
+bytes). So is the breakdown of the peak (``peak_breakdown_bytes.<category>``
+and ``peak_phase``): bytes moving from one category to another show even when
+the total holds, and the total is what is gated. A cell whose status goes from ``ok`` to anything else fails; the
 reverse is an improvement. Only metrics are compared, never ``env``, so a
 baseline made on another machine gates a run here as long as the
 deterministic figures agree.
@@ -25,10 +27,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fps_profile.errors import UserError, did_you_mean
-from fps_profile.results import Result
+from fps_profile.results import BREAKDOWN_CATEGORIES, Result
 from fps_profile.units import fmt_bytes, fmt_seconds
 
-KINDS = ("exact", "memory", "time", "count")
+KINDS = ("exact", "memory", "time", "count", "breakdown")
+SHOWN_ONLY = ("count", "breakdown")  # kinds shown when they change, never gated
 DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10}
 # Metric name -> kind on real devices; on sim every byte figure is a prediction, hence exact.
 METRICS = {
@@ -42,16 +45,27 @@ METRICS = {
     "time_floor_s": "exact",
     "params_total": "count",
     "params_trainable": "count",
+    "peak_phase": "breakdown",
+    **{f"peak_breakdown_bytes.{c}": "breakdown" for c in BREAKDOWN_CATEGORIES},
 }
 SIM_EXACT = ("peak_allocated_bytes", "peak_reserved_bytes")
 _REL_EPS = 1e-9  # float noise of a JSON round trip is far below this
 
 
 def metric_kind(metric: str, device: str) -> str:
-    """``exact``, ``memory``, ``time`` or ``count`` for ``metric`` measured on ``device``."""
+    """``exact``, ``memory``, ``time``, ``count`` or ``breakdown`` for ``metric`` measured on ``device``."""
     if metric in SIM_EXACT and (device == "sim" or device.startswith("sim:")):
         return "exact"
     return METRICS[metric]
+
+
+def metric_value(row: Result, metric: str):
+    """``row``'s value of ``metric``: a field, or ``peak_breakdown_bytes.<category>``."""
+    field, _, category = metric.partition(".")
+    value = getattr(row, field)
+    if category:
+        return value.get(category) if isinstance(value, dict) else None
+    return value
 
 
 def parse_tolerance(text: str, tolerances: dict[str, float]) -> None:
@@ -75,8 +89,8 @@ def parse_tolerance(text: str, tolerances: dict[str, float]) -> None:
     target = target.strip()
     if target not in DEFAULT_TOLERANCES and target not in METRICS:
         raise did_you_mean(target, list(DEFAULT_TOLERANCES) + list(METRICS), "tolerance kind or metric")
-    if METRICS.get(target) == "count":
-        raise UserError(f"{target} is a count: it is shown when it changes but never gated")
+    if METRICS.get(target) in SHOWN_ONLY:
+        raise UserError(f"{target} is shown when it changes but never gated")
     tolerances[target] = frac
 
 
@@ -108,7 +122,7 @@ def fmt_value(metric: str, value) -> str:
         return "-"
     if isinstance(value, str):
         return value
-    if metric.endswith("_bytes"):
+    if metric.endswith("_bytes") or metric.startswith("peak_breakdown_bytes."):
         return f"{fmt_bytes(value)} ({value:,})"
     if metric.endswith("_s"):
         return fmt_seconds(value) if value >= 1e-3 else f"{value:.3g} s"
@@ -125,7 +139,7 @@ class Change:
         old: Baseline value.
         new: Current value.
         verdict: ``worse`` (fails), ``within`` (worse but within tolerance),
-            ``better``, ``changed`` (counts), ``missing`` (gone from CURRENT) or ``new``.
+            ``better``, ``changed`` (counts, breakdown), ``missing`` (gone from CURRENT) or ``new``.
         tolerance: The tolerance it was judged with, for gated metrics.
     """
 
@@ -169,9 +183,11 @@ def _judge(old, new, tol: float | None, kind: str) -> str | None:
         return "missing"
     if old is None:
         return "new"
+    if isinstance(new, str) or isinstance(old, str):
+        return None if new == old else "changed"
     if math.isclose(new, old, rel_tol=_REL_EPS, abs_tol=0.0):
         return None
-    if kind == "count":
+    if kind in SHOWN_ONLY:
         return "changed"
     if new < old:
         return "better"
@@ -212,7 +228,7 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
         if old.status != "ok" or new.status != "ok":
             continue
         for metric in wanted:
-            a, b = getattr(old, metric), getattr(new, metric)
+            a, b = metric_value(old, metric), metric_value(new, metric)
             if a is None and b is None:
                 continue
             kind = metric_kind(metric, old.device)
@@ -220,7 +236,7 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
             report.metrics += 1
             verdict = _judge(a, b, limit, kind)
             if verdict:
-                report.changes.append(Change(key, metric, a, b, verdict, None if kind == "count" else limit))
+                report.changes.append(Change(key, metric, a, b, verdict, None if kind in SHOWN_ONLY else limit))
     return report
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from fps_profile.errors import UserError
 from fps_profile.mask import Mask
+from fps_profile.trackers import breakdown
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,10 @@ class TrainStep:
     def __call__(self) -> torch.Tensor:
         loss = F.cross_entropy(self.model(self.images), self.labels)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with breakdown.phase("optimizer"):  # clipping included
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
 

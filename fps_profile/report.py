@@ -1,7 +1,8 @@
 """A markdown report of a results file: environment, headline ratios, tables per model, figures.
 
 Tables are selectors x batch sizes, one per quantity, per (device, dtype)
-group (and budget, where a file mixes them) and model. A cell is the value,
+group (and budget, where a file mixes them) and model, then what each peak
+is made of (selector x phase x category) where rows carry a breakdown. A cell is the value,
 ``OOM``/``error``/``timeout`` for a failed measurement, or ``-`` where
 nothing was measured.
 """
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots import style as st
-from fps_profile.plots.data import Series, by_group, dedupe, device_memory_bytes, env_value, models, peak, series
-from fps_profile.results import Result
+from fps_profile.plots.data import (Series, by_group, dedupe, device_memory_bytes, env_value, models, peak, series,
+                                    series_name)
+from fps_profile.results import BREAKDOWN_CATEGORIES, Result
 from fps_profile.summary import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
@@ -84,6 +86,38 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
         body = [[series_label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
         if body:
             out.append((caption, head, body))
+    return out
+
+
+def breakdown_section(rows: Sequence[Result], model: str) -> list[str]:
+    """Lines of the "what the peak is made of" table of one model: a row per selector (or reference) and phase.
+
+    At the largest batch size with a breakdown; rows without one are named with the reason.
+    """
+    from fps_profile.explain import missing_reason, mostly
+    from fps_profile.plots.breakdown import bars, breakdown_batch
+    from fps_profile.plots.breakdown import series_label as bar_label
+
+    ok = [r for r in rows if r.model == model and r.status == "ok"]
+    batch = breakdown_batch(rows, model)
+    if batch is None:
+        return ["", f"No breakdown of the peaks: {missing_reason(ok[0])}."] if ok else []
+    items = bars(rows, model, batch)
+    cats = [c for c in BREAKDOWN_CATEGORIES if any(bd.get(c) for _, _, bd, _ in items)]
+    body = [[f"{bar_label(n)} · {ph}{' *' if is_peak else ''}", fmt_bytes(sum(bd.values())),
+             *(fmt_bytes(bd.get(c, 0)) if bd.get(c) else "-" for c in cats), mostly(bd)]
+            for n, ph, bd, is_peak in items]
+    out = ["", f"What the peak is made of at batch {batch}: each phase's own peak, split by category "
+           "(* the row's peak; activations are tensors saved for backward):", "",
+           markdown_table(["", "peak", *(c.replace("_", " ") for c in cats), "mostly"], body)]
+    extra = sorted({r.peak_breakdown_run for r in ok if r.batch_size == batch} - {None, "measured"})
+    if extra:
+        out += ["", "From an extra run with a live-tensor tracker after the measurement (cuda): its totals can "
+                "differ a little from the measured peaks."]
+    missing = [r for r in ok if r.batch_size == batch and not r.peak_breakdown_bytes]
+    if missing:
+        out += ["", "No breakdown for " + ", ".join(bar_label(series_name(r)) for r in missing)
+                + f": {missing_reason(missing[0])}."]
     return out
 
 
@@ -200,6 +234,7 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
             lines += ["", f"### {model}" + (f" ({params:,} parameters)" if params else "")]
             for caption, head, body in model_tables(g, model, reference):
                 lines += ["", f"{caption}:", "", markdown_table(head, body)]
+            lines += breakdown_section(g, model)
     failed = [r for r in flat if r.status in ("error", "timeout")]
     if failed:
         lines += ["", "## Failed measurements", ""]

@@ -22,6 +22,10 @@ from fps_profile.errors import UserError
 SCHEMA = "fps-profile/results/1"
 PHASES = ("select", "inference", "train_step")
 STATUSES = ("ok", "oom", "error", "timeout")
+# ``peak_breakdown_bytes`` categories (the last two only where a backend has them) and ``peak_phase`` values.
+BREAKDOWN_CATEGORIES = ("weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations",
+                        "temporaries", "workspace", "allocator_slack")
+PEAK_PHASES = ("forward", "backward", "optimizer", "scoring")
 
 
 @dataclass
@@ -52,6 +56,16 @@ class Result:
         params_trainable: Trainable parameters in this phase (count).
         flops: Floating-point operations of one run of the phase (count), where known.
         time_floor_s: ``flops`` over the target device's peak rate (seconds), where known.
+        peak_breakdown_bytes: What the bytes at the peak are: category (``weights``, ``buffers``,
+            ``inputs``, ``gradients``, ``optimizer_state``, ``mask``, ``activations``, ``temporaries``,
+            and ``workspace`` on sim) -> bytes, summing to the peak of the run it was taken in
+            (:mod:`fps_profile.trackers.breakdown`); None where not recorded.
+        peak_phase: Phase of the run at the peak: ``forward``, ``backward``, ``optimizer`` or ``scoring``.
+        peak_top_modules: The largest holders at the peak, largest first: ``{"module", "category",
+            "bytes"}`` each (a module path, or a name in parentheses such as ``(inputs)``).
+        peak_breakdown_by_phase: Phase -> its own peak's breakdown (category -> bytes).
+        peak_breakdown_run: ``measured`` (taken in the measured run: cpu, sim) or ``extra``
+            (one more run with a dispatch-mode tracker after everything else: cuda).
         error: Message for a status other than ``ok``.
         env: Versions, git commit, device, driver, CPU, host.
     """
@@ -79,6 +93,11 @@ class Result:
     params_trainable: int | None = None
     flops: int | None = None
     time_floor_s: float | None = None
+    peak_breakdown_bytes: dict[str, int] | None = None
+    peak_phase: str | None = None
+    peak_top_modules: list[dict[str, Any]] | None = None
+    peak_breakdown_by_phase: dict[str, dict[str, int]] | None = None
+    peak_breakdown_run: str | None = None
     error: str | None = None
     timestamp: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     env: dict[str, Any] = field(default_factory=dict)

@@ -146,6 +146,7 @@ def _measure_real(cell: Cell, row: Result) -> None:
     from fps_profile.sim.targets import target_for_device_name
     from fps_profile.trackers import (CudaAllocatorPeak, LiveTensorBytes, NvmlSampler, RssPeak, limit_memory,
                                       median, time_repeats)
+    from fps_profile.trackers.breakdown import PeakBreakdown, record_extra_run
 
     device = resolve_device(cell.device)
     torch.manual_seed(0)
@@ -177,6 +178,7 @@ def _measure_real(cell: Cell, row: Result) -> None:
 
     for _ in range(cell.warmup):
         fn()
+    optimizer = getattr(fn, "optimizer", None)
     if device.type == "cuda":
         with CudaAllocatorPeak(device) as cuda_peak, NvmlSampler(device.index or 0) as nvml, RssPeak() as rss:
             out = fn()
@@ -185,9 +187,10 @@ def _measure_real(cell: Cell, row: Result) -> None:
     else:
         # LiveTensorBytes is a dispatch mode already, so counting FLOPs in this run changes nothing.
         with FlopCount() as flop_count, LiveTensorBytes("cpu", budget_bytes=cell.memory_budget) as live, \
-                RssPeak() as rss:
+                RssPeak() as rss, PeakBreakdown(live, model, inputs=batches, optimizer=optimizer) as explained:
             out = fn()
         row.peak_allocated_bytes = live.peak
+        explained.fill(row)
     row.rss_peak_bytes = rss.peak
     if isinstance(out, Mask):
         row.params_trainable = out.stats().trainable
@@ -201,4 +204,11 @@ def _measure_real(cell: Cell, row: Result) -> None:
             fn()
         target = target_for_device_name(torch.cuda.get_device_name(device))
         row.time_floor_s = time_floor(flop_count.counts, target.peak_flops) if target else None
+        # The breakdown needs a dispatch mode too: one more, labelled run, whose failure leaves the row as it is.
+        from fps_profile.sim.allocator import round_size
+
+        try:
+            record_extra_run(fn, model, inputs=batches, optimizer=optimizer, round_bytes=round_size).fill(row, "extra")
+        except Exception as exc:  # noqa: BLE001
+            row.env["breakdown_error"] = one_line(exc)
     row.flops = flop_count.total

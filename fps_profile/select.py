@@ -15,6 +15,7 @@ from fps_profile.errors import UserError
 from fps_profile.mask import Mask
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
 from fps_profile.selectors import Batch, Target, create
+from fps_profile.trackers import breakdown
 
 
 _EMPTY = object()
@@ -129,14 +130,19 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     with left_as_found(model):
         try:
             sel.prepare(model, data, targets)
-            scored = ((t.name, sel.score(t)) for t in targets)
-            out.update(budget.masks(scored))
+            with breakdown.phase("scoring"):
+                scored = ((t.name, sel.score(t)) for t in targets)
+                for name, m in budget.masks(scored):
+                    out[name] = m
+                    breakdown.label(m, "mask", name.rpartition(".")[0] or "(model)")
         finally:
             sel.release()
-    for name, (role, _, _) in roles.items():
-        if role is not Role.RANKED:
-            fill = torch.ones if role is Role.TRAINABLE else torch.zeros
-            out[name] = fill(params[name].shape, dtype=torch.bool, device=params[name].device)
+    with breakdown.phase("scoring"):
+        for name, (role, _, _) in roles.items():
+            if role is not Role.RANKED:
+                fill = torch.ones if role is Role.TRAINABLE else torch.zeros
+                out[name] = fill(params[name].shape, dtype=torch.bool, device=params[name].device)
+                breakdown.label(out[name], "mask", name.rpartition(".")[0] or "(model)")
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
     return Mask({n: out[n] for n in params}, meta)

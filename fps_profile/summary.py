@@ -24,6 +24,7 @@ class SummaryLine:
     peak_vs_floor: float | None
     peak_vs_gps: float | None
     time_vs_gps: float | None
+    mostly: str | None = None  # the peak's largest category and its share, e.g. "activations 90%"
 
 
 def _ratio(a, b):
@@ -42,6 +43,8 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
         model = f"{r.model} @{r.image_size}px" if r.image_size else r.model
         groups.setdefault((r.device, r.dtype, model, r.batch_size), []).append(r)
         size[model] = max(size.get(model, 0), r.params_total or 0)
+    from fps_profile.explain import mostly
+
     out = []
     order = {"inference": 0, "select": 1, "train_step": 2}
     for (device, dtype, model, batch), rs in sorted(groups.items(),
@@ -62,6 +65,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
                 _ratio(r.peak_allocated_bytes, floor.peak_allocated_bytes if floor else None),
                 _ratio(r.peak_allocated_bytes, ref.peak_allocated_bytes if ref and is_sel else None),
                 _ratio(r.wall_time_s, ref.wall_time_s if ref and is_sel else None),
+                mostly(r.peak_breakdown_bytes) if r.peak_breakdown_bytes else None,
             ))
     return out
 
@@ -69,7 +73,8 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
 def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
     """Markdown tables of :func:`summarize`: selections (with the floor), then train steps.
 
-    Columns that hold one value throughout (device, dtype) become a heading instead.
+    Columns that hold one value throughout (device, dtype) become a heading instead; the
+    "peak is mostly" column (the peak's largest category) appears where rows have a breakdown.
     """
     lines = summarize(rows, reference)
     if not lines:
@@ -83,20 +88,24 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
         return lead + (values if s.status == "ok" else [s.status.upper()] + [""] * (len(values) - 1))
 
     head = [k.replace("_size", "") for k in keys] + ["what"]
+    explained = any(s.mostly for s in lines)
+    tail = (lambda s: [s.mostly or "-"]) if explained else (lambda s: [])  # noqa: E731
     sel = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps),
-                     fmt_seconds(s.time_s), fmt_ratio(s.time_vs_gps)])
+                     fmt_seconds(s.time_s), fmt_ratio(s.time_vs_gps), *tail(s)])
            for s in lines if not s.what.startswith("train:")]
-    train = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_seconds(s.time_s)])
+    train = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_seconds(s.time_s), *tail(s)])
              for s in lines if s.what.startswith("train:")]
+    extra = ["peak is mostly"] if explained else []
     out = []
     if sel:
         out += [f"Selection{' (' + heading + ')' if heading else ''}: peak memory and time, against the "
                 f"inference floor and {reference}", "",
-                markdown_table(head + ["peak", "peak/floor", f"peak/{reference}", "time", f"time/{reference}"], sel)]
+                markdown_table(head + ["peak", "peak/floor", f"peak/{reference}", "time", f"time/{reference}", *extra],
+                               sel)]
     if train:
         out += ["" if out else None, f"Fine-tuning step{' (' + heading + ')' if heading else ''}: "
                 "full, and sparse with each selector's mask", "",
-                markdown_table(head + ["peak", "peak/floor", "time"], train)]
+                markdown_table(head + ["peak", "peak/floor", "time", *extra], train)]
     return "\n".join(x for x in out if x is not None)
 
 

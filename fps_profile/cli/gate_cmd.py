@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         "and ratio. Exit 0 when nothing got worse beyond its tolerance, 1 when something did, 2 on a "
         "missing or malformed file. Lower is better for every metric. Default tolerances: exact 0% "
         "(FLOPs, time floor, bytes predicted by the sim backend), memory 5% (measured bytes), "
-        "time 10% (wall time). Parameter counts are shown when they change but never gated. "
+        "time 10% (wall time). Parameter counts and the peak's breakdown (bytes per category, the phase "
+        "of the peak) are shown when they change but never gated. "
         "Cells present in one file only are listed.",
         epilog="Example: fps-profile gate benchmarks/baseline.jsonl current.jsonl --strict\n"
         "         fps-profile gate old.jsonl new.jsonl --tolerance time=20% --tolerance memory=2%",

@@ -3,7 +3,7 @@
 :func:`plot_all` draws every figure the rows support, one set per (device,
 dtype) group, and saves each as PNG and SVG. The figure functions
 (:func:`memory_vs_batch`, :func:`ratio_vs_batch`, :func:`memory_vs_params`,
-:func:`time_vs_batch`, :func:`floor_fraction`) return the Figure so callers
+:func:`time_vs_batch`, :func:`floor_fraction`, :func:`breakdown_bars`) return the Figure so callers
 can read the plotted data back. Figures are built on
 :class:`matplotlib.figure.Figure` directly (Agg canvas), never through
 ``pyplot``: nothing opens a window or touches global figure state.
@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fps_profile.errors import UserError
+from fps_profile.plots.breakdown import breakdown_bars
 from fps_profile.plots.data import by_group
 from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
 from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
 from fps_profile.results import Result
 
-__all__ = ["FIGURES", "Drawn", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params", "plot_all",
-           "ratio_vs_batch", "time_vs_batch"]
+__all__ = ["FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params",
+           "plot_all", "ratio_vs_batch", "time_vs_batch"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ FIGURES: tuple[FigureKind, ...] = (
                "(bottom).", lambda rows, o: time_vs_batch(rows, reference=o["reference"])),
     FigureKind("floor_fraction", "Compute floor (FLOPs over the device's peak rate): the achieved fraction "
                "where wall times exist, else the floor itself.", lambda rows, o: floor_fraction(rows)),
+    FigureKind("breakdown", "What each peak is made of: for each selector's selection, the floor and the "
+               "fine-tuning steps, the peak of every phase of the run split into weights, gradients, "
+               "optimizer state, activations and the rest (* marks the row's peak).",
+               lambda rows, o: breakdown_bars(rows)),
 )
 
 

@@ -76,8 +76,10 @@ def measure_sim(cell, row) -> None:
             warmup = min(cell.warmup, 1)
         else:
             raise UserError(f"unknown phase {cell.phase!r} (select, inference or train_step)")
-        stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else _needs(cell))
+        stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else _needs(cell), model=model,
+                            inputs=batches, optimizer=getattr(fn, "optimizer", None))
     row.peak_allocated_bytes = stats.peak_bytes
+    stats.breakdown.fill(row)
     row.flops = stats.flops
     row.time_floor_s = stats.time_floor_s
     row.wall_time_s, row.wall_times_s = None, []

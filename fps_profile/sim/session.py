@@ -29,7 +29,8 @@ from fps_profile.sim.allocator import CachingAllocator
 from fps_profile.sim.flops import FlopCount, time_floor
 from fps_profile.sim.policy import cuda_behaviour
 from fps_profile.sim.targets import Target, get_target
-from fps_profile.sim.tracker import SimTensorBytes
+from fps_profile.sim.tracker import WORKSPACE, SimTensorBytes
+from fps_profile.trackers.breakdown import PeakBreakdown
 
 
 @dataclass
@@ -41,12 +42,14 @@ class SimStats:
         flops: Floating-point operations of the run.
         time_floor_s: ``flops`` at the target's peak rates (None for the cpu target).
         flop_counts: FLOPs by ``(kind, dtype)``.
+        breakdown: What the peak is made of, when :meth:`Simulator.measure` was given the model.
     """
 
     peak_bytes: int
     flops: int
     time_floor_s: float | None
     flop_counts: dict = field(default_factory=dict)
+    breakdown: PeakBreakdown | None = None
 
 
 class Simulator:
@@ -113,7 +116,8 @@ class Simulator:
         """Fake images and labels for ``model`` (``image_size`` square, default the model's own)."""
         return fake.batch(model, batch_size, dtype, image_size)
 
-    def measure(self, fn, *, warmup: int = 0, workspaces: tuple[str, ...] = ()) -> SimStats:
+    def measure(self, fn, *, warmup: int = 0, workspaces: tuple[str, ...] = (), model: nn.Module | None = None,
+                inputs=(), optimizer=None) -> SimStats:
         """Run ``fn`` ``warmup`` times, then once measured.
 
         Args:
@@ -121,6 +125,9 @@ class Simulator:
             warmup: Untracked runs first (needed where a run leaves state, e.g. optimizer moments).
             workspaces: cuBLAS workspaces a warm-up would have created (``forward``,
                 ``backward``), for runs measured without one.
+            model: With it, the measured run also records what its peak is made of
+                (:class:`~fps_profile.trackers.breakdown.PeakBreakdown`): ``inputs`` and
+                ``optimizer`` name the batches and the optimizer whose state to recognise.
         """
         with self.translating_errors():
             for _ in range(warmup):
@@ -132,9 +139,17 @@ class Simulator:
             if self.allocator is not None:
                 self.allocator.empty_cache()
             self.tracker.reset_peak()
-            with FlopCount() as counter:
+            explained = None
+            with contextlib.ExitStack() as stack:
+                counter = stack.enter_context(FlopCount())
+                if model is not None:
+                    explained = stack.enter_context(PeakBreakdown(self.tracker, model, inputs=inputs,
+                                                                  optimizer=optimizer))
+                    for ws in self.tracker.workspaces.values():
+                        explained.relabel(ws, "workspace", WORKSPACE)
                 out = fn()
-            del out
+                del out
         counts = dict(counter.counts)
         return SimStats(peak_bytes=self.tracker.peak, flops=counter.total,
-                        time_floor_s=time_floor(counter.counts, self.target.peak_flops), flop_counts=counts)
+                        time_floor_s=time_floor(counter.counts, self.target.peak_flops), flop_counts=counts,
+                        breakdown=explained)

@@ -28,6 +28,15 @@ CUBLAS_OPS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm
                         aten.dot, aten.vdot, aten.addr, aten._addmm_activation, aten._scaled_mm})
 
 
+WORKSPACE = "(cuBLAS workspace)"  # the holder of workspaces in a peak breakdown
+# Stands for the new block of a storage resized in place while the old block is still held.
+_RESIZING = -1
+
+
+def _size(block) -> int:
+    return block.size if block is not None else 0
+
+
 class SimTensorBytes(LiveTensorBytes):
     """Context manager counting the fake tensors of ``fake_mode``.
 
@@ -63,21 +72,36 @@ class SimTensorBytes(LiveTensorBytes):
         if old == nbytes:
             return
         previous = self._blocks.get(key)
-        self._blocks[key] = self.allocator.malloc(nbytes)
+        block = self._blocks[key] = self.allocator.malloc(nbytes)
         self._live[key] = nbytes
         if old is None:
             self._finalizers.append(weakref.finalize(storage, self._free, key))
+            if self.observer is not None:
+                self.observer.added(key, _size(block), nbytes)
         else:  # resized in place: a new block, then the old one goes
+            if self.observer is not None:  # both blocks are held for a moment
+                self.observer.added(_RESIZING, _size(block), nbytes)
             self._sync(check_budget)
+            if self.observer is not None:
+                self.observer.freed(_RESIZING)
+                self.observer.resized(key, _size(block), nbytes)
             self.allocator.free(previous)
         self._sync(check_budget)
 
     def _free(self, key: int) -> None:
         if self.allocator is None:
             return super()._free(key)
+        if self.observer is not None and key in self._live:
+            self.observer.freed(key)
         self._live.pop(key, None)
         self.allocator.free(self._blocks.pop(key, None))
         self.current = self.allocator.allocated
+
+    def live_sizes(self, requested: bool = False) -> dict[int, int]:
+        """Storage key -> bytes of its block (or, with ``requested``, that it asked for), for every live storage."""
+        if self.allocator is None or requested:
+            return dict(self._live)
+        return {key: _size(block) for key, block in self._blocks.items()}
 
     def _sync(self, check_budget: bool) -> None:
         self.current = self.allocator.allocated
@@ -94,6 +118,8 @@ class SimTensorBytes(LiveTensorBytes):
             ws = torch.empty(self.workspace_bytes, dtype=torch.uint8)
             self.workspaces[thread] = ws
             self.track(ws)
+            if self.observer is not None:
+                self.observer.relabel(ws, "workspace", WORKSPACE)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.workspace_bytes and func.overloadpacket in CUBLAS_OPS:

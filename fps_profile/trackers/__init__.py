@@ -4,7 +4,9 @@
 * :class:`CudaAllocatorPeak` - the caching allocator's peaks (``cuda``);
 * :class:`NvmlSampler` - device memory used, sampled from NVML (``cuda``);
 * :class:`RssPeak` - the process's resident-set high-water mark (every backend);
-* :func:`time_repeats` - warm-up, timed repeats around device synchronisation.
+* :func:`time_repeats` - warm-up, timed repeats around device synchronisation;
+* :mod:`~fps_profile.trackers.breakdown` - what a live-tensor tracker's peak is made of
+  (categories, phase, holders), imported on its own: ``from fps_profile.trackers import breakdown``.
 """
 
 from fps_profile.trackers.cuda import CudaAllocatorPeak, limit_memory

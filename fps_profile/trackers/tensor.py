@@ -38,6 +38,9 @@ class LiveTensorBytes(TorchDispatchMode):
         current: Live bytes now.
         peak: Highest ``current`` since entry or the last :meth:`reset_peak`.
         baseline: Live bytes found on entry.
+        observer: Told of every storage counted, resized and freed (``added``,
+            ``resized``, ``freed``), with the bytes counted for it; None by
+            default. :class:`~fps_profile.trackers.breakdown.PeakBreakdown` sets it.
     """
 
     def __init__(self, device_type: str = "cpu", *, include_existing: bool = True,
@@ -49,11 +52,20 @@ class LiveTensorBytes(TorchDispatchMode):
         self.round_bytes = round_bytes or (lambda n: n)
         self.current = self.peak = self.baseline = 0
         self._live: dict[int, int] = {}
+        self._requested: dict[int, int] = {}  # storage bytes before round_bytes
         self._finalizers: list[weakref.finalize] = []
+        self.observer = None
 
     # -- bookkeeping -----------------------------------------------------------
     def _free(self, key: int) -> None:
+        if self.observer is not None and key in self._live:
+            self.observer.freed(key)
         self.current -= self._live.pop(key, 0)
+        self._requested.pop(key, None)
+
+    def live_sizes(self, requested: bool = False) -> dict[int, int]:
+        """Storage key -> bytes counted (or, with ``requested``, the bytes it asked for), for every live storage."""
+        return dict(self._requested if requested else self._live)
 
     def track(self, t: torch.Tensor, check_budget: bool = True) -> None:
         """Count ``t``'s storage if it is new (or grew)."""
@@ -64,14 +76,19 @@ class LiveTensorBytes(TorchDispatchMode):
         except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
             return
         key = storage._cdata
-        size = self.round_bytes(storage.nbytes())
+        nbytes = storage.nbytes()
+        size = self.round_bytes(nbytes)
         old = self._live.get(key)
         if old is None:
             self._finalizers.append(weakref.finalize(storage, self._free, key))
-            self._live[key] = size
+            self._live[key], self._requested[key] = size, nbytes
             self.current += size
+            if self.observer is not None:
+                self.observer.added(key, size, nbytes)
         elif size != old:  # resized in place
-            self._live[key] = size
+            if self.observer is not None:
+                self.observer.resized(key, size, nbytes)
+            self._live[key], self._requested[key] = size, nbytes
             self.current += size - old
         else:
             return
@@ -89,6 +106,7 @@ class LiveTensorBytes(TorchDispatchMode):
     # -- context ---------------------------------------------------------------
     def __enter__(self):
         self._live.clear()
+        self._requested.clear()
         self.current = 0
         if self.include_existing:
             gc.collect()
@@ -104,6 +122,7 @@ class LiveTensorBytes(TorchDispatchMode):
             f.detach()
         self._finalizers.clear()
         self._live.clear()
+        self._requested.clear()
         return out
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
