@@ -37,6 +37,8 @@ class Result:
         phase: ``select``, ``inference`` or ``train_step``.
         status: ``ok``, ``oom``, ``error`` or ``timeout``.
         budget: ``k=1`` or ``fraction=0.01`` for select and sparse train_step rows, else None.
+        options: The selector's options where any were given (e.g. ``{"loss": "ce", "views": 1}``
+            for GPS's cross-entropy variant), else None; part of the cell's identity.
         peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
             ``max_memory_allocated``; exact storage bytes on the CPU; predicted on sim).
         peak_reserved_bytes: CUDA ``max_memory_reserved`` (None elsewhere).
@@ -62,6 +64,7 @@ class Result:
     status: str = "ok"
     budget: str | None = None
     scope: str | None = None
+    options: dict[str, Any] | None = None
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     nvml_peak_used_bytes: int | None = None
@@ -83,7 +86,12 @@ class Result:
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
-                        self.budget, self.scope)
+                        self.budget, self.scope, self.options)
+
+    @property
+    def variant(self) -> str | None:
+        """The selector with its options, e.g. ``gps[loss=ce,views=1]`` (see :func:`selector_variant`)."""
+        return selector_variant(self.selector, self.options)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -97,11 +105,25 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None) -> tuple:
-    """Identity of a cell. Budget and scope only matter where a selector is involved."""
+def selector_variant(selector: str | None, options=None) -> str | None:
+    """``"gps"`` without options, ``"gps[loss=ce,views=1]"`` with them (sorted by name).
+
+    Args:
+        selector: Selector name, or None.
+        options: A dict or ``(key, value)`` pairs.
+    """
+    items = sorted(dict(options or {}).items())
+    if selector is None or not items:
+        return selector
+    return f"{selector}[{','.join(f'{k}={v}' for k, v in items)}]"
+
+
+def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None) -> tuple:
+    """Identity of a cell. Budget, scope and options only matter where a selector is involved;
+    options are folded into the selector (:func:`selector_variant`)."""
     if selector is None:
         budget = scope = None
-    return (selector, model, int(batch_size), dtype, device, phase, budget, scope)
+    return (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
 
 
 def _trim_torn_tail(path: Path) -> None:
