@@ -102,3 +102,22 @@ def test_cuda_sweep_row_fields(tmp_path):
     assert rows["select"].params_trainable > 0 and rows["inference"].params_trainable == 0
     # the selection holds the model, the batch and its statistics: at least the floor's weights and input
     assert rows["select"].peak_allocated_bytes >= rows["inference"].peak_allocated_bytes * 0.5
+
+
+@pytest.mark.parametrize("shape,dtype", [((64, 197, 768), torch.float32), ((16, 197, 3072), torch.float32),
+                                         ((64, 197, 384), torch.bfloat16), ((1, 197, 768), torch.float32)])
+def test_reduction_scratch_matches_the_model(shape, dtype):
+    """The staging buffer of a reduction over the tokens, to the byte, as fps_profile.sim.reductions predicts."""
+    from fps_profile.gpucheck.probes import OPS, _extra_bytes, card_target, chunked_norm, predicted_scratch
+    from fps_profile.sim.reductions import GpuShape
+
+    dev = torch.device("cuda")
+    target = card_target(GpuShape.of(dev))
+    x = torch.randn(shape, device=dev).to(dtype)
+    _fresh(dev)
+    for name in ("norm1", "sum"):
+        extra, out = _extra_bytes(OPS[name], x)
+        assert extra - out == predicted_scratch(shape, dtype, OPS[name], target), name
+    # the candidate for FPS takes no staging buffer: only its small partial results
+    extra, out = _extra_bytes(lambda t: chunked_norm(t, 1), x)
+    assert extra - out <= 4 * x.numel() // 512 * 2 + (1 << 20)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fps_profile.sim.allocator import round_size
-from fps_profile.sim.reductions import GpuShape, tensor_staging
+from fps_profile.sim.reductions import GpuShape
 
 CUDA_SHAPES = [(b, 197, c) for c in (192, 384, 768, 1024, 3072, 4096) for b in (16, 64)]
 CPU_SHAPES = [(2, 197, 192), (2, 50, 64)]
@@ -63,10 +63,38 @@ def _extra_bytes(fn, x: torch.Tensor) -> tuple[int, int]:
     return live.peak - live.baseline, out.untyped_storage().nbytes()
 
 
+def card_target(gpu: GpuShape):
+    """The sim target of this machine's first GPU, with its real SM count."""
+    import dataclasses
+
+    from fps_profile.sim.targets import get_target, target_for_device_name
+
+    base = target_for_device_name(torch.cuda.get_device_name()) or get_target("sim")
+    return dataclasses.replace(base, sm_count=gpu.sm_count)
+
+
+def predicted_scratch(shape, dtype: torch.dtype, fn, target) -> int:
+    """The same probe on a sim target with the reduction scratch counted: its peak beyond input and output."""
+    from fps_profile.sim import Simulator
+
+    with Simulator(target, reduction_scratch=True) as sim:
+        x = torch.empty(shape, dtype=dtype)
+        before = sim.tracker.current
+        out = None
+
+        def probe():
+            nonlocal out
+            out = fn(x)
+
+        peak = sim.measure(probe).peak_bytes
+        return peak - before - round_size(out.untyped_storage().nbytes())
+
+
 def run(device: str) -> list[dict]:
     """Every probe on ``device`` (``cuda`` or ``cpu``): one dict per shape, dtype and operation."""
     dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
     gpu = GpuShape.of(dev) if dev.type == "cuda" else None
+    target = card_target(gpu) if gpu else None
     shapes = CUDA_SHAPES if gpu else CPU_SHAPES
     out = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -76,12 +104,9 @@ def run(device: str) -> list[dict]:
             x = torch.randn(shape, device=dev).to(dtype)
             for name, fn in OPS.items():
                 extra, output = _extra_bytes(fn, x)
-                predicted = 0
-                if gpu and name != "chunked":
-                    s = tensor_staging(x, (0, 1), gpu)
-                    predicted = round_size(s.buffer_bytes) + round_size(s.semaphore_bytes)
+                predicted = predicted_scratch(shape, dtype, fn, target) if gpu and name != "chunked" else None
                 out.append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "op": name,
                             "input_bytes": x.numel() * x.element_size(), "output_bytes": output,
-                            "scratch_bytes": extra - output, "predicted_bytes": predicted if gpu else None})
+                            "scratch_bytes": extra - output, "predicted_bytes": predicted})
             del x
     return out
