@@ -69,7 +69,7 @@ def test_chunked_norm_matches_a_float64_reference(shape, ord):
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_sim_counts_reduction_scratch_when_asked():
+def test_sim_counts_reduction_scratch():
     """A sim run reducing a [64, 197, 768] activation holds the staging buffer on top of its input and output.
 
     The 77,463,552-byte buffer gets a segment of its own rounded up to 2 MiB, and the 128 KiB left

@@ -2,7 +2,7 @@
 
     prepare DEVICE OUT    requirements (one line each unmet; exit 2 if one the measurement needs),
                           OUT/env.json, OUT/probes.json; prints the sim target for DEVICE
-    measure DEVICE OUT_FILE --grid "float32:m1,m2 bfloat16:m1" --batch-size 1,16,64 --seconds N
+    measure DEVICE OUT_FILE --grid "float32:m1,m2 bfloat16:m1" --batch-size 1,16,64 --seconds N [--part K/N]
     report OUT --tests-rc N   OUT/report.md and OUT/figure.png; exit 0 (pass) or 1, printing why
 """
 
@@ -34,8 +34,9 @@ def _measure(args) -> int:
     from fps_profile.cli._args import int_list
     from fps_profile.gpucheck import plan
 
+    k, _, n = args.part.partition("/")
     plan.measure(args.device, plan.parse_grid(args.grid), int_list(args.batch_size), Path(args.out), args.seconds,
-                 args.repeats)
+                 args.repeats, (int(k), int(n)))
     return 0
 
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch-size", required=True)
     s.add_argument("--seconds", type=float, default=300.0)
     s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--part", default="0/1", help="K/N: measure every N-th cell from the K-th (N processes share)")
     s.set_defaults(run=_measure)
     s = sub.add_parser("report")
     s.add_argument("out")

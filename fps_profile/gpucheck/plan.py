@@ -113,37 +113,47 @@ def grids(device: str, grid: Sequence[tuple[str, list[str]]], batches: Sequence[
 
 
 class DeadlineExecutor:
-    """The local executor, starting no cell past ``deadline`` (``time.monotonic``); a cell in flight finishes."""
+    """The local executor, starting no cell past ``deadline`` (``time.monotonic``); a cell in flight finishes.
+
+    With ``part=(k, n)`` it measures only every n-th cell it is handed, from the k-th on
+    (counted over all its calls), so n processes can share a grid.
+    """
 
     name = "local"
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, part: tuple[int, int] = (0, 1)) -> None:
+        self.deadline, self.part, self._seen = deadline, part, 0
 
     def run(self, cells, timeout_s) -> Iterator:
         from fps_profile.runner import run_isolated
 
         for cell in cells:
+            mine = self._seen % self.part[1] == self.part[0]
+            self._seen += 1
+            if not mine:
+                continue
             if time.monotonic() >= self.deadline:
                 return
             yield run_isolated(cell, timeout_s)
 
 
-def measure(device: str, grid, batches, out: Path, seconds: float, repeats: int = 3) -> tuple[int, int]:
-    """Run every sweep of the check into ``out``, starting no cell once ``seconds`` have passed.
+def measure(device: str, grid, batches, out: Path, seconds: float, repeats: int = 3,
+            part: tuple[int, int] = (0, 1)) -> tuple[int, int]:
+    """Run every sweep of the check (or its ``part``) into ``out``, starting no cell once ``seconds`` have passed.
 
     Returns:
-        Rows in ``out`` and cells planned.
+        Rows in ``out`` and cells planned (all parts).
     """
     from fps_profile.results import read_results
     from fps_profile.sweep import run_sweep
 
-    executor = DeadlineExecutor(time.monotonic() + seconds)
+    executor = DeadlineExecutor(time.monotonic() + seconds, part)
     planned = 0
     for g in grids(device, grid, batches, repeats):
         planned += len(g.cells())
         if time.monotonic() < executor.deadline:
             run_sweep(g, out, executor=executor, timeout_s=180.0, progress=True)
     rows = len({r.key() for r in read_results(out, missing_ok=True)})
-    print(f"gpu-check: {device}: {rows} of {planned} cells measured", file=sys.stderr)
+    share = f" (part {part[0] + 1} of {part[1]})" if part[1] > 1 else ""
+    print(f"gpu-check: {device}{share}: {rows} of {planned} cells measured", file=sys.stderr)
     return rows, planned

@@ -57,12 +57,12 @@ class Simulator:
         target: A :class:`Target` or device string (``sim``, ``sim:h200``, ...).
         budget_bytes: Predicted out-of-memory (``torch.OutOfMemoryError``) beyond this.
         what: Names the simulated work in error messages (e.g. the model name).
-        reduction_scratch: Also count the staging buffers of CUDA reductions
-            (:mod:`fps_profile.sim.reductions`; off by default until measured on a GPU, docs/sim.md).
+        reduction_scratch: Count the staging buffers of CUDA reductions (:mod:`fps_profile.sim.reductions`,
+            docs/sim.md); False leaves them out, as the simulator did before.
     """
 
     def __init__(self, target: Target | str = "sim", *, budget_bytes: int | None = None, what: str = "the model",
-                 reduction_scratch: bool = False):
+                 reduction_scratch: bool = True):
         self.target = get_target(target) if isinstance(target, str) else target
         self.what = what
         self.fake_mode = fake.new_fake_mode()

@@ -11,8 +11,8 @@ fake tensors of one fake mode, with two CUDA additions:
   product, and keeps it. Forward matrix products run on the calling thread,
   backward ones on the autograd engine's device thread, so a phase with a
   backward pass holds two;
-* optionally (``reduction_gpu``), the staging buffer and semaphores a CUDA
-  reduction takes for the duration of its kernel (:mod:`fps_profile.sim.reductions`).
+* the staging buffer and semaphores a CUDA reduction takes for the duration
+  of its kernel (``reduction_gpu``, :mod:`fps_profile.sim.reductions`).
 """
 
 from __future__ import annotations
