@@ -30,7 +30,7 @@ if [ $dry = 1 ]; then
   sim_jobs="${GPU_CHECK_SIM_JOBS:-1}"
 else
   device=cuda
-  grid="${GPU_CHECK_GRID:-float32:vit_small_patch16_224,vit_base_patch16_224,vit_large_patch16_224 bfloat16:vit_small_patch16_224,vit_base_patch16_224}"
+  grid="${GPU_CHECK_GRID:-float32:vit_small_patch16_224,vit_base_patch16_224,vit_large_patch16_224 bfloat16:vit_base_patch16_224}"
   batches="${GPU_CHECK_BATCHES:-1,16,64}"
   seconds="${GPU_CHECK_SECONDS:-300}"
   repeats="${GPU_CHECK_REPEATS:-3}"
