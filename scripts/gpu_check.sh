@@ -41,7 +41,7 @@ check() {
   local target tests k pids=() tmp
   echo "gpu-check: $device, grid '$grid', batches $batches, ${seconds}s to measure; $("$py" -V 2>&1)"
   rm -f "$out"/{measured.jsonl,sim.jsonl,report.md,env.json,probes.json,pytest.log,figure.png}
-  target=$("$py" -m fps_profile.gpucheck prepare "$device" "$out") || return 2
+  target=$(timeout 300 "$py" -m fps_profile.gpucheck prepare "$device" "$out") || return 2
   echo "gpu-check: predicting with $target"
   tmp=$(mktemp -d)
   for ((k = 0; k < sim_jobs; k++)); do  # the sim runs on the CPUs while the GPU measures
@@ -49,7 +49,8 @@ check() {
       --seconds "$seconds" --repeats "$repeats" --part "$k/$sim_jobs" &
     pids+=($!)
   done
-  "$py" -m pytest -m cuda -q -p no:cacheprovider $(grep -l "mark.cuda" tests/*.py) > "$out/pytest.log" 2>&1
+  timeout 300 "$py" -m pytest -m cuda -q -p no:cacheprovider $(grep -l "mark.cuda" tests/*.py) \
+    > "$out/pytest.log" 2>&1
   tests=$?
   echo "gpu-check: tests: $(tail -n 1 "$out/pytest.log")"
   "$py" -m fps_profile.gpucheck measure "$device" "$out/measured.jsonl" --grid "$grid" --batch-size "$batches" \

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fps_profile.results import read_results
+from fps_profile.sim.compare import match_key
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"measured.jsonl", "sim.jsonl", "report.md", "env.json", "probes.json", "pytest.log", "figure.png",
@@ -28,12 +29,11 @@ def test_dry_run_writes_the_files_and_a_passing_report(tmp_path):
     measured, sim = read_results(out / "measured.jsonl"), read_results(out / "sim.jsonl")
     assert {r.device for r in measured} == {"cpu"} and {r.device for r in sim} == {"sim:cpu"}
     # the same grid on both: floor, FPS, full and sparse steps, GPS both ways, batch 1 and 2
-    assert sorted(r.key()[:4] + r.key()[5:] for r in measured) == sorted(r.key()[:4] + r.key()[5:] for r in sim)
+    by_cell = {repr(match_key(r)): r for r in measured}
+    assert sorted(by_cell) == sorted(repr(match_key(r)) for r in sim)
     assert len(measured) == 12 and all(r.status == "ok" for r in measured + sim)
     assert {r.variant for r in measured if r.phase == "select"} == {"fps", "gps", "gps[loss=ce,views=1]"}
-    assert all(r.peak_allocated_bytes == s.peak_allocated_bytes for r, s in zip(
-        sorted(measured, key=lambda r: repr(r.key()[:4] + r.key()[5:])),
-        sorted(sim, key=lambda r: repr(r.key()[:4] + r.key()[5:]))))  # sim:cpu is exact
+    assert all(by_cell[repr(match_key(s))].peak_allocated_bytes == s.peak_allocated_bytes for s in sim)  # exact
     report = (out / "report.md").read_text()
     assert "**PASS**" in report and "dry run on the CPU" in report
     for heading in ("## Headline", "## FPS and GPS on this device", "## Sim vs measured (12 cells: median |error| "
