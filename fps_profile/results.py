@@ -44,6 +44,8 @@ class Result:
         scope: Parameter scope of select and sparse train_step rows, else None.
         image_size: Input height and width when set by ``--image-size``; None: the model's own
             (``pretrained_cfg["input_size"]``).
+        options: The selector's options where any were given (e.g. ``{"loss": "ce", "views": 1}``
+            for GPS's cross-entropy variant), else None; part of the cell's identity.
         peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
             ``max_memory_allocated``; exact storage bytes on the CPU; predicted on sim).
         peak_reserved_bytes: CUDA ``max_memory_reserved`` (None elsewhere).
@@ -80,6 +82,7 @@ class Result:
     budget: str | None = None
     scope: str | None = None
     image_size: int | None = None
+    options: dict[str, Any] | None = None
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     nvml_peak_used_bytes: int | None = None
@@ -106,7 +109,12 @@ class Result:
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
-                        self.budget, self.scope, self.image_size)
+                        self.budget, self.scope, self.options, self.image_size)
+
+    @property
+    def variant(self) -> str | None:
+        """The selector with its options, e.g. ``gps[loss=ce,views=1]`` (see :func:`selector_variant`)."""
+        return selector_variant(self.selector, self.options)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -120,12 +128,27 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, image_size=None) -> tuple:
-    """Identity of a cell. Budget and scope only matter where a selector is involved; an image
-    size is part of the key only when set, so rows written before it existed keep their keys."""
+def selector_variant(selector: str | None, options=None) -> str | None:
+    """``"gps"`` without options, ``"gps[loss=ce,views=1]"`` with them (sorted by name).
+
+    Args:
+        selector: Selector name, or None.
+        options: A dict or ``(key, value)`` pairs.
+    """
+    items = sorted(dict(options or {}).items())
+    if selector is None or not items:
+        return selector
+    return f"{selector}[{','.join(f'{k}={v}' for k, v in items)}]"
+
+
+def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None,
+             image_size=None) -> tuple:
+    """Identity of a cell. Budget, scope and options only matter where a selector is involved;
+    options are folded into the selector (:func:`selector_variant`); an image size is part of
+    the key only when set, so rows written before it existed keep their keys."""
     if selector is None:
         budget = scope = None
-    key = (selector, model, int(batch_size), dtype, device, phase, budget, scope)
+    key = (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
     return key + (int(image_size),) if image_size else key
 
 

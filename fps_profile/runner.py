@@ -71,7 +71,7 @@ class Cell:
 
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
-                        self.phase, self.budget, self.scope, self.image_size)
+                        self.phase, self.budget, self.scope, self.options, self.image_size)
 
     def label(self) -> str:
         who = self.selector or ("full" if self.phase == "train_step" else "-")
@@ -92,7 +92,7 @@ class Cell:
         return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
                       scope=self.scope if self.selector is not None else None, image_size=self.image_size,
-                      warmup=self.warmup, repeats=self.repeats, **fields)
+                      options=dict(self.options) or None, warmup=self.warmup, repeats=self.repeats, **fields)
 
 
 def one_line(exc: BaseException) -> str:

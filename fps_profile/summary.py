@@ -51,14 +51,14 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
                                                     key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         ok = [r for r in rs if r.status == "ok"]
         floor = next((r for r in ok if r.phase == "inference"), None)
-        ref = next((r for r in ok if r.phase == "select" and r.selector == reference), None)
-        for r in sorted(rs, key=lambda r: (order.get(r.phase, 3), r.selector is not None, r.selector or "")):
+        ref = next((r for r in ok if r.phase == "select" and r.variant == reference), None)
+        for r in sorted(rs, key=lambda r: (order.get(r.phase, 3), r.selector is not None, r.variant or "")):
             if r.phase == "inference":
                 what = "floor"
             elif r.phase == "select":
-                what = r.selector
+                what = r.variant
             else:
-                what = f"train:{r.selector or 'full'}"
+                what = f"train:{r.variant or 'full'}"
             is_sel = r.phase == "select"
             out.append(SummaryLine(
                 device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,

@@ -143,7 +143,7 @@ class SweepReport:
 def _row_line(row: Result) -> str:
     from fps_profile.units import fmt_bytes, fmt_seconds
 
-    who = row.selector or ("full" if row.phase == "train_step" else "floor")
+    who = row.variant or ("full" if row.phase == "train_step" else "floor")
     what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
     if row.status != "ok":
         return f"{what}  {row.status.upper()}  {row.error or ''}"

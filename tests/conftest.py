@@ -10,6 +10,16 @@ IMG = 32
 NUM_CLASSES = 10
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``cuda`` where there is no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def make_tiny_vit(seed: int = 0, **kwargs) -> VisionTransformer:
     """A 2-block ViT (32x32 images, 8x8 patches, width 32), float32 on the CPU.
 

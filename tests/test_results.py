@@ -62,3 +62,24 @@ def test_write_results_is_atomic_and_complete(tmp_path):
     write_results(path, [_row(batch_size=b) for b in (1, 2, 3)])
     assert [r.batch_size for r in read_results(path)] == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+
+
+def test_selector_options_are_part_of_the_cell():
+    """GPS with cross-entropy is another cell than GPS as published, in the same results file."""
+    from fps_profile.runner import Cell
+    from fps_profile.summary import summarize
+
+    ce = Cell(model="m", batch_size=2, selector="gps", options=(("loss", "ce"), ("views", 1)))
+    plain = Cell(model="m", batch_size=2, selector="gps")
+    assert ce.key() != plain.key() and ce.key()[0] == "gps[loss=ce,views=1]" and plain.key()[0] == "gps"
+    row = ce.empty_row()
+    assert row.options == {"loss": "ce", "views": 1} and row.key() == ce.key()
+    assert plain.empty_row().options is None and plain.empty_row().key() == plain.key()
+    # a row written before options were recorded keeps its key
+    old = Result.from_dict({k: v for k, v in plain.empty_row().__dict__.items() if k != "options"})
+    assert old.key() == plain.key()
+    # the floor and full fine-tuning never carry options
+    assert Cell(model="m", batch_size=2, phase="inference", options=(("loss", "ce"),)).empty_row().options is None
+    rows = [r for r in (ce.empty_row(peak_allocated_bytes=30), plain.empty_row(peak_allocated_bytes=60))]
+    assert [s.what for s in summarize(rows)] == ["gps", "gps[loss=ce,views=1]"]
+    assert [s.peak_vs_gps for s in summarize(rows)] == [1.0, 0.5]

@@ -115,7 +115,7 @@ def test_time_repeats_counts_and_warmup():
     assert all(t >= 0 for t in times)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_allocator_peak_within_one_percent():
     dev = torch.device("cuda")
     with CudaAllocatorPeak(dev) as peak:

@@ -2,7 +2,8 @@
 
 Series names: a selector's name for its ``select`` rows, ``"floor"`` for the
 ``inference`` row and ``"full"`` for the ``train_step`` row without a selector.
-Sparse fine-tuning rows (``train_step`` with a selector) are ``"train:<selector>"``.
+Sparse fine-tuning rows (``train_step`` with a selector) are ``"train:<selector>"``. A selector run
+with options is its own series, e.g. ``"gps[loss=ce,views=1]"`` (:attr:`Result.variant`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ def series_name(row: Result) -> str:
     if row.phase == "inference":
         return FLOOR
     if row.phase == "train_step":
-        return f"train:{row.selector}" if row.selector else FULL
-    return row.selector or "?"
+        return f"train:{row.variant}" if row.selector else FULL
+    return row.variant or "?"
 
 
 def device_label(row: Result) -> str:

@@ -17,21 +17,22 @@ from fps_profile.summary import markdown_table
 from fps_profile.units import fmt_bytes
 
 
-def _key(r: Result) -> tuple:
-    return tuple(k for i, k in enumerate(r.key()) if i != 4)  # everything but the device
+def match_key(r: Result) -> tuple:
+    """The row's cell key without the device: a measured row and its prediction share it."""
+    return tuple(k for i, k in enumerate(r.key()) if i != 4)
 
 
 def compare(measured: Sequence[Result], predicted: Sequence[Result]) -> tuple[str, list[float]]:
     """The table and the signed errors in percent (predicted / measured - 1)."""
-    sim = {_key(r): r for r in predicted if r.status == "ok" and r.peak_allocated_bytes}
+    sim = {match_key(r): r for r in predicted if r.status == "ok" and r.peak_allocated_bytes}
     body, errors = [], []
     for m in measured:
-        p = sim.get(_key(m))
+        p = sim.get(match_key(m))
         if m.status != "ok" or not m.peak_allocated_bytes or p is None:
             continue
         err = 100.0 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1.0)
         errors.append(err)
-        who = m.selector or ("floor" if m.phase == "inference" else "full")
+        who = m.variant or ("floor" if m.phase == "inference" else "full")
         body.append([m.model, str(m.batch_size), m.dtype, f"{m.phase}:{who}", fmt_bytes(p.peak_allocated_bytes),
                      fmt_bytes(m.peak_allocated_bytes), f"{err:+.1f}%"])
     if not body:

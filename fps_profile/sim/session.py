@@ -28,6 +28,7 @@ from fps_profile.sim import fake
 from fps_profile.sim.allocator import CachingAllocator
 from fps_profile.sim.flops import FlopCount, time_floor
 from fps_profile.sim.policy import cuda_behaviour
+from fps_profile.sim.reductions import GpuShape
 from fps_profile.sim.targets import Target, get_target
 from fps_profile.sim.tracker import WORKSPACE, SimTensorBytes
 from fps_profile.trackers.breakdown import PeakBreakdown
@@ -59,16 +60,21 @@ class Simulator:
         target: A :class:`Target` or device string (``sim``, ``sim:h200``, ...).
         budget_bytes: Predicted out-of-memory (``torch.OutOfMemoryError``) beyond this.
         what: Names the simulated work in error messages (e.g. the model name).
+        reduction_scratch: Count the staging buffers of CUDA reductions (:mod:`fps_profile.sim.reductions`,
+            docs/sim.md); False leaves them out, as the simulator did before.
     """
 
-    def __init__(self, target: Target | str = "sim", *, budget_bytes: int | None = None, what: str = "the model"):
+    def __init__(self, target: Target | str = "sim", *, budget_bytes: int | None = None, what: str = "the model",
+                 reduction_scratch: bool = True):
         self.target = get_target(target) if isinstance(target, str) else target
         self.what = what
         self.fake_mode = fake.new_fake_mode()
         self.allocator = CachingAllocator() if self.target.is_cuda else None
         self.tracker = SimTensorBytes(self.fake_mode, allocator=self.allocator, budget_bytes=budget_bytes,
                                       workspace_bytes=self.target.cublas_workspace_bytes,
-                                      label=self.target.device_name())
+                                      label=self.target.device_name(),
+                                      reduction_gpu=GpuShape(self.target.sm_count)
+                                      if reduction_scratch and self.target.is_cuda else None)
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Simulator:

@@ -38,6 +38,8 @@ class Target:
             (CUDA cores), ``tf32``, ``bfloat16`` and ``float16`` (tensor cores).
         cublas_workspace_bytes: Workspace of one cuBLAS handle on one stream.
         capability: CUDA compute capability ``(major, minor)``.
+        sm_count: Streaming multiprocessors (sets how CUDA reductions are split, see
+            :mod:`fps_profile.sim.reductions`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class Target:
     peak_flops: dict[str, float] = field(default_factory=dict)
     cublas_workspace_bytes: int = 0
     capability: tuple[int, int] = (0, 0)
+    sm_count: int = 0
 
     @property
     def is_cuda(self) -> bool:
@@ -64,13 +67,15 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("h100", "NVIDIA H100 SXM5 80GB (simulated)", memory_bytes=81559 * MIB,
-               peak_flops=_HOPPER_RATES, cublas_workspace_bytes=WORKSPACE_SM90, capability=(9, 0)),
+               peak_flops=_HOPPER_RATES, cublas_workspace_bytes=WORKSPACE_SM90, capability=(9, 0),
+               sm_count=132),
         Target("h200", "NVIDIA H200 SXM 141GB (simulated)", memory_bytes=143771 * MIB,
-               peak_flops=_HOPPER_RATES, cublas_workspace_bytes=WORKSPACE_SM90, capability=(9, 0)),
+               peak_flops=_HOPPER_RATES, cublas_workspace_bytes=WORKSPACE_SM90, capability=(9, 0),
+               sm_count=132),
         Target("a100", "NVIDIA A100 SXM4 80GB (simulated)", memory_bytes=81920 * MIB,
                peak_flops={"float32": 19.5 * TFLOPS, "tf32": 156 * TFLOPS, "bfloat16": 312 * TFLOPS,
                            "float16": 312 * TFLOPS},
-               cublas_workspace_bytes=WORKSPACE_SM80, capability=(8, 0)),
+               cublas_workspace_bytes=WORKSPACE_SM80, capability=(8, 0), sm_count=108),
         Target("cpu", "the CPU backend under fake tensors (exact storage bytes)", backend="cpu"),
     )
 }

@@ -10,7 +10,9 @@ fake tensors of one fake mode, with two CUDA additions:
   each stream a workspace through the caching allocator at its first matrix
   product, and keeps it. Forward matrix products run on the calling thread,
   backward ones on the autograd engine's device thread, so a phase with a
-  backward pass holds two.
+  backward pass holds two;
+* the staging buffer and semaphores a CUDA reduction takes for the duration
+  of its kernel (``reduction_gpu``, :mod:`fps_profile.sim.reductions`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from fps_profile.sim.allocator import CachingAllocator
+from fps_profile.sim.reductions import GpuShape, tensor_staging
 from fps_profile.trackers.tensor import LiveTensorBytes
 
 aten = torch.ops.aten
 CUBLAS_OPS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv,
                         aten.dot, aten.vdot, aten.addr, aten._addmm_activation, aten._scaled_mm})
+# Reductions through ATen's gpu_reduce_kernel, and the position of their ``dim`` argument (None: all dims).
+REDUCTIONS = {aten.linalg_vector_norm.default: 2, aten.sum.dim_IntList: 1, aten.mean.dim: 1, aten.sum.default: None}
 
 
 WORKSPACE = "(cuBLAS workspace)"  # the holder of workspaces in a peak breakdown
@@ -46,16 +51,18 @@ class SimTensorBytes(LiveTensorBytes):
         budget_bytes: Raise ``torch.OutOfMemoryError`` when live bytes exceed it.
         workspace_bytes: cuBLAS workspace per thread (0: none).
         label: Names the simulated device in out-of-memory messages.
+        reduction_gpu: Count the scratch of CUDA reductions as on a GPU of this shape (None: not counted).
 
     Attributes:
         workspaces: ``"forward"`` / ``"backward"`` -> the workspace tensor, once created.
     """
 
     def __init__(self, fake_mode, *, allocator: CachingAllocator | None = None, budget_bytes: int | None = None,
-                 workspace_bytes: int = 0, label: str = "sim") -> None:
+                 workspace_bytes: int = 0, label: str = "sim", reduction_gpu: GpuShape | None = None) -> None:
         super().__init__("cpu", include_existing=False, budget_bytes=budget_bytes)
         self.fake_mode, self.allocator, self.label = fake_mode, allocator, label
         self.workspace_bytes = workspace_bytes
+        self.reduction_gpu = reduction_gpu if allocator is not None else None
         self.workspaces: dict[str, torch.Tensor] = {}
         self._blocks: dict[int, object] = {}
 
@@ -124,4 +131,21 @@ class SimTensorBytes(LiveTensorBytes):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.workspace_bytes and func.overloadpacket in CUBLAS_OPS:
             self.workspace("backward" if torch._C._current_autograd_node() is not None else "forward")
-        return super().__torch_dispatch__(func, types, args, kwargs)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.reduction_gpu is not None and func in REDUCTIONS:
+            self._reduction_scratch(func, args, kwargs or {})
+        return out
+
+    def _reduction_scratch(self, func, args, kwargs) -> None:
+        """The staging buffer and semaphores of the reduction just run: allocated after its output, then freed."""
+        x, pos = args[0], REDUCTIONS[func]
+        if not isinstance(x, FakeTensor) or x.fake_mode is not self.fake_mode:
+            return
+        dims = kwargs.get("dim", args[pos] if pos is not None and len(args) > pos else None)
+        staging = tensor_staging(x, dims, self.reduction_gpu)
+        if staging.buffer_bytes:
+            blocks = [self.allocator.malloc(staging.buffer_bytes), self.allocator.malloc(staging.semaphore_bytes)]
+            self._sync(check_budget=True)
+            for block in blocks:
+                self.allocator.free(block)
+            self.current = self.allocator.allocated
