@@ -108,7 +108,8 @@ def test_cuda_sweep_row_fields(tmp_path):
                                          ((64, 197, 384), torch.bfloat16), ((1, 197, 768), torch.float32)])
 def test_reduction_scratch_matches_the_model(shape, dtype):
     """The staging buffer of a reduction over the tokens, to the byte, as fps_profile.sim.reductions predicts."""
-    from fps_profile.gpucheck.probes import OPS, _extra_bytes, card_target, chunked_norm, predicted_scratch
+    from fps_profile.gpucheck.probes import OPS, _extra_bytes, card_target, predicted_scratch
+    from fps_profile.selectors._conv_stats import chunked_norm
     from fps_profile.sim.reductions import GpuShape
 
     dev = torch.device("cuda")

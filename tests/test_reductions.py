@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fps_profile.gpucheck.probes import chunked_norm
+from fps_profile.selectors._conv_stats import chunked_norm
 from fps_profile.sim.reductions import GpuShape, staging_bytes, tensor_staging
 
 H100 = GpuShape(sm_count=132, max_threads_per_sm=2048)

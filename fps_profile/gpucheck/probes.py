@@ -6,39 +6,21 @@ buffer :mod:`fps_profile.sim.reductions` predicts for this GPU, for
 
 * ``norm1``: ``torch.linalg.vector_norm(x, 1, dim=(0, 1))``, as FPS reduces a linear input;
 * ``sum``: ``x.sum((0, 1))``, as autograd reduces a linear layer's bias gradient;
-* ``chunked``: :func:`chunked_norm`, a candidate that reduces in two steps without a
-  global-memory staging buffer (docs/sim.md, "Reductions on CUDA").
+* ``chunked``: :func:`~fps_profile.selectors._conv_stats.chunked_norm`, as FPS and Wanda
+  reduce a contiguous linear input: two steps, no global-memory staging buffer
+  (docs/sim.md, "Reductions on CUDA").
 """
 
 from __future__ import annotations
 
 import torch
 
+from fps_profile.selectors._conv_stats import chunked_norm
 from fps_profile.sim.allocator import round_size
 from fps_profile.sim.reductions import GpuShape
 
 CUDA_SHAPES = [(b, 197, c) for c in (192, 384, 768, 1024, 3072, 4096) for b in (16, 64)]
 CPU_SHAPES = [(2, 197, 192), (2, 50, 64)]
-ROWS = 512
-
-
-def chunked_norm(x: torch.Tensor, ord: int, rows: int = ROWS) -> torch.Tensor:
-    """Sum over all leading dimensions of ``|x|`` (``ord=1``) or ``x**2`` (``ord=2``), per last-dimension feature.
-
-    Reduces blocks of ``rows`` tokens first (``[k, rows, C] -> [k, C]``) and the ``k``
-    partial results after: no reduction gets enough values per thread for ATen to split
-    it over thread blocks, so no staging buffer is allocated on CUDA (``rows <= 1020``
-    keeps every launch under ``max_values_per_thread``). Float32 result.
-    """
-    flat = x.reshape(-1, x.shape[-1])
-    n = flat.shape[0] // rows * rows
-    parts = []
-    if n:
-        parts.append(torch.linalg.vector_norm(flat[:n].view(-1, rows, flat.shape[1]), ord, dim=1))
-    if n < flat.shape[0]:
-        parts.append(torch.linalg.vector_norm(flat[n:], ord, dim=0, keepdim=True))
-    partial = torch.cat(parts).float() if len(parts) > 1 else parts[0].float()
-    return (partial if ord == 1 else partial.square_()).sum(0)
 
 
 OPS = {

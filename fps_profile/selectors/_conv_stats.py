@@ -28,11 +28,43 @@ def reduce(x: torch.Tensor, dims: tuple[int, ...], ord: int) -> torch.Tensor:
     return r.square_() if ord == 2 else r
 
 
+CHUNK_ROWS = 512  # tokens per first-step reduction of a linear input (<= 1020, see chunked_norm)
+
+
+def chunked_norm(x: torch.Tensor, ord: int, rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """Sum over all leading dimensions of ``|x|`` (``ord=1``) or ``x**2`` (``ord=2``), per last-dimension feature.
+
+    Reduces blocks of ``rows`` tokens first (``[k, rows, C] -> [k, C]``) and the ``k``
+    partial results after. In one step, a reduction of ``[tokens, C]`` over the tokens gets
+    so many values per output that ATen's CUDA reduction splits it over thread blocks and
+    allocates a global-memory staging buffer (up to twice the float32 activation; see
+    docs/sim.md, "Reductions on CUDA"); no step here is large enough for that
+    (``rows <= 1020`` keeps each under ``max_values_per_thread``). The extra memory is the
+    ``[k, C]`` partials, 1/``rows`` of the input. Float32 result.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    n = flat.shape[0] // rows * rows
+    parts = []
+    if n:
+        parts.append(torch.linalg.vector_norm(flat[:n].view(-1, rows, flat.shape[1]), ord, dim=1))
+    if n < flat.shape[0]:
+        parts.append(torch.linalg.vector_norm(flat[n:], ord, dim=0, keepdim=True))
+    partial = torch.cat(parts).float() if len(parts) > 1 else parts[0].float()
+    return (partial if ord == 1 else partial.square_()).sum(0)
+
+
 def linear_sums(x: torch.Tensor, ord: int) -> tuple[torch.Tensor, int]:
-    """Sums over every leading position of ``x`` (``[..., in]``), and how many positions."""
+    """Sums over every leading position of ``x`` (``[..., in]``), and how many positions.
+
+    A contiguous input is reduced in chunks (:func:`chunked_norm`: no staging buffer on
+    CUDA); any other in one step over a view, never copying the activation.
+    """
     if x.dim() == 1:
         x = x.unsqueeze(0)
-    return reduce(x, tuple(range(x.dim() - 1)), ord), x.numel() // x.shape[-1]
+    count = x.numel() // x.shape[-1]
+    if x.is_contiguous():
+        return chunked_norm(x, ord), count
+    return reduce(x, tuple(range(x.dim() - 1)), ord), count
 
 
 def _per_dim(value: int | Sequence[int], n: int) -> tuple[int, ...]:
@@ -81,7 +113,12 @@ def conv_sums(x: torch.Tensor, out_size: Sequence[int], kernel: Sequence[int], s
         patches = x[(slice(None), slice(None), *(slice(0, o * k) for o, k in zip(out_size, kernel)))]
         for d, (o, k) in enumerate(zip(out_size, kernel)):
             patches = patches.unflatten(2 + 2 * d, (o, k))
-        return reduce(patches, (0, *(2 + 2 * d for d in range(n))), ord), count
+        # Two steps, the last position dim first: in one, a channels-last input (1x1 convs
+        # of ConvNeXt, downsampling) has CUDA split each output over thread blocks with a
+        # staging buffer as large as the activation; the partial here is 1/out_size[-1] of it.
+        last = 2 + 2 * (n - 1)
+        partial = reduce(patches, (last,), ord)
+        return partial.sum((0, *(2 + 2 * d for d in range(n - 1)))), count
     windows = [[_window(size, o, st, p, dil, a) for a in range(k)]
                for size, o, st, k, p, dil in zip(x.shape[2:], out_size, stride, kernel, lead, dilation)]
     sums = torch.zeros((x.shape[1], *kernel), dtype=torch.float32, device=x.device)
