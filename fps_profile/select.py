@@ -10,7 +10,7 @@ from torch import nn
 
 from fps_profile.budget import make_budget
 from fps_profile.errors import UserError
-from fps_profile.mask import Mask
+from fps_profile.mask import Mask, MaskEntry
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
 from fps_profile.selectors import Batch, Target, create
 
@@ -88,16 +88,16 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     else:
         sel.prepare(model, (), targets)
 
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, MaskEntry] = {}
     try:
         scored = ((t.name, sel.score(t)) for t in targets)
-        out.update(budget.masks(scored))
+        out.update(budget.entries(scored, total=sum(t.param.numel() for t in targets)))
     finally:
         sel.release()
     for name, (role, _, _) in roles.items():
         if role is not Role.RANKED:
-            fill = torch.ones if role is Role.TRAINABLE else torch.zeros
-            out[name] = fill(params[name].shape, dtype=torch.bool, device=params[name].device)
+            whole = MaskEntry.all if role is Role.TRAINABLE else MaskEntry.none
+            out[name] = whole(params[name].shape, device=params[name].device)
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
     return Mask({n: out[n] for n in params}, meta)

@@ -30,12 +30,12 @@ class SparseValues(nn.Module):
 
     Args:
         weight: The dense weight (its selected entries initialise ``values``).
-        mask: Bool tensor of ``weight``'s shape, True = trainable.
+        index: Flat positions of the trainable entries (sorted, distinct).
     """
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, index: torch.Tensor) -> None:
         super().__init__()
-        index = mask.to(weight.device).reshape(-1).nonzero().squeeze(1)
+        index = index.to(device=weight.device, dtype=torch.long)
         self.register_buffer("index", index)
         self.values = nn.Parameter(weight.detach().reshape(-1)[index].clone())
 
@@ -68,22 +68,22 @@ def make_sparse_trainable(model: nn.Module, mask: Mapping[str, torch.Tensor]) ->
 
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise UserError("model already has parametrizations; call merge_sparse(model) first")
-    (mask if isinstance(mask, Mask) else Mask(mask)).check(model)
+    mask = mask if isinstance(mask, Mask) else Mask(mask)
+    mask.check(model)
     trainable: list[nn.Parameter] = []
     for name, p in list(model.named_parameters()):
-        m = mask[name]
-        n_true = int(m.sum())
-        if n_true == m.numel():
+        entry = mask.entry(name)
+        if entry.index is None and entry.full:
             p.requires_grad_(True)
             trainable.append(p)
-        elif n_true == 0:
+        elif entry.index is None:
             p.requires_grad_(False)
         else:
             module, attr = _owner(model, name)
             if not hasattr(module, "_fps_param_order"):
                 module._fps_param_order = list(module._parameters)
             p.requires_grad_(False)
-            sparse = SparseValues(p, m)
+            sparse = SparseValues(p, entry.index)
             parametrize.register_parametrization(module, attr, sparse)
             trainable.append(sparse.values)
     return trainable
