@@ -30,6 +30,11 @@ def _phase_fn(phase: str, model: nn.Module, images: torch.Tensor, labels: torch.
         return phases.inference_fn(model, images)
     if phase == "train_step":
         return phases.train_step_fn(model, images, labels)
+    if phase == "train_floor":
+        return phases.train_floor_fn(model, images, labels)
+    if phase == "train_sparse":  # values written into the weights in place, gathered gradients
+        mask = phases.select_fn(model, [(images, labels)], "magnitude", budget)()
+        return phases.train_step_fn(model, images, labels, mask=mask)
     return phases.select_fn(model, [(images, labels)], phase, budget)
 
 
@@ -38,10 +43,10 @@ def _real_cpu_peak(phase: str, batch: int, budget=K1) -> int:
     model = make_tiny_vit()
     images, labels = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     fn = _phase_fn(phase, model, images, labels, budget)
-    if phase == "train_step":
+    if phase.startswith("train"):
         fn()  # optimizer state, as after the runner's warm-up
     owned = [*model.parameters(), *model.buffers(), images, labels]
-    if phase == "train_step":
+    if phase in ("train_step", "train_sparse"):
         owned += [t for s in fn.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with LiveTensorBytes("cpu", include_existing=False) as live:
         for t in owned:
@@ -58,10 +63,11 @@ def _sim_peak(phase: str, batch: int, device: str = "sim:cpu", budget=K1):
         model = sim.module(real)
         images, labels = sim.batch(model, batch, torch.float32)
         fn = _phase_fn(phase, model, images, labels, budget)
-        return sim.measure(fn, warmup=1 if phase == "train_step" else 0)
+        return sim.measure(fn, warmup=1 if phase.startswith("train") else 0)
 
 
-@pytest.mark.parametrize("phase", ["inference", "fps", "gps", "snip", "magnitude", "train_step"])
+@pytest.mark.parametrize("phase", ["inference", "fps", "gps", "snip", "magnitude", "train_step", "train_floor",
+                                   "train_sparse"])
 def test_sim_cpu_bytes_equal_real_cpu_bytes(phase):
     real = _real_cpu_peak(phase, 4)
     first, second = _sim_peak(phase, 4), _sim_peak(phase, 4)
