@@ -4,7 +4,10 @@
 ``inference``  a plain ``torch.no_grad()`` eval forward: the floor selectors are compared with;
 ``train_step`` one fine-tuning step (forward, cross-entropy, backward, clip, AdamW),
                sparse through :func:`fps_profile.make_sparse_trainable` when a mask
-               is given, full fine-tuning otherwise.
+               is given, full fine-tuning otherwise;
+``train_floor`` forward, cross-entropy and backward with every parameter requiring grad,
+               each gradient dropped the moment it is made: the floor of any exact
+               sparse step (what a sparse step needs beyond it is its trainable state).
 """
 
 from __future__ import annotations
@@ -114,3 +117,31 @@ def train_step_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         params = [p.requires_grad_(True) for p in model.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return TrainStep(model, images, labels, params, optimizer)
+
+
+@dataclass
+class TrainFloor:
+    """Forward, cross-entropy and backward; every gradient is dropped as it is accumulated."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __call__(self) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        return loss.detach()
+
+
+def _drop_grad(p: torch.Tensor) -> None:
+    p.grad = None
+
+
+def train_floor_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> TrainFloor:
+    """The ``train_floor`` phase: :class:`TrainFloor`, with a hook on every parameter that
+    frees its gradient the moment autograd has made it (so no two ever coexist)."""
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.register_post_accumulate_grad_hook(_drop_grad)
+    return TrainFloor(model, images, labels)

@@ -20,7 +20,7 @@ from typing import Any
 from fps_profile.errors import UserError
 
 SCHEMA = "fps-profile/results/1"
-PHASES = ("select", "inference", "train_step")
+PHASES = ("select", "inference", "train_step", "train_floor")
 STATUSES = ("ok", "oom", "error", "timeout")
 # ``peak_breakdown_bytes`` categories (the last two only where a backend has them) and ``peak_phase`` values.
 BREAKDOWN_CATEGORIES = ("weights", "buffers", "inputs", "gradients", "optimizer_state", "mask", "activations",

@@ -34,8 +34,8 @@ class Cell:
     Attributes:
         model: timm model name.
         batch_size: Images per batch.
-        phase: ``select``, ``inference`` or ``train_step``.
-        selector: Selector name; None for ``inference`` and full fine-tuning.
+        phase: ``select``, ``inference``, ``train_step`` or ``train_floor``.
+        selector: Selector name; None for ``inference``, ``train_floor`` and full fine-tuning.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         device: ``cpu``, ``cuda[:N]`` or ``sim[:target]``.
         budget: ``k=1`` or ``fraction=0.01`` (selection phases only).
@@ -65,7 +65,7 @@ class Cell:
     image_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.phase == "inference" or (self.phase == "train_step" and self.selector is None):
+        if self.phase in ("inference", "train_floor") or (self.phase == "train_step" and self.selector is None):
             object.__setattr__(self, "budget", None)
             object.__setattr__(self, "options", ())
 
@@ -173,8 +173,11 @@ def _measure_real(cell: Cell, row: Result) -> None:
         fn = phases.train_step_fn(model, *batches[0], mask=mask)
         row.params_trainable = fn.trainable
         del mask
+    elif cell.phase == "train_floor":
+        fn = phases.train_floor_fn(model, *batches[0])
+        row.params_trainable = 0
     else:
-        raise UserError(f"unknown phase {cell.phase!r} (select, inference or train_step)")
+        raise UserError(f"unknown phase {cell.phase!r} (select, inference, train_step or train_floor)")
 
     for _ in range(cell.warmup):
         fn()

@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fps_profile.budget import make_budget
 from fps_profile.errors import UserError
-from fps_profile.mask import Mask
+from fps_profile.mask import Mask, MaskEntry
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
 from fps_profile.selectors import Batch, Target, create
 from fps_profile.trackers import breakdown
@@ -126,23 +126,22 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         first = next(iter(params.values()))
         data = _Batches(itertools.chain([head], it), first.device, first.dtype)
 
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, MaskEntry] = {}
     with left_as_found(model):
         try:
             sel.prepare(model, data, targets)
             with breakdown.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
-                for name, m in budget.masks(scored):
-                    out[name] = m
-                    breakdown.label(m, "mask", name.rpartition(".")[0] or "(model)")
+                for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets)):
+                    out[name] = entry
+                    if entry.index is not None:
+                        breakdown.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
         finally:
             sel.release()
-    with breakdown.phase("scoring"):
-        for name, (role, _, _) in roles.items():
-            if role is not Role.RANKED:
-                fill = torch.ones if role is Role.TRAINABLE else torch.zeros
-                out[name] = fill(params[name].shape, dtype=torch.bool, device=params[name].device)
-                breakdown.label(out[name], "mask", name.rpartition(".")[0] or "(model)")
+    for name, (role, _, _) in roles.items():
+        if role is not Role.RANKED:
+            whole = MaskEntry.all if role is Role.TRAINABLE else MaskEntry.none
+            out[name] = whole(params[name].shape, device=params[name].device)
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
     return Mask({n: out[n] for n in params}, meta)

@@ -7,11 +7,22 @@ happens under AMP. Here frozen entries are not parameters at all:
 
 * a tensor with every entry trainable stays an ordinary trainable parameter;
 * a tensor with none trainable gets ``requires_grad = False``;
-* a partly trainable tensor is frozen as a whole, and a parametrization
-  rebuilds it on every forward as ``W.index_copy(selected, values)`` where
-  ``values`` (one entry per selected weight) is the only trainable parameter.
-  Optimizer state, weight decay and clipping then exist only for trainable
-  entries, and the frozen entries of the effective weight are copies of ``W``.
+* a partly trainable tensor is frozen as a whole and stays where it is; its
+  selected entries live in a trainable ``values`` vector (the only parameter
+  the optimizer sees). A parametrization (:class:`SparseValues`) writes
+  ``values`` into the weight *in place* whenever they changed, and hands the
+  weight itself (no copy) to the layer through an autograd function whose
+  backward returns the layer's weight gradient gathered at the selected
+  positions; the dense gradient is a temporary of one layer, freed at once.
+  So a sparse step needs what the grad-dropping floor needs (the
+  ``train_floor`` phase: every weight requires grad, each gradient dropped
+  as it is made) plus ``values``, their gradients and optimizer state, and
+  the int32 positions: 20 bytes per trainable entry with AdamW.
+
+Optimizer state, weight decay and clipping exist only for trainable entries;
+frozen entries are never written. The same path serves every tensor type (a
+Linear or Conv2d weight, a LayerScale, an embedding), since it only needs the
+gradient of the tensor the module uses.
 """
 
 from __future__ import annotations
@@ -25,22 +36,51 @@ from torch.nn.utils import parametrize
 from fps_profile.errors import UserError
 
 
+class _Gather(torch.autograd.Function):
+    """Forward: ``weight`` itself. Backward: the gradient of ``values``, i.e. the
+    weight's gradient at ``index``; the weight (frozen) gets none."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return weight  # returned as is: autograd makes it a view (same storage, no copy)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return None, grad.reshape(-1).index_select(0, index), None
+
+
 class SparseValues(nn.Module):
-    """Parametrization ``W -> W`` with the entries at ``index`` replaced by ``values``.
+    """Parametrization ``W -> W`` whose entries at ``index`` are ``values``, written in place.
 
     Args:
         weight: The dense weight (its selected entries initialise ``values``).
-        mask: Bool tensor of ``weight``'s shape, True = trainable.
+        index: Flat positions of the trainable entries (sorted, distinct), stored as int32
+            where the weight has fewer than 2**31 entries.
     """
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, index: torch.Tensor) -> None:
         super().__init__()
-        index = mask.to(weight.device).reshape(-1).nonzero().squeeze(1)
+        from fps_profile.mask import index_dtype
+
+        index = index.to(device=weight.device, dtype=index_dtype(weight.numel()))
         self.register_buffer("index", index)
-        self.values = nn.Parameter(weight.detach().reshape(-1)[index].clone())
+        self.values = nn.Parameter(weight.detach().reshape(-1).index_select(0, index))
+        self._synced = None  # (values, weight) version counters after the last write
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight.reshape(-1).index_copy(0, self.index, self.values).view_as(weight)
+        # Write only when values (an optimizer step) or the weight changed since the last
+        # write: the first write of a forward pass bumps the weight's version, so a second
+        # one would invalidate the weight that earlier layers saved for their backward.
+        if self._synced != (self.values._version, weight._version):
+            with torch.no_grad():
+                if weight.is_contiguous():
+                    weight.view(-1).index_put_((self.index,), self.values)
+                else:  # a non-contiguous layout: one temporary copy
+                    weight.copy_(weight.flatten().index_put_((self.index,), self.values).view_as(weight))
+            self._synced = (self.values._version, weight._version)
+        return _Gather.apply(weight, self.values, self.index)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -68,22 +108,22 @@ def make_sparse_trainable(model: nn.Module, mask: Mapping[str, torch.Tensor]) ->
 
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise UserError("model already has parametrizations; call merge_sparse(model) first")
-    (mask if isinstance(mask, Mask) else Mask(mask)).check(model)
+    mask = mask if isinstance(mask, Mask) else Mask(mask)
+    mask.check(model)
     trainable: list[nn.Parameter] = []
     for name, p in list(model.named_parameters()):
-        m = mask[name]
-        n_true = int(m.sum())
-        if n_true == m.numel():
+        entry = mask.entry(name)
+        if entry.index is None and entry.full:
             p.requires_grad_(True)
             trainable.append(p)
-        elif n_true == 0:
+        elif entry.index is None:
             p.requires_grad_(False)
         else:
             module, attr = _owner(model, name)
             if not hasattr(module, "_fps_param_order"):
                 module._fps_param_order = list(module._parameters)
             p.requires_grad_(False)
-            sparse = SparseValues(p, m)
+            sparse = SparseValues(p, entry.index)
             parametrize.register_parametrization(module, attr, sparse)
             trainable.append(sparse.values)
     return trainable

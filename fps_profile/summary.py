@@ -17,7 +17,7 @@ class SummaryLine:
     dtype: str
     model: str
     batch_size: int
-    what: str  # selector name, "floor" (inference), "train:full" or "train:<selector>"
+    what: str  # selector name, "floor" (inference), "train:floor", "train:full" or "train:<selector>"
     status: str
     peak_bytes: int | None
     time_s: float | None
@@ -46,17 +46,19 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     from fps_profile.explain import mostly
 
     out = []
-    order = {"inference": 0, "select": 1, "train_step": 2}
+    order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
     for (device, dtype, model, batch), rs in sorted(groups.items(),
                                                     key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         ok = [r for r in rs if r.status == "ok"]
         floor = next((r for r in ok if r.phase == "inference"), None)
         ref = next((r for r in ok if r.phase == "select" and r.variant == reference), None)
-        for r in sorted(rs, key=lambda r: (order.get(r.phase, 3), r.selector is not None, r.variant or "")):
+        for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "")):
             if r.phase == "inference":
                 what = "floor"
             elif r.phase == "select":
                 what = r.variant
+            elif r.phase == "train_floor":
+                what = "train:floor"
             else:
                 what = f"train:{r.variant or 'full'}"
             is_sel = r.phase == "select"

@@ -36,7 +36,7 @@ class Grid:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     devices: list[str] = field(default_factory=lambda: ["cpu"])
-    phases: list[str] = field(default_factory=lambda: list(PHASES))
+    phases: list[str] = field(default_factory=lambda: ["select", "inference", "train_step"])
     budget: str = "k=1"
     scope: str = "gps"
     options: dict[str, dict] = field(default_factory=dict)
@@ -65,6 +65,8 @@ class Grid:
             if "train_step" in self.phases:
                 out.append(self._cell(model, batch, dtype, device, "train_step"))
                 out += [self._cell(model, batch, dtype, device, "train_step", s) for s in self.selectors]
+            if "train_floor" in self.phases:
+                out.append(self._cell(model, batch, dtype, device, "train_floor"))
         return out
 
     def validate(self, local_devices: bool = True) -> None:
@@ -82,7 +84,7 @@ class Grid:
 
         for name, lst in (("selector", self.selectors), ("model", self.models), ("batch size", self.batch_sizes),
                           ("dtype", self.dtypes), ("device", self.devices), ("phase", self.phases)):
-            if not lst and not (name == "selector" and set(self.phases) <= {"inference"}):
+            if not lst and not (name == "selector" and set(self.phases) <= {"inference", "train_floor"}):
                 raise UserError(f"no {name} given")
         for p in self.phases:
             if p not in PHASES:

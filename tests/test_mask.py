@@ -45,7 +45,7 @@ def test_mapping_interface_and_meta_strings():
     m = small_mask()
     assert list(m) == ["a", "b", "c"] and len(m) == 3 and "a" in m
     assert m.meta == {"selector": "hand", "k": "2"}  # metadata is stringified
-    assert m.nbytes == 14
+    assert m.nbytes == 3 * 4  # int32 positions of a's 3 entries; b (none) and c (all) store nothing
     assert repr(m) == "Mask(3 tensors, 7/14 trainable)"
 
 
@@ -190,3 +190,104 @@ def test_save_unwritable_target_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot write mask") as info:
         small_mask().save(tmp_path / "m.safetensors")
     one_line(info)
+
+
+# ----------------------------------------------------------------------------- compact form and file versions
+
+def _v1_file(path, mask: Mask) -> None:
+    """A mask file as fps-profile wrote it before compact masks: one bool tensor per parameter."""
+    save_file({n: mask[n].contiguous() for n in mask}, str(path),
+              metadata={"format": "fps-profile-mask", "version": "1", "meta": json.dumps(mask.meta),
+                        "order": json.dumps(list(mask))})
+
+
+def test_selection_is_stored_as_positions(tiny_vit, batches):
+    mask = select(tiny_vit, batches, "fps", k=2)
+    params = dict(tiny_vit.named_parameters())
+    ranked = 0
+    for n, p in params.items():
+        e = mask.entry(n)
+        dense = mask[n]
+        assert dense.dtype == torch.bool and dense.shape == p.shape and e.count == int(dense.sum()), n
+        if e.index is None:
+            assert e.count in (0, p.numel()) and e.k is None, n
+            continue
+        rows = p.shape[0]
+        assert e.index.dtype == torch.int32 and e.k == 2 and e.count == 2 * rows, n
+        assert torch.equal(e.index.long(), dense.reshape(-1).nonzero().squeeze(1)), n  # sorted flat positions
+        # row r's two positions lie in row r
+        assert torch.equal(e.index.view(rows, 2).long() // (p.numel() // rows), torch.arange(rows).unsqueeze(1).expand(rows, 2))
+        ranked += e.count
+    assert mask.nbytes == 4 * ranked  # nothing stored for whole or frozen tensors
+
+
+def test_file_stores_positions_and_old_files_still_load(tmp_path, tiny_vit, batches):
+    from safetensors import safe_open
+
+    mask = select(tiny_vit, batches, "fps", k=1)
+    new = mask.save(tmp_path / "new.safetensors")
+    with safe_open(str(new), framework="pt") as f:
+        assert f.metadata()["version"] == "2"
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+    assert set(stored) == {n for n in mask if mask.entry(n).index is not None}
+    assert all(t.dtype == torch.int32 and t.numel() == mask.count(n) for n, t in stored.items())
+    old = tmp_path / "old.safetensors"
+    _v1_file(old, mask)
+    assert old.stat().st_size > 5 * new.stat().st_size  # a bool per parameter vs 4 bytes per trainable entry
+    for path in (new, old):
+        loaded = Mask.load(path)
+        assert list(loaded) == list(mask) and loaded.meta == mask.meta and loaded.stats() == mask.stats()
+        assert loaded.nbytes == mask.nbytes  # an old file becomes compact on load
+        for n in mask:
+            assert torch.equal(loaded[n], mask[n]), n
+        loaded.check(tiny_vit)
+    assert Mask.load(new).entry("blocks.0.mlp.fc1.weight").k == 1  # the per-row structure survives the file
+
+
+def _rewrite(path, entries=None, tensors=None, version="2"):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header, stored = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header["version"] = version
+    if entries is not None:
+        header["entries"] = json.dumps(entries(json.loads(header["entries"])))
+    save_file(tensors(stored) if tensors else stored, str(path), metadata=header)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(tensors=lambda t: t | {"a": t["a"].flip(0)}), "mask entry 'a' has corrupt positions"),  # not sorted
+    (dict(tensors=lambda t: t | {"a": t["a"] + 4}), "mask entry 'a' has corrupt positions"),  # outside the tensor
+    (dict(tensors=lambda t: t | {"a": t["a"].float()}), "mask entry 'a' has corrupt positions"),
+    (dict(tensors=lambda t: {"x": t["a"]}), "mask entry 'a' has corrupt positions"),  # missing
+    (dict(entries=lambda e: [[*e[0][:3], 2]] + e[1:]), "mask entry 'a' has corrupt positions"),  # not 2 per row
+    (dict(entries=lambda e: e[1:]), "corrupt mask metadata"),  # a stored tensor the listing lacks
+    (dict(entries=lambda e: [["a", [2, -3], "index", None]] + e[1:]), "corrupt mask metadata"),
+    (dict(entries=lambda e: {"a": 1}), "corrupt mask metadata"),
+    (dict(version="3"), "mask format version 3; this fps-profile reads versions 1 and 2"),
+])
+def test_load_corrupt_positions_file(tmp_path, change, message):
+    path = small_mask().save(tmp_path / "m.safetensors")
+    _rewrite(path, **change)
+    with pytest.raises(UserError, match=message) as info:
+        Mask.load(path)
+    one_line(info)
+
+
+def test_entry_forms_and_per_row_check(tmp_path):
+    from fps_profile.mask import MaskEntry, index_dtype
+
+    assert index_dtype(2**31 - 1) == torch.int32 and index_dtype(2**31) == torch.int64
+    assert MaskEntry.from_positions((2, 3), torch.arange(6)).full  # every entry: stored as "all"
+    assert MaskEntry.from_positions((2, 3), torch.arange(0)).count == 0
+    e = MaskEntry.from_positions((2, 3), torch.tensor([1, 5]), k=1)
+    assert e.index.dtype == torch.int32 and torch.equal(e.dense(), torch.tensor([[0, 1, 0], [0, 0, 1]]).bool())
+    assert torch.equal(e.positions(), torch.tensor([1, 5]))
+    assert torch.equal(MaskEntry.all((2,)).positions(), torch.arange(2))
+    other = MaskEntry.from_bool(torch.tensor([[1, 1, 0], [0, 0, 1]]).bool())
+    assert (e.intersection(other), other.intersection(e)) == (2, 2)
+    assert MaskEntry.all((2, 3)).intersection(e) == 2 and MaskEntry.none((2, 3)).intersection(e) == 0
+    # positions 1 and 2 are both in row 0: not a per-row top-1 entry, so such a file is refused
+    path = Mask({"w": MaskEntry.from_positions((2, 3), torch.tensor([1, 2]), k=1)}).save(tmp_path / "m.safetensors")
+    with pytest.raises(UserError, match="corrupt positions"):
+        Mask.load(path)

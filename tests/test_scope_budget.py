@@ -248,3 +248,28 @@ def test_bad_fraction_through_select(tiny_vit):
     for fraction in (0.0, 1.2, -1):
         with pytest.raises(UserError, match=r"fraction must be in \(0, 1\]"):
             select(tiny_vit, None, "magnitude", fraction=fraction)
+
+
+def test_global_fraction_streams_without_all_scores():
+    """The documented peak: the current tensor's scores plus <= 40 bytes per kept entry."""
+    from fps_profile.trackers import LiveTensorBytes
+
+    size, count, fraction = 1 << 18, 8, 0.01
+    gen = torch.Generator().manual_seed(0)
+    made = [torch.rand(size // 256, 256, generator=gen) for _ in range(count)]
+
+    def scored():  # fresh scores per tensor, as a selector makes them
+        for i, s in enumerate(made):
+            yield f"t{i}", s.clone()
+
+    budget = GlobalFraction(fraction)
+    with LiveTensorBytes("cpu") as live:
+        base = live.current
+        entries = dict(budget.entries(scored(), total=size * count))
+    n = budget.keep(size * count)
+    assert live.peak - base <= 4 * size + 40 * n  # 1 MiB + 0.8 MiB here; all scores would be 8 MiB
+    # the same entries as the one-shot global top-n over every score
+    everything = torch.cat([s.reshape(-1) for s in made])
+    expected = torch.zeros(everything.numel(), dtype=torch.bool)
+    expected[everything.topk(n).indices] = True
+    assert torch.equal(torch.cat([entries[f"t{i}"].dense().reshape(-1) for i in range(count)]), expected)

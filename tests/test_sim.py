@@ -25,23 +25,28 @@ MIB = 1 << 20
 K1 = phases.BudgetSpec.parse("k=1")
 
 
-def _phase_fn(phase: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+def _phase_fn(phase: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, budget=K1):
     if phase == "inference":
         return phases.inference_fn(model, images)
     if phase == "train_step":
         return phases.train_step_fn(model, images, labels)
-    return phases.select_fn(model, [(images, labels)], phase, K1)
+    if phase == "train_floor":
+        return phases.train_floor_fn(model, images, labels)
+    if phase == "train_sparse":  # values written into the weights in place, gathered gradients
+        mask = phases.select_fn(model, [(images, labels)], "magnitude", budget)()
+        return phases.train_step_fn(model, images, labels, mask=mask)
+    return phases.select_fn(model, [(images, labels)], phase, budget)
 
 
-def _real_cpu_peak(phase: str, batch: int) -> int:
+def _real_cpu_peak(phase: str, batch: int, budget=K1) -> int:
     """LiveTensorBytes on real CPU tensors, counting exactly the tensors this run owns."""
     model = make_tiny_vit()
     images, labels = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    fn = _phase_fn(phase, model, images, labels)
-    if phase == "train_step":
+    fn = _phase_fn(phase, model, images, labels, budget)
+    if phase.startswith("train"):
         fn()  # optimizer state, as after the runner's warm-up
     owned = [*model.parameters(), *model.buffers(), images, labels]
-    if phase == "train_step":
+    if phase in ("train_step", "train_sparse"):
         owned += [t for s in fn.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     with LiveTensorBytes("cpu", include_existing=False) as live:
         for t in owned:
@@ -52,21 +57,29 @@ def _real_cpu_peak(phase: str, batch: int) -> int:
     return live.peak
 
 
-def _sim_peak(phase: str, batch: int, device: str = "sim:cpu"):
+def _sim_peak(phase: str, batch: int, device: str = "sim:cpu", budget=K1):
     real = make_tiny_vit()
     with Simulator(device) as sim:
         model = sim.module(real)
         images, labels = sim.batch(model, batch, torch.float32)
-        fn = _phase_fn(phase, model, images, labels)
-        return sim.measure(fn, warmup=1 if phase == "train_step" else 0)
+        fn = _phase_fn(phase, model, images, labels, budget)
+        return sim.measure(fn, warmup=1 if phase.startswith("train") else 0)
 
 
-@pytest.mark.parametrize("phase", ["inference", "fps", "gps", "snip", "magnitude", "train_step"])
+@pytest.mark.parametrize("phase", ["inference", "fps", "gps", "snip", "magnitude", "train_step", "train_floor",
+                                   "train_sparse"])
 def test_sim_cpu_bytes_equal_real_cpu_bytes(phase):
     real = _real_cpu_peak(phase, 4)
     first, second = _sim_peak(phase, 4), _sim_peak(phase, 4)
     assert first.peak_bytes == real
     assert (second.peak_bytes, second.flops) == (first.peak_bytes, first.flops)
+
+
+@pytest.mark.parametrize("phase", ["fps", "magnitude"])
+def test_sim_cpu_bytes_equal_real_cpu_bytes_with_a_global_fraction(phase):
+    # fake scores cannot say which tensor holds the kept entries; the total (and so the bytes) is exact
+    budget = phases.BudgetSpec.parse("fraction=0.05")
+    assert _sim_peak(phase, 4, budget=budget).peak_bytes == _real_cpu_peak(phase, 4, budget)
 
 
 def test_cuda_target_adds_rounding_and_workspaces():

@@ -210,3 +210,22 @@ def test_toml_config_and_flag_override(tmp_path):
     bad.write_text("selectors = [\n")
     proc = _sweep(["--config", str(bad), "--out", str(out)])
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
+
+
+def test_train_floor_phase_on_sim_with_the_sparse_step_next_to_it():
+    from fps_profile.runner import measure
+    from fps_profile.summary import format_summary
+    from fps_profile.sweep import Grid
+
+    grid = Grid(selectors=["fps"], models=[MODEL], batch_sizes=[2], devices=["sim:cpu"],
+                phases=["train_step", "train_floor"], warmup=1, repeats=1)
+    grid.validate()
+    cells = grid.cells()
+    assert [(c.phase, c.selector) for c in cells] == [("train_step", None), ("train_step", "fps"), ("train_floor", None)]
+    rows = {(r.phase, r.selector): r for r in map(measure, cells)}
+    floor, sparse, full = rows["train_floor", None], rows["train_step", "fps"], rows["train_step", None]
+    assert floor.status == "ok" and floor.budget is None and floor.params_trainable == 0
+    assert floor.peak_allocated_bytes < sparse.peak_allocated_bytes < full.peak_allocated_bytes
+    assert sparse.peak_allocated_bytes <= 1.03 * floor.peak_allocated_bytes + 20 * sparse.params_trainable
+    lines = [ln for ln in format_summary(list(rows.values())).splitlines() if "| train:" in ln]
+    assert [ln.split("|")[3].strip() for ln in lines] == ["train:floor", "train:full", "train:fps"]

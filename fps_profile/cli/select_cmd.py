@@ -46,11 +46,11 @@ def _breakdown(model, mask, scope: str) -> str:
     from fps_profile.scope import Role, assign_roles
 
     roles = assign_roles(model, scope)
-    ranked = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.RANKED)
-    whole = sum(int(mask[n].sum()) for n, (r, _, _) in roles.items() if r is Role.TRAINABLE)
+    ranked = sum(mask.count(n) for n, (r, _, _) in roles.items() if r is Role.RANKED)
+    whole = sum(mask.count(n) for n, (r, _, _) in roles.items() if r is Role.TRAINABLE)
     classifier = find_classifier(model)
     body = [n for n in mask if not classifier.owns(n)]
-    chosen, total = sum(int(mask[n].sum()) for n in body), sum(mask[n].numel() for n in body)
+    chosen, total = sum(mask.count(n) for n in body), sum(mask.entry(n).numel for n in body)
     return (f"ranked entries {ranked:,}; whole tensors {whole:,} (biases, head, layer scales); "
             f"without the head: {chosen:,} of {total:,} ({100.0 * chosen / max(total, 1):.3f}%)")
 

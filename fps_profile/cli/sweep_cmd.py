@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", help="comma list of batch sizes (default 1,4,16)")
     p.add_argument("--dtype", help="comma list of float32, bfloat16, float16 (default float32)")
     p.add_argument("--device", help="comma list of cpu, cuda[:N], sim[:target] (default cpu)")
-    p.add_argument("--phase", help="comma list of select, inference, train_step (default all three)")
+    p.add_argument("--phase", help="comma list of select, inference, train_step, train_floor "
+                   "(default the first three)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, help="per-row top-K budget of every selection (default 1)")
     budget.add_argument("--fraction", type=float, help="global top-fraction budget instead of --k")

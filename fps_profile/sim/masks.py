@@ -13,19 +13,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from fps_profile.mask import Mask
+from fps_profile.mask import Mask, MaskEntry, rows_cols
 from fps_profile.phases import BudgetSpec
 from fps_profile.scope import Role, assign_roles
-
-
-def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
-    if len(shape) <= 1:
-        n = shape[0] if shape else 1
-        return 1, n
-    cols = 1
-    for s in shape[1:]:
-        cols *= s
-    return shape[0], cols
 
 
 def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[str, int]:
@@ -34,7 +24,7 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
     Raises:
         UserError: As :mod:`fps_profile.budget` would (``k`` longer than a row, bad fraction).
     """
-    from fps_profile.budget import make_budget
+    from fps_profile.budget import make_budget, proportional_split
 
     policy = make_budget(budget.k, budget.fraction)
     roles = assign_roles(model, scope)
@@ -43,41 +33,34 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
     counts = {n: (params[n].numel() if role is Role.TRAINABLE else 0) for n, (role, _, _) in roles.items()}
     if budget.k is not None:
         for n in ranked:
-            rows, cols = _rows(tuple(params[n].shape))
+            rows, cols = rows_cols(tuple(params[n].shape))
             if policy.k > cols:
                 from fps_profile.errors import UserError
 
                 raise UserError(f"k={policy.k} is larger than a row of {n!r} ({cols} entries)")
             counts[n] = rows * policy.k
     elif ranked:
-        total = sum(params[n].numel() for n in ranked)
-        want = max(1, round(policy.fraction * total))
-        for n in ranked:
-            counts[n] = round(want * params[n].numel() / total)
+        sizes = [params[n].numel() for n in ranked]
+        counts.update(zip(ranked, proportional_split(policy.keep(sum(sizes)), sizes)))
     return {n: counts[n] for n in params}
 
 
 def synthetic_mask(model: nn.Module, budget: BudgetSpec, scope: str) -> Mask:
-    """A real (host) mask with :func:`trainable_counts` entries per tensor, stored compactly.
-
-    Each tensor is an expanded view of one row, so the mask of a ViT-H takes
-    kilobytes, not the 632 MB a dense bool mask would.
-    """
+    """A real (host) mask with :func:`trainable_counts` entries per tensor: the first
+    ``k`` of every row (per-row budget) or the first entries (global fraction)."""
     import torch
 
     counts = trainable_counts(model, budget, scope)
     out = {}
     for name, p in model.named_parameters():
-        rows, cols = _rows(tuple(p.shape))
+        rows, cols = rows_cols(tuple(p.shape))
         n = counts[name]
         if n in (0, p.numel()):
-            out[name] = torch.full((1,), bool(n), dtype=torch.bool).expand(p.shape)
+            out[name] = (MaskEntry.all if n else MaskEntry.none)(p.shape)
         elif budget.k is not None:
-            row = torch.zeros(cols, dtype=torch.bool)
-            row[: n // rows] = True
-            out[name] = row.expand(rows, cols).view(p.shape) if p.dim() > 1 else row
+            k = n // rows
+            positions = torch.arange(0, rows * cols, cols).unsqueeze(1) + torch.arange(k)
+            out[name] = MaskEntry.from_positions(p.shape, positions, k=k)
         else:
-            flat = torch.zeros(p.numel(), dtype=torch.bool)
-            flat[:n] = True
-            out[name] = flat.view(p.shape)
+            out[name] = MaskEntry.from_positions(p.shape, torch.arange(n))
     return Mask(out, {"selector": "synthetic", "budget": str(budget), "scope": scope})

@@ -74,8 +74,11 @@ def measure_sim(cell, row) -> None:
             fn = _train_step(sim, model, batches[0], mask)
             row.params_trainable = fn.trainable
             warmup = min(cell.warmup, 1)
+        elif cell.phase == "train_floor":
+            fn = phases.train_floor_fn(model, *batches[0])
+            row.params_trainable = 0
         else:
-            raise UserError(f"unknown phase {cell.phase!r} (select, inference or train_step)")
+            raise UserError(f"unknown phase {cell.phase!r} (select, inference, train_step or train_floor)")
         stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else _needs(cell), model=model,
                             inputs=batches, optimizer=getattr(fn, "optimizer", None))
     row.peak_allocated_bytes = stats.peak_bytes
