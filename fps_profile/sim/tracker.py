@@ -36,6 +36,7 @@ REDUCTIONS = {aten.linalg_vector_norm.default: 2, aten.sum.dim_IntList: 1, aten.
 WORKSPACE = "(cuBLAS workspace)"  # the holder of workspaces in a peak breakdown
 # Stands for the new block of a storage resized in place while the old block is still held.
 _RESIZING = -1
+_STAGING = (-2, -3)  # pseudo storage keys of a reduction's staging buffer and semaphores
 
 
 def _size(block) -> int:
@@ -145,7 +146,14 @@ class SimTensorBytes(LiveTensorBytes):
         staging = tensor_staging(x, dims, self.reduction_gpu)
         if staging.buffer_bytes:
             blocks = [self.allocator.malloc(staging.buffer_bytes), self.allocator.malloc(staging.semaphore_bytes)]
+            if self.observer is not None:  # temporaries, held by whatever module reduces
+                for key, (block, nbytes) in zip(_STAGING, zip(blocks, (staging.buffer_bytes,
+                                                                         staging.semaphore_bytes))):
+                    self.observer.added(key, _size(block), nbytes)
             self._sync(check_budget=True)
+            if self.observer is not None:
+                for key in _STAGING:
+                    self.observer.freed(key)
             for block in blocks:
                 self.allocator.free(block)
             self.current = self.allocator.allocated
