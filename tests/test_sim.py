@@ -188,6 +188,27 @@ def test_fused_attention_saves_no_attention_matrix():
     assert math_peak > 2 * attn_matrix  # float64 falls back to math: scores and softmax materialised
 
 
+def test_layer_norm_input_gradient_is_contiguous_as_on_a_device():
+    # PVT-v2 pattern: a LayerNorm whose output is transposed, so its output gradient is not
+    # contiguous. CPU and CUDA kernels return the input gradient contiguous (a later reshape is a
+    # view); the fake kernel gave it the output gradient's strides (the reshape then copied).
+    def grad_strides():
+        norm = nn.LayerNorm(16)
+        x = torch.empty(2, 32, 16).fill_(1.0).requires_grad_()
+        w = torch.empty(2, 16, 32).fill_(2.0)
+        seen = []
+        x.register_hook(lambda g: seen.append((g.stride(), g.is_contiguous())))
+        (norm(x).transpose(1, 2) * w).sum().backward()  # output gradient: w transposed
+        return seen
+
+    real = grad_strides()
+    assert real == [((512, 16, 1), True)]
+    for device in ("sim:cpu", "sim:h100"):
+        with Simulator(device) as sim:
+            assert grad_strides() == real, device
+        assert sim.tracker.peak > 0
+
+
 def test_cuda_autocast_policy_keeps_softmax_in_float32():
     with Simulator("sim:h100") as sim, torch.autocast("cpu", dtype=torch.bfloat16):
         x = torch.empty(4, 8)

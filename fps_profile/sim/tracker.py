@@ -13,6 +13,12 @@ fake tensors of one fake mode, with two CUDA additions:
   backward pass holds two;
 * the staging buffer and semaphores a CUDA reduction takes for the duration
   of its kernel (``reduction_gpu``, :mod:`fps_profile.sim.reductions`).
+
+It also corrects one fake kernel whose output layout differs from both real
+ones: ``native_layer_norm_backward`` returns the input gradient contiguous on
+CPU and CUDA, the fake kernel with the output gradient's strides, after
+which a reshape (e.g. PVT-v2's LayerNorm on transposed tokens into a Linear)
+copies where the real run takes a view.
 """
 
 from __future__ import annotations
@@ -132,6 +138,8 @@ class SimTensorBytes(LiveTensorBytes):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.workspace_bytes and func.overloadpacket in CUBLAS_OPS:
             self.workspace("backward" if torch._C._current_autograd_node() is not None else "forward")
+        if func is aten.native_layer_norm_backward.default:
+            func = _layer_norm_backward
         out = super().__torch_dispatch__(func, types, args, kwargs)
         if self.reduction_gpu is not None and func in REDUCTIONS:
             self._reduction_scratch(func, args, kwargs or {})
@@ -157,3 +165,11 @@ class SimTensorBytes(LiveTensorBytes):
             for block in blocks:
                 self.allocator.free(block)
             self.current = self.allocator.allocated
+
+
+def _layer_norm_backward(*args, **kwargs):
+    """``native_layer_norm_backward`` with the input gradient contiguous, as the CPU and CUDA kernels make it."""
+    grad_input, *rest = aten.native_layer_norm_backward.default(*args, **kwargs)
+    if grad_input is not None and not grad_input.is_contiguous():
+        grad_input = torch.empty_like(grad_input, memory_format=torch.contiguous_format)
+    return (grad_input, *rest)
