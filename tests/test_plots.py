@@ -254,3 +254,14 @@ def test_mixed_gpu_models_are_separate_groups():
     mixed = by_group([row("NVIDIA H100", 1), row("NVIDIA A100", 1), row("NVIDIA H100", 2)])
     assert {k[0]: len(v) for k, v in mixed.items()} == {"cuda:NVIDIA H100": 2, "cuda:NVIDIA A100": 1}
     assert list(by_group([row("NVIDIA H100", 1)])) == [("cuda", "float32", None)]
+
+
+def test_train_floor_rows_are_their_own_series_beside_the_sparse_steps():
+    rows = [row(None, "m", b, "train_floor", (100 + b) * MiB) for b in (1, 2, 4)]
+    rows += [row("fps", "m", b, "train_step", (110 + b) * MiB) for b in (1, 2, 4)]
+    rows += [row(None, "m", b, "inference", 10 * b * MiB) for b in (1, 2, 4)]
+    fig = memory_vs_batch(rows)
+    ax = fig.axes[0]
+    assert xy(line(ax, "train:floor")) == ([1, 2, 4], pytest.approx([101, 102, 104]))
+    assert not [ln for ln in ax.get_lines() if ln.get_gid() == "train:fps"]  # sparse steps: breakdown figure
+    assert st.label("train:floor").startswith("train floor")

@@ -1,7 +1,8 @@
 """Rows to series: grouping, de-duplication and the per-batch values every figure plots.
 
 Series names: a selector's name for its ``select`` rows, ``"floor"`` for the
-``inference`` row and ``"full"`` for the ``train_step`` row without a selector.
+``inference`` row, ``"full"`` for the ``train_step`` row without a selector and
+``"train:floor"`` for the ``train_floor`` row.
 Sparse fine-tuning rows (``train_step`` with a selector) are ``"train:<selector>"``. A selector run
 with options is its own series, e.g. ``"gps[loss=ce,views=1]"`` (:attr:`Result.variant`).
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from fps_profile.plots.style import FLOOR, FULL, sort_names
+from fps_profile.plots.style import FLOOR, FULL, TRAIN_FLOOR, sort_names
 from fps_profile.results import Result
 
 
@@ -21,6 +22,8 @@ def series_name(row: Result) -> str:
         return FLOOR
     if row.phase == "train_step":
         return f"train:{row.variant}" if row.selector else FULL
+    if row.phase == "train_floor":
+        return TRAIN_FLOOR
     return row.variant or "?"
 
 
@@ -101,7 +104,7 @@ class Series:
 
 
 def series(rows: Sequence[Result], model: str, *, sparse: bool = False) -> dict[str, Series]:
-    """The floor, each selector's selection and full fine-tuning of ``model``, in drawing order.
+    """The floor, each selector's selection, the train floor and full fine-tuning of ``model``, in drawing order.
 
     Args:
         rows: Rows of one (device, dtype) group.
@@ -113,11 +116,12 @@ def series(rows: Sequence[Result], model: str, *, sparse: bool = False) -> dict[
         if r.model != model:
             continue
         name = series_name(r)
-        if name.startswith("train:") and not sparse:
+        sparse_step = name.startswith("train:") and name != TRAIN_FLOOR
+        if sparse_step and not sparse:
             continue
         found.setdefault(name, {})[r.batch_size] = r
-    plain = sort_names(n for n in found if not n.startswith("train:"))
-    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if n.startswith("train:"))]
+    plain = sort_names(n for n in found if not n.startswith("train:") or n == TRAIN_FLOOR)
+    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if n.startswith("train:") and n != TRAIN_FLOOR)]
     return {n: Series(n, found[n]) for n in plain + trains}
 
 

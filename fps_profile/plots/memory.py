@@ -94,7 +94,8 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
     for model in models(rows):
         ser = series(rows, model)
         ref = ser.get(reference)
-        lines = {n: ratios(s, ref) for n, s in ser.items() if n not in (reference, st.FLOOR, st.FULL)}
+        lines = {n: ratios(s, ref) for n, s in ser.items()
+                 if n not in (reference, st.FLOOR, st.FULL, st.TRAIN_FLOOR)}
         lines = {n: xy for n, xy in lines.items() if xy[0]}
         if lines:
             todo.append((model, ser, lines))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 FLOOR = "floor"
 FULL = "full"
+TRAIN_FLOOR = "train:floor"  # the grad-dropping floor every sparse step is compared with
 
 # Width of one panel: a two-column paper's column is about 3.3-3.5 in.
 PANEL_W_IN = 3.4
@@ -62,6 +63,7 @@ _KNOWN = {
     # Dashed and on top: where a selector sits at the floor (FPS often does), both stay visible.
     FLOOR: SeriesStyle("#7f7f7f", "", "--", "inference floor", zorder=2.5),
     FULL: SeriesStyle("#000000", "*", ":", "full fine-tuning"),
+    TRAIN_FLOOR: SeriesStyle("#4d4d4d", "", "-.", "train floor (gradients dropped)", zorder=2.5),
     "fps": SeriesStyle("#0072B2", "o", "-", "FPS"),
     "gps": SeriesStyle("#D55E00", "s", "-", "GPS"),
     "magnitude": SeriesStyle("#009E73", "^", "-", "magnitude"),
@@ -70,7 +72,7 @@ _KNOWN = {
     "snip": SeriesStyle("#56B4E9", "P", "-", "SNIP"),
 }
 # Drawing order: references first, then the two selectors the study is about, then the rest.
-ORDER = (FLOOR, "fps", "gps", "magnitude", "random", "wanda", "snip", FULL)
+ORDER = (FLOOR, "fps", "gps", "magnitude", "random", "wanda", "snip", TRAIN_FLOOR, FULL)
 
 _SPARE_COLORS = ("#8c564b", "#bcbd22", "#17becf", "#9467bd", "#e377c2", "#2ca02c", "#1f77b4", "#ff7f0e")
 _SPARE_MARKERS = ("h", "X", "p", "<", ">", "d", "8", "H")
