@@ -55,8 +55,8 @@ def _like(variant: str, model: nn.Module) -> nn.Module:
 def _regnet():
     from timm.models.regnet import RegNet, RegNetCfg
 
-    # grouped 3x3 convs (group width 4) in 4 stages
-    cfg = RegNetCfg(depth=6, w0=8, wa=8, wm=2.0, group_size=4, stem_width=8)
+    # one block per stage, grouped 3x3 convs of group width 4
+    cfg = RegNetCfg(depth=4, w0=8, wa=16, wm=1.5, group_size=4, stem_width=8)
     return _like("regnetx_002", RegNet(cfg, num_classes=CLASSES))
 
 
@@ -117,23 +117,23 @@ class Family:
 
 VIT_TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 ZOO = {
-    "vit": Family(_timm("test_vit", img_size=32), 32, ("head",)),
+    "vit": Family(_timm("vit_tiny_patch16_224", **VIT_TINY), 32, ("head",)),
     "deit-distilled": Family(_timm("deit_tiny_distilled_patch16_224", **VIT_TINY), 32, ("head", "head_dist")),
     "swin": Family(_timm("swin_tiny_patch4_window7_224", img_size=32, patch_size=4, window_size=4, embed_dim=16,
                          depths=(1, 1), num_heads=(1, 2)), 32, ("head.fc",)),
-    "convnext": Family(_timm("test_convnext"), 64, ("head.fc",)),
-    "resnet": Family(_timm("test_resnet"), 64, ("fc",)),
-    "regnet": Family(_regnet, 64, ("head.fc",)),
-    "efficientnet": Family(_timm("test_efficientnet"), 64, ("classifier",)),
+    "convnext": Family(_timm("test_convnext"), 32, ("head.fc",)),
+    "resnet": Family(_timm("test_resnet"), 32, ("fc",)),
+    "regnet": Family(_regnet, 32, ("head.fc",)),
+    "efficientnet": Family(_timm("test_efficientnet"), 32, ("classifier",)),
     "mobilenetv3": Family(_mobilenetv3, 32, ("classifier",)),
     "mlp-mixer": Family(_mixer, 32, ("head",)),
     "eva02": Family(_timm("eva02_tiny_patch14_224", img_size=28, patch_size=7, embed_dim=32, depth=2, num_heads=2),
                     28, ("head",)),
     "pvt-v2": Family(_timm("pvt_v2_b0", embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)),
-                     64, ("head",)),
-    "coatnet": Family(_timm("test_coatnet", img_size=64), 64, ("head.fc",)),
-    "densenet": Family(_densenet, 64, ("classifier",)),
-    "poolformer": Family(_poolformer, 64, ("head.fc",)),
+                     32, ("head",)),
+    "coatnet": Family(_timm("test_coatnet", img_size=32), 32, ("head.fc",)),
+    "densenet": Family(_densenet, 32, ("classifier",)),
+    "poolformer": Family(_poolformer, 32, ("head.fc",)),
 }
 
 
