@@ -125,7 +125,7 @@ class DeadlineExecutor:
         self.deadline, self.part, self._seen = deadline, part, 0
 
     def run(self, cells, timeout_s) -> Iterator:
-        from fps_profile.runner import run_isolated
+        from fps_profile.isolation import run_isolated
 
         for cell in cells:
             mine = self._seen % self.part[1] == self.part[0]
