@@ -135,7 +135,9 @@ def conv_sums(x: torch.Tensor, out_size: Sequence[int], kernel: Sequence[int], s
         # Every offset along the last dim reads the same rows: reduce them once to a
         # small [C, W], zero-pad it as the convolution pads, and read every offset's
         # strided columns at once.
-        per_column = reduce(view, (0, *spatial[:-1]), ord)
+        # Rows first, then the batch: in one step a strided view splits over CUDA thread
+        # blocks with a staging buffer as large as the input; the [B, C, W] partial is 1/rows of it.
+        per_column = reduce(view, spatial[:-1], ord).sum(0)
         span = (out_size[-1] - 1) * stride[-1] + (kernel[-1] - 1) * dilation[-1] + 1
         padded = F.pad(per_column, (lead[-1], max(0, span - lead[-1] - per_column.shape[-1])))
         taps = padded.as_strided((padded.shape[0], kernel[-1], out_size[-1]),
