@@ -75,9 +75,9 @@ class ForkServerClient:
                 except (BrokenPipeError, OSError):
                     pass
                 except BaseException:
-                    self._close()
+                    self.close()
                     raise
-                self._close()
+                self.close()
             return {"exitcode": None, "server_died": True}
 
     def kill_measurement(self) -> None:
@@ -86,7 +86,8 @@ class ForkServerClient:
         if pid is not None:
             _proc.kill(_proc.children(pid))
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Stop the server and any measurement it runs."""
         if self._proc is not None:
             _proc.kill(_proc.descendants(self._proc.pid))
             try:
@@ -95,10 +96,6 @@ class ForkServerClient:
             except (OSError, subprocess.TimeoutExpired):
                 pass
             self._proc = None
-
-    def close(self) -> None:
-        """Stop the server and any measurement it runs."""
-        self._close()
 
 
 _CLIENT: ForkServerClient | None = None
