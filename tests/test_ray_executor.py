@@ -47,10 +47,14 @@ class Crash(Selector):
 
 
 class Hang(Selector):
-    """Never finishes (leaving its pid in $FPS_TEST_RAY_DIR)."""
+    """Hangs (leaving its pid in $FPS_TEST_RAY_DIR) until the test creates ``no-hang`` there, then fails."""
     def prepare(self, model, batches, targets):
-        open(os.path.join(os.environ["FPS_TEST_RAY_DIR"], f"hang-{os.getpid()}"), "w").close()
-        time.sleep(600)
+        site = os.environ["FPS_TEST_RAY_DIR"]
+        open(os.path.join(site, f"hang-{os.getpid()}"), "w").close()
+        deadline = time.monotonic() + 600
+        while not os.path.exists(os.path.join(site, "no-hang")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise RuntimeError("released by the test")
 
 
 class Lose(Selector):
@@ -105,6 +109,18 @@ def one_thread():
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
     client().close()
+
+
+def _arm_hang(site) -> None:
+    """Forget earlier hung pids; the next ``ray_hang`` measurements hang until :func:`_release_hang`."""
+    for old in site.glob("hang-*"):
+        old.unlink()
+    (site / "no-hang").unlink(missing_ok=True)
+
+
+def _release_hang(site) -> None:
+    """From now on ``ray_hang`` fails at once (status ``error``), so a resumed sweep needs no short timeout."""
+    (site / "no-hang").touch()
 
 
 def _sweep(capsys, *args: str) -> tuple[int, str]:
@@ -206,8 +222,7 @@ def interrupt_ray_sweep(site, out) -> None:
     from fps_profile.executors import get_executor
     from fps_profile.sweep import Grid, run_sweep
 
-    for old in site.glob("hang-*"):
-        old.unlink()
+    _arm_hang(site)
     grid = Grid(selectors=["ray_hang", "magnitude", "random"], models=[MODEL], batch_sizes=[1, 2],
                 phases=["select"], warmup=0, repeats=1)
     seen = []
@@ -223,12 +238,14 @@ def interrupt_ray_sweep(site, out) -> None:
     assert wait_until(lambda: not measurements(os.getpid()), GONE_WITHIN_S), measurements(os.getpid())
     assert all_gone(hung_pids(site))
     assert len(read_results(out)) == len(seen) == 1
-    report = run_sweep(grid, out, executor=get_executor("ray"), timeout_s=10, progress=False)
+    # Resume with a timeout no loaded machine reaches (the released hang fails at once).
+    _release_hang(site)
+    report = run_sweep(grid, out, executor=get_executor("ray"), timeout_s=300, progress=False)
     assert report.skipped == len(seen) and report.measured == 6 - len(seen)
     rows = read_results(out)
     assert len(rows) == len({r.key() for r in rows}) == 6
     status = {(r.selector, r.batch_size): r.status for r in rows}
-    assert status == {(s, b): "timeout" if s == "ray_hang" else "ok" for s in grid.selectors for b in (1, 2)}
+    assert status == {(s, b): "error" if s == "ray_hang" else "ok" for s in grid.selectors for b in (1, 2)}
     assert all_gone(hung_pids(site)) and not measurements(os.getpid())
 
 
@@ -242,8 +259,7 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
 
     from fps_profile.executors import ray_executor
 
-    for old in ray_cluster.glob("hang-*"):
-        old.unlink()
+    _arm_hang(ray_cluster)
     monkeypatch.setattr(ray_executor, "CANCEL_GRACE_S", 2.0)
 
     @ray.remote(num_cpus=1)
@@ -294,8 +310,7 @@ def test_task_lost_with_its_worker_is_an_error_row_and_retried(ray_cluster, tmp_
 def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsys):
     import ray
 
-    for old in ray_cluster.glob("hang-*"):
-        old.unlink()
+    _arm_hang(ray_cluster)
     out = tmp_path / "r.jsonl"
     args = [*SMALL, "--selector", "ray_hang,magnitude,random", "--phase", "select", "--executor", "ray",
             "--address", ray.get_runtime_context().gcs_address, "--out", str(out)]
@@ -311,19 +326,19 @@ def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsy
     assert 1 <= len(partial) < 3 and hung
     # The cluster ends the dead driver's tasks; their measurements die with their workers.
     assert wait_until(lambda: all_gone(hung), GONE_WITHIN_S)
-    rc, err = _sweep(capsys, *args, "--timeout", "10")
+    _release_hang(ray_cluster)
+    rc, err = _sweep(capsys, *args, "--timeout", "300")
     assert rc == 0, err
     rows = read_results(out)
     assert len(rows) == len({r.key() for r in rows}) == 3
     assert [r.to_json() for r in rows[:len(partial)]] == [r.to_json() for r in partial]  # nothing rewritten
-    assert {r.selector: r.status for r in rows} == {"ray_hang": "timeout", "magnitude": "ok", "random": "ok"}
+    assert {r.selector: r.status for r in rows} == {"ray_hang": "error", "magnitude": "ok", "random": "ok"}
 
 
 @pytest.mark.slow
 def test_killed_driver_of_a_private_instance_takes_everything_with_it(ray_cluster, tmp_path):
     """SIGKILL of a driver that started its own Ray: its workers, fork servers and measurements all go."""
-    for old in ray_cluster.glob("hang-*"):
-        old.unlink()
+    _arm_hang(ray_cluster)
     out = tmp_path / "r.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     driver = subprocess.Popen([sys.executable, "-m", "fps_profile", "sweep", *SMALL, "--selector", "ray_hang",
