@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.llm import task_loss
 from fps_profile.mask import Mask
 from fps_profile.trackers import breakdown
 
@@ -96,7 +97,7 @@ class TrainStep:
         return trainable_count(self.params)
 
     def __call__(self) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss = task_loss(self.model, self.images, self.labels)
         loss.backward()
         with breakdown.phase("optimizer"):  # clipping included
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -128,7 +129,7 @@ class TrainFloor:
     labels: torch.Tensor
 
     def __call__(self) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(self.images), self.labels)
+        loss = task_loss(self.model, self.images, self.labels)
         loss.backward()
         return loss.detach()
 
@@ -145,3 +146,91 @@ def train_floor_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         p.requires_grad_(True)
         p.register_post_accumulate_grad_hook(_drop_grad)
     return TrainFloor(model, images, labels)
+
+
+# The phase table: what each phase builds, shared by the real backends (runner) and sim.
+
+class Backend(Protocol):
+    """What differs between measuring on a device and predicting on ``sim``."""
+
+    def train_mask(self, model: nn.Module, batches: Sequence, cell: Any, budget: BudgetSpec,
+                   options: dict) -> Mask:
+        """The mask a sparse ``train_step`` trains (built outside the measured run)."""
+
+    def train_step(self, model: nn.Module, batch: tuple, mask: Mask | None) -> TrainStep:
+        """The ``train_step`` callable for ``batch``."""
+
+    def select_trainable(self, model: nn.Module, budget: BudgetSpec, scope: str) -> int | None:
+        """Trainable scalars of a selection, when known before it runs (None: from its mask)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A phase ready to run: ``fn`` is called for warm-up, memory and timing runs."""
+
+    fn: Callable[[], Any]
+    params_trainable: int | None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One row of :data:`PHASES`.
+
+    Attributes:
+        build: ``(cell, model, batches, budget, options, backend) -> Prepared``.
+        keeps_state: Its runs leave state behind (optimizer moments), so a warm-up
+            changes what the measured run needs.
+        passes: ``cell -> ("forward", "backward")`` subset the phase runs.
+    """
+
+    build: Callable[..., Prepared]
+    keeps_state: bool
+    passes: Callable[[Any], tuple[str, ...]]
+
+
+def _build_select(cell, model, batches, budget, options, backend) -> Prepared:
+    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options)
+    return Prepared(fn, backend.select_trainable(model, budget, cell.scope))
+
+
+def _build_train_step(cell, model, batches, budget, options, backend) -> Prepared:
+    mask = backend.train_mask(model, batches, cell, budget, options) if cell.selector is not None else None
+    fn = backend.train_step(model, batches[0], mask)
+    return Prepared(fn, fn.trainable)
+
+
+def _select_passes(cell) -> tuple[str, ...]:
+    from fps_profile.selectors import get
+
+    cls = get(cell.selector)
+    return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())
+
+
+_BOTH = ("forward", "backward")
+PHASES: dict[str, Phase] = {
+    "select": Phase(_build_select, False, _select_passes),
+    "inference": Phase(lambda cell, model, batches, *_: Prepared(inference_fn(model, batches[0][0]), 0),
+                       False, lambda cell: ("forward",)),
+    "train_step": Phase(_build_train_step, True, lambda cell: _BOTH),
+    "train_floor": Phase(lambda cell, model, batches, *_: Prepared(train_floor_fn(model, *batches[0]), 0),
+                         False, lambda cell: _BOTH),
+}
+
+
+def get_phase(name: str) -> Phase:
+    """The :data:`PHASES` entry for ``name``, or a one-line error listing them."""
+    try:
+        return PHASES[name]
+    except KeyError:
+        raise UserError(f"unknown phase {name!r} ({', '.join(PHASES)})") from None
+
+
+def prepare(cell, model: nn.Module, batches: Sequence, backend: Backend) -> Prepared:
+    """Build ``cell.phase`` on ``model`` and ``batches`` (nothing measured yet).
+
+    A selection cell without a budget fails in ``select`` as it would in the API
+    ("give exactly one of k or fraction").
+    """
+    phase = get_phase(cell.phase)
+    budget = BudgetSpec.parse(cell.budget) if cell.budget else BudgetSpec(k=None)
+    return phase.build(cell, model, batches, budget, dict(cell.options), backend)

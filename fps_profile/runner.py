@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from fps_profile.errors import UserError
 from fps_profile.results import Result, cell_key
 
 
@@ -153,31 +152,11 @@ def _measure_real(cell: Cell, row: Result) -> None:
     model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype), image_size=cell.image_size)
     row.params_total = sum(p.numel() for p in model.parameters())
     batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size)
-    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else None
-    options = dict(cell.options)
     if cell.memory_budget is not None and device.type == "cuda":
         limit_memory(device, cell.memory_budget)
-
-    if cell.phase == "select":
-        fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)
-    elif cell.phase == "inference":
-        fn = phases.inference_fn(model, batches[0][0])
-        row.params_trainable = 0
-    elif cell.phase == "train_step":
-        mask = None
-        if cell.selector is not None:
-            mask = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)()
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        fn = phases.train_step_fn(model, *batches[0], mask=mask)
-        row.params_trainable = fn.trainable
-        del mask
-    elif cell.phase == "train_floor":
-        fn = phases.train_floor_fn(model, *batches[0])
-        row.params_trainable = 0
-    else:
-        raise UserError(f"unknown phase {cell.phase!r} (select, inference, train_step or train_floor)")
+    prepared = phases.prepare(cell, model, batches, _DeviceBackend(device))
+    fn, row.params_trainable = prepared.fn, prepared.params_trainable
+    del prepared
 
     for _ in range(cell.warmup):
         fn()
@@ -215,3 +194,27 @@ def _measure_real(cell: Cell, row: Result) -> None:
         except Exception as exc:  # noqa: BLE001
             row.env["breakdown_error"] = one_line(exc)
     row.flops = flop_count.total
+
+
+class _DeviceBackend:
+    """:class:`fps_profile.phases.Backend` on a real device (cpu, cuda)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def train_mask(self, model, batches, cell, budget, options):
+        from fps_profile import phases
+
+        mask = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return mask
+
+    def train_step(self, model, batch, mask):
+        from fps_profile import phases
+
+        return phases.train_step_fn(model, *batch, mask=mask)
+
+    def select_trainable(self, model, budget, scope):
+        return None  # counted on the mask the measured run returns

@@ -13,18 +13,6 @@ def check_sim_device(name: str) -> None:
     get_target(name)
 
 
-def _needs(cell) -> tuple[str, ...]:
-    """cuBLAS workspaces a warm-up run of ``cell`` creates on a GPU."""
-    if cell.phase == "inference":
-        return ("forward",)
-    if cell.phase == "select":
-        from fps_profile.selectors import get
-
-        cls = get(cell.selector)
-        return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())
-    return ("forward", "backward")
-
-
 def measure_sim(cell, row) -> None:
     """Fill ``row`` with the prediction for ``cell`` (called by :func:`fps_profile.runner.measure`).
 
@@ -40,46 +28,23 @@ def measure_sim(cell, row) -> None:
     """
     from fps_profile import phases
     from fps_profile.models import parse_dtype
-    from fps_profile.sim.fake import real_tensors
-    from fps_profile.sim.masks import synthetic_mask, trainable_counts
     from fps_profile.sim.session import Simulator
 
     start = time.perf_counter()
     target = get_target(cell.device)
     dtype = parse_dtype(cell.dtype)
-    # No budget on a selection fails as on a device ("give exactly one of k ... or fraction").
-    budget = phases.BudgetSpec.parse(cell.budget) if cell.budget else phases.BudgetSpec(k=None)
-    options = dict(cell.options)
     with Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)) as sim:
         model = sim.model(cell.model, dtype, cell.image_size)
         row.params_total = sum(p.numel() for p in model.parameters())
         if cell.num_batches < 1:
             raise UserError(f"num_batches must be >= 1, not {cell.num_batches}")
         batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size) for _ in range(cell.num_batches)]
-        warmup = 0
-        if cell.phase == "select":
-            fn = phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)
-            row.params_trainable = sum(trainable_counts(model, budget, cell.scope).values())
-        elif cell.phase == "inference":
-            fn = phases.inference_fn(model, batches[0][0])
-            row.params_trainable = 0
-        elif cell.phase == "train_step":
-            mask = None
-            if cell.selector is not None:
-                from fps_profile.selectors import create
-
-                create(cell.selector, **options)  # the options fail here as they would on a device
-                with real_tensors():
-                    mask = synthetic_mask(model, budget, cell.scope)
-            fn = _train_step(sim, model, batches[0], mask)
-            row.params_trainable = fn.trainable
-            warmup = min(cell.warmup, 1)
-        elif cell.phase == "train_floor":
-            fn = phases.train_floor_fn(model, *batches[0])
-            row.params_trainable = 0
-        else:
-            raise UserError(f"unknown phase {cell.phase!r} (select, inference, train_step or train_floor)")
-        stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else _needs(cell), model=model,
+        phase = phases.get_phase(cell.phase)
+        prepared = phases.prepare(cell, model, batches, _SimBackend(sim))
+        fn, row.params_trainable = prepared.fn, prepared.params_trainable
+        del prepared
+        warmup = min(cell.warmup, 1) if phase.keeps_state else 0
+        stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else phase.passes(cell), model=model,
                             inputs=batches, optimizer=getattr(fn, "optimizer", None))
     row.peak_allocated_bytes = stats.peak_bytes
     stats.breakdown.fill(row)
@@ -95,6 +60,31 @@ def measure_sim(cell, row) -> None:
                 "flops_by_kind": {f"{k}:{d}": n for (k, d), n in sorted(stats.flop_counts.items())},
                 "seconds": round(time.perf_counter() - start, 3)},
     })
+
+
+class _SimBackend:
+    """:class:`fps_profile.phases.Backend` on a simulated device."""
+
+    def __init__(self, sim) -> None:
+        self.sim = sim
+
+    def train_mask(self, model, batches, cell, budget, options):
+        """A mask with the budget's exact counts (a fake model's scores have no values)."""
+        from fps_profile.selectors import create
+        from fps_profile.sim.fake import real_tensors
+        from fps_profile.sim.masks import synthetic_mask
+
+        create(cell.selector, **options)  # the options fail here as they would on a device
+        with real_tensors():
+            return synthetic_mask(model, budget, cell.scope)
+
+    def train_step(self, model, batch, mask):
+        return _train_step(self.sim, model, batch, mask)
+
+    def select_trainable(self, model, budget, scope):
+        from fps_profile.sim.masks import trainable_counts
+
+        return sum(trainable_counts(model, budget, scope).values())
 
 
 def _train_step(sim, model, batch, mask):
