@@ -90,3 +90,16 @@ def test_a_model_timm_cannot_build_is_one_line(capsys, monkeypatch):
     code, out, err = run(capsys, "scope", "resnet18")
     assert code == 2
     assert err == "fps-profile: error: timm cannot build 'resnet18': RuntimeError: shape mismatch in stage 2\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`fps-profile ... | head` with the reader gone: exit 141, no traceback, no 'Exception ignored'."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "fps_profile", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -70,7 +70,7 @@ def headline(rows: Sequence[Result]) -> list[str]:
     body = [[WHO.get(w, w), fmt_bytes(c[w].peak_allocated_bytes), _ratio(c[w], fps, "peak_allocated_bytes"),
              fmt_seconds(c[w].wall_time_s), _ratio(c[w], fps, "wall_time_s")]
             for w in ("floor", "fps", "gps", GPS_CE_NAME) if w in c]
-    note = "" if key == HEADLINE else f" (ViT-B/16 batch 64 float32 was not measured; the largest cell instead)"
+    note = "" if key == HEADLINE else " (ViT-B/16 batch 64 float32 was not measured; the largest cell instead)"
     return [f"{key[0]}, batch {key[2]}, {key[1]}{note}. The paper: {PAPER}.", "",
             markdown_table(["", "peak", "peak / FPS", "time", "time / FPS"], body)]
 
