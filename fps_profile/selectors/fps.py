@@ -34,7 +34,7 @@ class FPS(Selector):
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)
         w = target.param.detach()
-        return scale_rows(w.abs(), total / count)
+        return scale_rows(w.abs(), total / count, target.out_axis)
 
     def release(self) -> None:
         self._stats = None

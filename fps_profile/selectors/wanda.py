@@ -28,7 +28,7 @@ class Wanda(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         sumsq, _ = self._stats.stat(target)
-        return scale_rows(target.param.detach().abs(), sumsq.sqrt())
+        return scale_rows(target.param.detach().abs(), sumsq.sqrt(), target.out_axis)
 
     def release(self) -> None:
         self._stats = None
