@@ -86,8 +86,8 @@ class PerRowTopK(Budget):
         if self.k > cols:
             raise UserError(f"k={self.k} is larger than a row of {name!r} ({cols} entries)")
         if out_axis == 1 and scores.dim() == 2:
-            idx = scores.t().topk(self.k, dim=1, sorted=False).indices  # [out, k] input positions
-            idx = idx.mul_(rows).add_(torch.arange(rows, device=idx.device).unsqueeze(1))
+            idx = scores.topk(self.k, dim=0, sorted=False).indices  # [k, out]: the inputs of each column
+            idx = idx.mul_(rows).add_(torch.arange(rows, device=idx.device))
             return MaskEntry.from_positions(scores.shape, idx.view(-1).sort().values)
         idx = scores.reshape(rows, cols).topk(self.k, dim=1, sorted=False).indices
         idx = idx.sort(dim=1).values

@@ -21,8 +21,11 @@ class FPS(Selector):
     weight. For a convolution (grouped and depthwise included) weight entry
     ``[o, i, a, b]`` gets the mean ``|x|`` of the input channel it reads (channel
     ``i`` of its group) at kernel offset ``(a, b)``, over every output position,
-    zero padding included. Peak memory is that of a ``torch.no_grad()`` forward
-    plus one input-feature statistic per weight and one layer's scores at a time.
+    zero padding included. On a language model every token of every sequence
+    counts, and GPT-2's ``Conv1D`` (weight ``[in, out]``, called through
+    ``torch.addmm``) is scored along its input axis, axis 0. Peak memory is that
+    of a ``torch.no_grad()`` forward plus one input-feature statistic per weight
+    and one layer's scores at a time.
     """
 
     needs_backward = False

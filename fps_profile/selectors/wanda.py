@@ -17,7 +17,7 @@ class Wanda(Selector):
     """|w_ij| x ||x_j||_2 over all tokens of all samples; one forward pass, no gradients.
 
     Differs from FPS only in the reduction: the L2 norm instead of the mean of |x|
-    (the same input features, convolutions included).
+    (the same input features, convolutions and GPT-2's ``Conv1D`` included).
     """
 
     needs_backward = False
