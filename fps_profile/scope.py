@@ -139,7 +139,8 @@ class Scope:
 
 SCOPES: Registry[Scope] = Registry("scope")
 SCOPES.register("gps", Scope("gps", about="GPS: Linear/Conv2d weights ranked; biases, layer scales and the "
-                                    "classifier trained whole; norms and position tables frozen"))
+                                    "classifier trained whole; norms and position tables frozen (a language "
+                                    "model's embeddings and lm_head too)"))
 SCOPES.register("gps+lm-head", Scope("gps+lm-head", trainable=("head", "bias", "gamma", "lm_head"),
                                      about="gps, and a language model's lm_head trained whole (tied: the token "
                                      "embedding, the same tensor)"))
