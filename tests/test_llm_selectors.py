@@ -45,7 +45,7 @@ def make_llama(tied: bool = False) -> transformers.LlamaForCausalLM:
 
 def make_gpt2() -> transformers.GPT2LMHeadModel:
     # Dropout off: GPS runs in train mode, and its reference must see the same loss.
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     cfg.use_cache = False
     torch.manual_seed(0)
@@ -290,3 +290,51 @@ def test_sparse_step_on_gpt2_changes_only_selected_columns(lms, tmp_path):
         assert changed[sel].float().mean() > 0.9, n  # the selected ones moved
         assert sel.sum(dim=0).eq(1).all(), n  # one input per output neuron (column)
     assert torch.equal(after["transformer.wte.weight"].detach(), before["transformer.wte.weight"])
+
+
+@pytest.mark.parametrize("model_name", ["llama", "gpt2"])
+def test_fps_peak_is_the_inference_floor_whatever_the_sequence_length(model_name):
+    """FPS on a whole language model peaks at its no_grad forward plus at most its mask and
+    statistics, the same excess at every sequence length (the layer-level check is below)."""
+    from fps_profile.trackers.tensor import LiveTensorBytes
+
+    model = MODELS[model_name]().eval()
+    stats = sum(4 * p.shape[1 - out_axis(model, n)] for n, p in model.named_parameters() if n in projections(model))
+    excess = []
+    for seq in (SEQ, 8 * SEQ):
+        ids = torch.randint(0, VOCAB, (2, seq), generator=torch.Generator().manual_seed(seq))
+        with LiveTensorBytes("cpu") as tracker:
+            base = tracker.current
+            tracker.reset_peak()
+            with torch.no_grad():
+                del model(ids).logits
+            floor = tracker.peak - base
+            tracker.reset_peak()
+            mask = select(model, [(ids, ids)], "fps", k=1)
+            peak = tracker.peak - base
+        assert floor < peak <= floor + mask.nbytes + stats, seq
+        excess.append(peak - floor)
+    assert excess[0] == excess[1]
+
+
+@pytest.mark.parametrize("kind", ["fps", "wanda"])
+def test_conv1d_statistics_copy_no_activation(kind):
+    """On one Conv1D layer, FPS/Wanda add to the no_grad forward only the statistic, one
+    weight-sized score tensor and the mask (an ``x.abs()`` copy of the input would add 256 KiB)."""
+    from fps_profile.trackers.tensor import LiveTensorBytes
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(Conv1D(8, 256))
+    x = torch.randn(256, 256)
+    with LiveTensorBytes("cpu") as tracker:
+        base = tracker.current
+        tracker.reset_peak()
+        with torch.no_grad():
+            out = layer(x)
+            del out
+        floor = tracker.peak - base
+        tracker.reset_peak()
+        mask = select(layer, [x], kind, k=1)
+        peak = tracker.peak - base
+    assert mask["0.weight"].sum(dim=0).eq(1).all()
+    assert floor < peak <= floor + layer[0].weight.nbytes + mask.nbytes + 4 * 256
