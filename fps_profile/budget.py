@@ -2,7 +2,9 @@
 
 * :class:`PerRowTopK` (GPS's policy, the default): in every output row of every
   ranked tensor (4-D kernels flattened to ``[out, in*kh*kw]``), the ``k``
-  highest-scoring entries. It needs one tensor's scores at a time.
+  highest-scoring entries. It needs one tensor's scores at a time. A row is an
+  output neuron: for a weight stored ``[in, out]`` (GPT-2's ``Conv1D``, output
+  axis 1) it is a column.
 * :class:`GlobalFraction`: the top ``fraction`` of all ranked entries' scores,
   compared across tensors. It streams too: one tensor's scores and the best
   entries so far (see its docstring for the peak).
@@ -18,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
@@ -34,13 +36,16 @@ class Budget:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def entries(self, scored: Scored, total: int | None = None) -> Iterator[tuple[str, MaskEntry]]:
+    def entries(self, scored: Scored, total: int | None = None,
+                out_axes: Mapping[str, int] | None = None) -> Iterator[tuple[str, MaskEntry]]:
         """Consume ``(name, scores)`` pairs lazily and yield ``(name, entry)`` pairs.
 
         Args:
             scored: Scores of each ranked tensor, one tensor at a time.
             total: Entries of all ranked tensors together, where the caller knows it
                 (a global budget then needs no more than one tensor's scores at once).
+            out_axes: Tensor name -> axis of its output neurons, for tensors where it
+                is not 0 (:attr:`fps_profile.selectors.Target.out_axis`).
         """
         raise NotImplementedError
 
@@ -71,11 +76,19 @@ class PerRowTopK(Budget):
     def describe(self) -> str:
         return f"per-row top-{self.k}"
 
-    def row_entry(self, name: str, scores: torch.Tensor) -> MaskEntry:
-        """The ``k`` best positions of every row of one tensor's scores (``k`` ints per row)."""
-        rows, cols = rows_cols(tuple(scores.shape))
+    def row_entry(self, name: str, scores: torch.Tensor, out_axis: int = 0) -> MaskEntry:
+        """The ``k`` best positions of every row of one tensor's scores (``k`` ints per row).
+
+        With ``out_axis=1`` (a 2-D ``[in, out]`` weight) a row is a column: the ``k``
+        best inputs of every output neuron.
+        """
+        rows, cols = rows_cols(tuple(scores.shape), out_axis)
         if self.k > cols:
             raise UserError(f"k={self.k} is larger than a row of {name!r} ({cols} entries)")
+        if out_axis == 1 and scores.dim() == 2:
+            idx = scores.topk(self.k, dim=0, sorted=False).indices  # [k, out]: the inputs of each column
+            idx = idx.mul_(rows).add_(torch.arange(rows, device=idx.device))
+            return MaskEntry.from_positions(scores.shape, idx.view(-1).sort().values)
         idx = scores.reshape(rows, cols).topk(self.k, dim=1, sorted=False).indices
         idx = idx.sort(dim=1).values
         idx += torch.arange(0, rows * cols, cols, device=idx.device).unsqueeze(1)
@@ -85,9 +98,10 @@ class PerRowTopK(Budget):
         """:meth:`row_entry` as a bool tensor of the scores' shape."""
         return self.row_entry(name, scores).dense()
 
-    def entries(self, scored, total=None):
+    def entries(self, scored, total=None, out_axes=None):
+        out_axes = out_axes or {}
         for name, scores in scored:
-            yield name, self.row_entry(name, scores)
+            yield name, self.row_entry(name, scores, out_axes.get(name, 0))
             del scores
 
 
@@ -122,7 +136,7 @@ class GlobalFraction(Budget):
         """Entries kept out of ``total`` ranked ones."""
         return max(1, round(self.fraction * total))
 
-    def entries(self, scored, total=None):
+    def entries(self, scored, total=None, out_axes=None):
         if total is None:
             scored = list(scored)
             total = sum(s.numel() for _, s in scored)

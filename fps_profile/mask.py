@@ -23,10 +23,16 @@ from torch import nn
 from fps_profile.errors import UserError
 
 
-def rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
-    """``shape`` as ``[rows, cols]`` the way per-row budgets see it (4-D kernels as ``[out, in*kh*kw]``)."""
+def rows_cols(shape: tuple[int, ...], out_axis: int = 0) -> tuple[int, int]:
+    """``shape`` as ``[rows, cols]`` the way per-row budgets see it (4-D kernels as ``[out, in*kh*kw]``).
+
+    Rows are output neurons: ``out_axis=1`` reads a 2-D ``[in, out]`` weight (GPT-2's
+    ``Conv1D``) as ``out`` rows of ``in`` entries.
+    """
     if len(shape) <= 1:
         return 1, (shape[0] if shape else 1)
+    if out_axis == 1 and len(shape) == 2:
+        return shape[1], shape[0]
     return shape[0], math.prod(shape[1:])
 
 

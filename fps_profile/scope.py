@@ -25,6 +25,20 @@ of them are read from the model (:mod:`fps_profile.parts`) as well as from names
 
 On a plain ViT these give exactly the name rules' roles (a regression test holds
 ViT-B/16 to it). ``names_only=True`` applies the words to names alone.
+
+On a causal language model (``transformers``) the same rules give the LLM scope:
+
+* the decoder projections are ranked: attention ``q/k/v/o_proj`` and MLP
+  ``gate/up/down_proj`` (``nn.Linear``), GPT-2's ``c_attn``/``c_proj``/``c_fc``
+  (``Conv1D``, a linear layer with a transposed weight: ranked as a Linear is);
+* norms are frozen as on a ViT (RMSNorm/LayerNorm by type); biases are trained
+  whole as on a ViT (GPT-2's projection biases, Qwen's q/k/v biases);
+* a language model has no classifier (``head`` matches nothing); its embeddings
+  (token, position, and ``lm_head``, tied to the token embedding or not) are
+  frozen, after the ``trainable`` words and before ranking, in every scope;
+* the word ``lm_head`` in ``trainable`` trains the output embedding whole
+  (scope ``gps+lm-head``); a tied ``lm_head`` *is* the token embedding, so that
+  one tensor is trained whole.
 ``fps-profile scope MODEL`` prints the result for any timm model.
 """
 
@@ -37,7 +51,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fps_profile.errors import UserError, did_you_mean
-from fps_profile.parts import Classifier, find_classifier, is_layer_scale, is_norm, is_position
+from fps_profile.parts import (Classifier, LMParts, find_classifier, find_lm_parts, is_conv1d, is_layer_scale,
+                               is_norm, is_position)
 from fps_profile.registry import Registry
 
 
@@ -63,7 +78,8 @@ class Scope:
         name: Short name for results and mask metadata.
         frozen: Words that freeze the whole tensor.
         trainable: Words that make the whole tensor trainable.
-        rank_modules: Module types whose ``weight`` is ranked.
+        rank_modules: Module types whose ``weight`` is ranked (with ``nn.Linear``, also
+            ``transformers``' ``Conv1D``, GPT-2's linear layer).
         rank_pattern: Regular expression a ranked name must match (``re.search``).
         names_only: Match the words against names only, as the GPS code does.
         about: One line for ``fps-profile list scopes``.
@@ -78,12 +94,13 @@ class Scope:
     about: str = field(default="", compare=False)
 
     def decide(self, name: str, module: nn.Module, attr: str,
-               classifier: Classifier | None = None) -> tuple[Role, str]:
+               classifier: Classifier | None = None, lm: LMParts | None = None) -> tuple[Role, str]:
         """The role of parameter ``name`` (attribute ``attr`` of ``module``) and why.
 
         Args:
             classifier: Where the model's classifier is (:func:`fps_profile.parts.find_classifier`);
                 None reads ``head`` as a name substring.
+            lm: A language model's embeddings (:func:`fps_profile.parts.find_lm_parts`), or None.
         """
         by_model = not self.names_only
         for word in self.frozen:
@@ -98,26 +115,40 @@ class Scope:
                 if classifier.owns(name):
                     return Role.TRAINABLE, "classifier"
                 continue
+            if word == "lm_head" and by_model and lm is not None:
+                if name in lm.lm_head:
+                    return Role.TRAINABLE, lm.why(name)
+                continue
             if word in name:
                 return Role.TRAINABLE, f"name has {word!r}"
             if by_model and word == "gamma" and is_layer_scale(module):
                 return Role.TRAINABLE, f"layer scale ({type(module).__name__})"
-        if attr == "weight" and isinstance(module, self.rank_modules) and re.search(self.rank_pattern, name):
+        embedding = lm.why(name) if by_model and lm is not None else None
+        if embedding:
+            return Role.FROZEN, embedding
+        if attr == "weight" and re.search(self.rank_pattern, name) and (
+                isinstance(module, self.rank_modules) or (nn.Linear in self.rank_modules and is_conv1d(module))):
             return Role.RANKED, f"{type(module).__name__} weight"
         return Role.FROZEN, "not ranked"
 
-    def role(self, name: str, module: nn.Module, attr: str, classifier: Classifier | None = None) -> Role:
+    def role(self, name: str, module: nn.Module, attr: str, classifier: Classifier | None = None,
+             lm: LMParts | None = None) -> Role:
         """The role of parameter ``name`` (attribute ``attr`` of ``module``)."""
-        return self.decide(name, module, attr, classifier)[0]
+        return self.decide(name, module, attr, classifier, lm)[0]
 
 
 SCOPES: Registry[Scope] = Registry("scope")
 SCOPES.register("gps", Scope("gps", about="GPS: Linear/Conv2d weights ranked; biases, layer scales and the "
-                                    "classifier trained whole; norms and position tables frozen"))
+                                    "classifier trained whole; norms and position tables frozen (a language "
+                                    "model's embeddings and lm_head too)"))
+SCOPES.register("gps+lm-head", Scope("gps+lm-head", trainable=("head", "bias", "gamma", "lm_head"),
+                                     about="gps, and a language model's lm_head trained whole (tied: the token "
+                                     "embedding, the same tensor)"))
 SCOPES.register("all-weights", Scope("all-weights", frozen=(), trainable=(),
-                                     about="every Linear/Conv2d weight ranked, the classifier's too; the rest frozen"))
-SCOPES.register("attention", Scope("attention", trainable=("head",), rank_pattern=r"(^|\.)attn\.",
-                                   about="Linear/Conv2d weights under an 'attn' module ranked; the classifier "
+                                     about="every Linear/Conv2d weight ranked, the classifier's too; the rest frozen "
+                                     "(a language model's embeddings and lm_head too)"))
+SCOPES.register("attention", Scope("attention", trainable=("head",), rank_pattern=r"(^|\.)(self_)?attn\.",
+                                   about="Linear/Conv2d weights under an 'attn' (or 'self_attn') module ranked; the classifier "
                                    "trained whole; the rest frozen"))
 SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)mlp\.",
                              about="Linear/Conv2d weights under an 'mlp' module ranked; the classifier "
@@ -125,7 +156,7 @@ SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)ml
 
 
 def get_scope(scope: str | Scope) -> Scope:
-    """A :class:`Scope` by name (``gps``, ``all-weights``, ``attention``, ``mlp``) or as given."""
+    """A :class:`Scope` by name (``gps``, ``gps+lm-head``, ``all-weights``, ``attention``, ``mlp``) or as given."""
     if isinstance(scope, Scope):
         return scope
     if scope not in SCOPES:
@@ -136,7 +167,7 @@ def get_scope(scope: str | Scope) -> Scope:
 def explain_roles(model: nn.Module, scope: str | Scope) -> dict[str, tuple[Role, str, nn.Module, str]]:
     """Every parameter name of ``model`` mapped to ``(role, reason, owning module, attribute)``."""
     scope = get_scope(scope)
-    classifier = find_classifier(model)
+    classifier, lm = find_classifier(model), find_lm_parts(model)
     owners = {}
     for mod_name, module in model.named_modules():
         for attr, _ in module.named_parameters(recurse=False):
@@ -144,7 +175,7 @@ def explain_roles(model: nn.Module, scope: str | Scope) -> dict[str, tuple[Role,
     out = {}
     for name, _ in model.named_parameters():
         module, attr = owners[name]
-        out[name] = (*scope.decide(name, module, attr, classifier), module, attr)
+        out[name] = (*scope.decide(name, module, attr, classifier, lm), module, attr)
     return out
 
 

@@ -66,6 +66,8 @@ class ScopeReport:
             rows.append([g.role, str(g.tensors), f"{g.params:,}", f"{100 * g.params / total:.2f}%", g.why, name])
         if self.classifier["source"] == "names":
             clf = "names containing 'head' (no timm metadata)"
+        elif self.classifier["source"] == "causal-lm":
+            clf = "none (a causal language model: lm_head is its output embedding)"
         else:
             clf = f"{', '.join(self.classifier['modules']) or 'none'} (from {self.classifier['source']})"
         lines = [f"{self.model}: scope {self.scope}; classifier: {clf}", "",

@@ -132,7 +132,9 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             sel.prepare(model, data, targets)
             with breakdown.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
-                for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets)):
+                out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
+                for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets),
+                                                  out_axes=out_axes):
                     out[name] = entry
                     if entry.index is not None:
                         breakdown.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")

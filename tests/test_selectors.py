@@ -466,7 +466,7 @@ def test_gps_leaves_model_as_found(tiny_vit, batches, training):
 
 
 def test_gps_option_validation():
-    with pytest.raises(UserError, match="loss must be 'supcon' or 'ce'"):
+    with pytest.raises(UserError, match="loss must be one of 'auto', 'supcon', 'ce', 'lm'"):
         create("gps", loss="mse")
     with pytest.raises(UserError, match="views must be >= 1"):
         create("gps", views=0)

@@ -6,9 +6,11 @@ forward a ``TorchFunctionMode`` watches every linear and convolution call
 or a block that calls ``F.linear(x, self.qkv.weight)`` itself as EVA does) and,
 when the weight passed in *is* a target tensor, adds that call's input sums
 (:mod:`fps_profile.selectors._conv_stats`) to the target's. A weight used
-several times is scored over all its uses. Each target keeps one small float32
-tensor of the weight's input-feature shape, so the peak stays that of a
-``torch.no_grad()`` forward.
+several times is scored over all its uses. GPT-2's ``Conv1D`` (weight ``[in, out]``)
+computes ``torch.addmm(bias, x, weight)``: an ``addmm`` whose ``mat2`` is such a
+target counts ``mat1`` as the input, its features along the weight's axis 0.
+Each target keeps one small float32 tensor of the weight's input-feature shape,
+so the peak stays that of a ``torch.no_grad()`` forward.
 """
 
 from __future__ import annotations
@@ -48,11 +50,17 @@ class _Watch(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func is torch.addmm:  # Conv1D: addmm(bias, x, weight[in, out])
+            weight = args[2] if len(args) > 2 else kwargs.get("mat2")
+            target = self.stats.targets.get(id(weight))
+            if target is not None and target.param is weight and target.out_axis == 1:
+                self.stats.add(target, *linear_sums(args[1] if len(args) > 1 else kwargs["mat1"], self.stats.ord))
+            return out
         n = _WATCHED.get(func) if type(func) is _BUILTIN else None
         if n is not None:
             weight = _arg(args, kwargs, 1)
             target = self.stats.targets.get(id(weight))
-            if target is not None and target.param is weight:
+            if target is not None and target.param is weight and target.out_axis == 0:
                 x = _arg(args, kwargs, 0)
                 if n == 0:
                     sums, count = linear_sums(x, self.stats.ord)
@@ -120,16 +128,19 @@ class InputStats:
         1 for linear layers), ready for :func:`scale_rows`.
         """
         sums = self.sums[id(target.param)]
-        per_group = target.param.shape[1]
+        per_group = target.param.shape[1 - target.out_axis]
         return sums.view(sums.shape[0] // per_group, per_group, *sums.shape[1:]), self.counts[id(target.param)]
 
 
-def scale_rows(scores: torch.Tensor, stat: torch.Tensor) -> torch.Tensor:
+def scale_rows(scores: torch.Tensor, stat: torch.Tensor, out_axis: int = 0) -> torch.Tensor:
     """Multiply ``scores`` (a weight's shape, ``[out, in/groups, ...]``) in place by ``stat``.
 
     ``stat`` is ``[groups, in/groups, ...]``: output row ``o`` belongs to group
-    ``o // (out / groups)`` and reads that group's input features.
+    ``o // (out / groups)`` and reads that group's input features. With
+    ``out_axis=1`` the weight is ``[in, out]`` (``Conv1D``) and ``stat`` is ``[1, in]``.
     """
+    if out_axis == 1:
+        return scores.mul_(stat.reshape(-1, 1).to(scores.dtype))
     groups = stat.shape[0]
     scores.unflatten(0, (groups, -1)).mul_(stat.unsqueeze(1).to(scores.dtype))
     return scores

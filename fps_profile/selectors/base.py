@@ -37,6 +37,14 @@ class Target:
     module: nn.Module
     attr: str
 
+    @property
+    def out_axis(self) -> int:
+        """The axis of ``param`` indexing output neurons: 1 for GPT-2's ``Conv1D`` weight
+        (``[in, out]``), else 0 (:func:`fps_profile.parts.output_axis`)."""
+        from fps_profile.parts import output_axis
+
+        return output_axis(self.module, self.attr)
+
 
 class Selector:
     """Base class of every selector.

@@ -21,8 +21,11 @@ class FPS(Selector):
     weight. For a convolution (grouped and depthwise included) weight entry
     ``[o, i, a, b]`` gets the mean ``|x|`` of the input channel it reads (channel
     ``i`` of its group) at kernel offset ``(a, b)``, over every output position,
-    zero padding included. Peak memory is that of a ``torch.no_grad()`` forward
-    plus one input-feature statistic per weight and one layer's scores at a time.
+    zero padding included. On a language model every token of every sequence
+    counts, and GPT-2's ``Conv1D`` (weight ``[in, out]``, called through
+    ``torch.addmm``) is scored along its input axis, axis 0. Peak memory is that
+    of a ``torch.no_grad()`` forward plus one input-feature statistic per weight
+    and one layer's scores at a time.
     """
 
     needs_backward = False
@@ -34,7 +37,7 @@ class FPS(Selector):
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)
         w = target.param.detach()
-        return scale_rows(w.abs(), total / count)
+        return scale_rows(w.abs(), total / count, target.out_axis)
 
     def release(self) -> None:
         self._stats = None

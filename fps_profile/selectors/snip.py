@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.llm import is_causal_lm, task_loss
 from fps_profile.selectors._gradients import cross_entropy, gradient_pass, take_grads
 from fps_profile.selectors.base import Batch, Selector, Target, check_labels
 from fps_profile.selectors.registry import register
@@ -16,6 +17,9 @@ from fps_profile.selectors.registry import register
 @register("snip")
 class SNIP(Selector):
     """|w_ij x dL/dw_ij| of the cross-entropy loss on the first batch(es).
+
+    On a causal language model the loss is its next-token cross-entropy
+    (:func:`fps_profile.llm.task_loss`; labels default to the token ids).
 
     Args:
         num_batches: How many batches to accumulate the gradient over (SNIP: one).
@@ -34,7 +38,10 @@ class SNIP(Selector):
             for i, (images, labels) in enumerate(batches):
                 if i == self.num_batches:
                     break
-                loss = cross_entropy(model, images, check_labels(self, labels), self.name)
+                if is_causal_lm(model):
+                    loss = task_loss(model, images, labels)
+                else:
+                    loss = cross_entropy(model, images, check_labels(self, labels), self.name)
                 loss.backward()
                 del loss
             self._grads = take_grads(targets, self.name)

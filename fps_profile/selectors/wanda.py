@@ -17,7 +17,7 @@ class Wanda(Selector):
     """|w_ij| x ||x_j||_2 over all tokens of all samples; one forward pass, no gradients.
 
     Differs from FPS only in the reduction: the L2 norm instead of the mean of |x|
-    (the same input features, convolutions included).
+    (the same input features, convolutions and GPT-2's ``Conv1D`` included).
     """
 
     needs_backward = False
@@ -28,7 +28,7 @@ class Wanda(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         sumsq, _ = self._stats.stat(target)
-        return scale_rows(target.param.detach().abs(), sumsq.sqrt())
+        return scale_rows(target.param.detach().abs(), sumsq.sqrt(), target.out_axis)
 
     def release(self) -> None:
         self._stats = None

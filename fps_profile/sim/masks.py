@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from fps_profile.mask import Mask, MaskEntry, rows_cols
+from fps_profile.parts import output_axis
 from fps_profile.phases import BudgetSpec
 from fps_profile.scope import Role, assign_roles
 
@@ -33,7 +34,7 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
     counts = {n: (params[n].numel() if role is Role.TRAINABLE else 0) for n, (role, _, _) in roles.items()}
     if budget.k is not None:
         for n in ranked:
-            rows, cols = rows_cols(tuple(params[n].shape))
+            rows, cols = rows_cols(tuple(params[n].shape), output_axis(*roles[n][1:]))
             if policy.k > cols:
                 from fps_profile.errors import UserError
 
@@ -51,12 +52,16 @@ def synthetic_mask(model: nn.Module, budget: BudgetSpec, scope: str) -> Mask:
     import torch
 
     counts = trainable_counts(model, budget, scope)
+    owners = {n: (mod, attr) for n, (_, mod, attr) in assign_roles(model, scope).items()}
     out = {}
     for name, p in model.named_parameters():
-        rows, cols = rows_cols(tuple(p.shape))
+        axis = output_axis(*owners[name])
+        rows, cols = rows_cols(tuple(p.shape), axis)
         n = counts[name]
         if n in (0, p.numel()):
             out[name] = (MaskEntry.all if n else MaskEntry.none)(p.shape)
+        elif budget.k is not None and axis == 1:  # an [in, out] weight: the first k inputs of every column
+            out[name] = MaskEntry.from_positions(p.shape, torch.arange(n // rows * rows))
         elif budget.k is not None:
             k = n // rows
             positions = torch.arange(0, rows * cols, cols).unsqueeze(1) + torch.arange(k)
