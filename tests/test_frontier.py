@@ -185,3 +185,37 @@ def test_select_rows_record_their_batches():
     assert (one.status, two.status) == ("ok", "ok") and (one.num_batches, two.num_batches) == (1, 2)
     assert two.time_floor_s == pytest.approx(2 * one.time_floor_s, rel=0.02)
     assert selection_time(two, 2048) == pytest.approx(selection_time(one, 2048), rel=0.02)
+
+
+def test_study_grid_runs_every_variant_and_knob_setting():
+    """benchmarks/grids/frontier-vit.toml through scripts/frontier_study.py: the commands, counted by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    from fps_profile.cli import build_parser
+    from fps_profile.cli.sweep_cmd import build_grid
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("frontier_study", root / "scripts" / "frontier_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    grid_file = str(root / "benchmarks" / "grids" / "frontier-vit.toml")
+    cmds = study.commands(grid_file)
+    sweeps, last = cmds[:-1], cmds[-1]
+    # fps: amp x micro-batch (2 x 4); gps SupCon, gps CE, snip: amp x checkpointing x micro-batch (2 x 2 x 4).
+    assert len(sweeps) == 2 * 4 + 3 * 2 * 2 * 4
+    settings = {(c[c.index("--selector") + 1], " ".join(c[c.index("--selector") + 2:c.index("--batch-size")]))
+                for c in sweeps}
+    assert len(settings) == len(sweeps)
+    assert ("gps", "-o gps:loss=ce -o gps:views=1 --amp bf16 --checkpointing --micro-batch 8") in settings
+    assert not any("--checkpointing" in c for c in sweeps if "fps" in c)
+    for c in sweeps:  # a micro-batched cell's batch is above its micro-batch
+        if "--micro-batch" in c:
+            micro = int(c[c.index("--micro-batch") + 1])
+            assert all(int(b) > micro for b in c[c.index("--batch-size") + 1].split(","))
+    assert last[:2] == ["frontier", "results/frontier-sim-h100.jsonl"] and last[-2:] == ["--images", "2048"]
+    plain = build_parser().parse_args(sweeps[0])  # the [sweep] table is an ordinary, valid grid
+    grid = build_grid(plain)
+    grid.validate(local_devices=False)
+    assert (grid.devices, grid.phases, grid.selectors) == (["sim:h100"], ["select"], ["fps"])
+    assert grid.models == ["vit_base_patch16_224", "vit_large_patch16_224"]
