@@ -87,7 +87,7 @@ class Point:
 
 @dataclass
 class Panel:
-    """The selection rows of one (device, dtype[, budget]) group and one model."""
+    """The selection rows of one (device, dtype[, budget]) group and one model (with its input size if set)."""
 
     device: str
     dtype: str
@@ -114,8 +114,9 @@ def panels(rows: Iterable[Result], images: int = DEFAULT_IMAGES) -> list[Panel]:
     """
     out = []
     for (device, dtype, budget), group in by_group(r for r in rows if r.phase == "select").items():
-        for model in models(group):
-            mine = [r for r in group if r.model == model]
+        # Inputs of another size are another workload: their own panel.
+        for model, size in dict.fromkeys((m, input_size(r)) for m in models(group) for r in group if r.model == m):
+            mine = [r for r in group if r.model == model and input_size(r) == size]
             points, no_time = [], []
             for r in mine:
                 if r.status != "ok" or peak(r) is None:
@@ -127,8 +128,14 @@ def panels(rows: Iterable[Result], images: int = DEFAULT_IMAGES) -> list[Panel]:
                     points.append(Point(r.variant or "?", setting_of(r), t, peak(r), r))
             ooms = [r for r in mine if r.status == "oom"]
             if points or no_time or ooms:
-                out.append(Panel(device, dtype, budget, model, time_kind(mine[0]), points, no_time, ooms))
+                out.append(Panel(device, dtype, budget, model + size, time_kind(mine[0]), points, no_time, ooms))
     return out
+
+
+def input_size(row: Result) -> str:
+    """``""`` at the model's own input size, else ``" 384px"`` (``--image-size``) or ``" seq_len=512"`` (LLMs)."""
+    seq_len = getattr(row, "seq_len", None)
+    return (f" {row.image_size}px" if row.image_size else "") + (f" seq_len={seq_len}" if seq_len else "")
 
 
 def envelope(points: Sequence[Point]) -> list[Point]:

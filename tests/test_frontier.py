@@ -219,3 +219,8 @@ def test_study_grid_runs_every_variant_and_knob_setting():
     grid.validate(local_devices=False)
     assert (grid.devices, grid.phases, grid.selectors) == (["sim:h100"], ["select"], ["fps"])
     assert grid.models == ["vit_base_patch16_224", "vit_large_patch16_224"]
+
+
+def test_other_input_sizes_get_their_own_panel():
+    rows = [sel("fps", 8, MiB, 1.0), sel("fps", 8, 2 * MiB, 2.0, image_size=384)]
+    assert sorted(p.model for p in panels(rows)) == ["small_vit", "small_vit 384px"]
