@@ -95,7 +95,7 @@ def seconds_axis(ax, axis: str = "y") -> None:
 
 
 def log_axis(ax, fmt, axis: str = "y") -> None:
-    """A log axis (``"y"`` or ``"x"``) labelled by ``fmt(value)``: ticks at 1-2-5 within two decades, else at decades."""
+    """A log axis (``"y"`` or ``"x"``) labelled by ``fmt(value)``: 1-2-5 ticks within two decades, else decades."""
     from matplotlib.ticker import LogLocator
 
     getattr(ax, f"set_{axis}scale")("log")
