@@ -124,6 +124,7 @@ def test_envelope_and_points_in_the_figure():
     drawn = sorted(y for gid, ln in lines.items() if gid and gid.startswith("points:gps:") for y in ln.get_ydata())
     assert drawn == sorted(p.peak_bytes / GiB for p in panel.points if p.selector == "gps")
     assert list(lines["device_memory"].get_ydata()) == [80.0, 80.0]
+    assert list(lines["oom:gps"].get_xdata()) == [pytest.approx(7.5)]  # plain GPS: b=64 10 s, b=512 5 s
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("env.device_memory_bytes" in t for t in legend)
     assert {"plain", "amp", "checkpointing", "amp + checkpointing + micro-batches"} <= set(legend)

@@ -3,19 +3,21 @@
 One figure per (device, dtype[, budget]) group of :func:`fps_profile.frontier.panels`, one panel per model.
 Every ``ok`` selection row is a hollow marker (colour: the selector; shape: its knobs; ``gid``
 ``"points:<selector>:<knobs>"``), each selector's lower-left envelope a step line through its points, filled
-(``gid`` ``"envelope:<selector>"``; its last x is the panel's right edge), out-of-memory rows with a known time
-crosses at the top, and the device's memory a line with the band above it shaded.
+(``gid`` ``"envelope:<selector>"``; its last x is the panel's right edge), out-of-memory rows crosses at the
+top (at their selector's time with the same knobs when they have none), and the device's memory a line with
+the band above it shaded.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fps_profile.frontier import DEFAULT_IMAGES, Panel, Setting, envelope, selection_time
+from fps_profile.frontier import DEFAULT_IMAGES, Panel, Setting, envelope, selection_time, setting_of
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
 from fps_profile.plots.data import device_memory_bytes
@@ -82,7 +84,7 @@ def frontier_figure(panels: Sequence[Panel], images: int = DEFAULT_IMAGES) -> Fi
             for q in env:  # its points filled
                 ax.plot([q.time_s], [q.peak_bytes / div], linestyle="none", marker=KNOB_MARKERS[knob_class(q.setting)],
                         color=style.color, label="_envelope_point", zorder=style.zorder + 0.1)
-        oom_xs = {sel: [t for r in panel.ooms if (r.variant or "?") == sel and (t := selection_time(r, images))]
+        oom_xs = {sel: [t for r in panel.ooms if (r.variant or "?") == sel and (t := _oom_time(panel, r, images))]
                   for sel in panel.selectors()}
         has_oom = lay.mark_ooms(ax, {s: xs for s, xs in oom_xs.items() if xs})
         any_oom |= has_oom
@@ -105,6 +107,17 @@ def frontier_figure(panels: Sequence[Panel], images: int = DEFAULT_IMAGES) -> Fi
     lay.title(fig, f"Memory-time frontier of selection on {images:,} images (lines: lower-left envelope)", rows)
     lay.legend(fig, [g[0] for g in grid], extra)
     return fig
+
+
+def _oom_time(panel: Panel, row, images: int) -> float | None:
+    """Where an out-of-memory row goes on the time axis: its own time, else the median of its selector's
+    ``ok`` points with the same knobs (time per image hardly depends on the batch), else nowhere."""
+    own = selection_time(row, images)
+    if own:
+        return own
+    kc = knob_class(setting_of(row))
+    same = [q.time_s for q in panel.points if q.selector == (row.variant or "?") and knob_class(q.setting) == kc]
+    return statistics.median(same) if same else None
 
 
 def _leave_room(ax, memory: float | None, has_oom: bool) -> None:
