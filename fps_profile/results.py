@@ -54,6 +54,8 @@ class Result:
         rss_peak_bytes: Process resident-set high-water mark during the phase.
         wall_time_s: Median of ``wall_times_s``.
         wall_times_s: Every timed repeat, seconds.
+        num_batches: Selection batches one ``select`` run goes through (so it sees ``batch_size x
+            num_batches`` images); None on other phases and on rows written before it was recorded (one).
         params_total: Parameters of the model (count).
         params_trainable: Trainable parameters in this phase (count).
         flops: Floating-point operations of one run of the phase (count), where known.
@@ -92,6 +94,7 @@ class Result:
     wall_times_s: list[float] = field(default_factory=list)
     warmup: int | None = None
     repeats: int | None = None
+    num_batches: int | None = None
     params_total: int | None = None
     params_trainable: int | None = None
     flops: int | None = None

@@ -114,6 +114,8 @@ def measure(cell: Cell) -> Result:
     from fps_profile import env
 
     row = cell.empty_row(env=env.collect(cell.device))
+    if cell.phase == "select":
+        row.num_batches = cell.num_batches
     try:
         if cell.device.startswith("sim"):
             from fps_profile.sim import measure_sim

@@ -91,6 +91,24 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
         UserError: ``out_dir`` cannot be created or written.
     """
     import matplotlib
+
+    out = figure_folder(out_dir, formats)
+    opts = {"reference": reference, "batch": batch}
+    drawn = []
+    with matplotlib.rc_context(RC):
+        for (device, dtype, budget), group in by_group(rows).items():
+            for kind in FIGURES:
+                fig = kind.draw(group, opts)
+                if fig is None:
+                    continue
+                d = Drawn(kind, device, dtype, budget)
+                d.paths = save(fig, out, (kind.name, device, dtype, budget), formats)
+                drawn.append(d)
+    return drawn
+
+
+def figure_folder(out_dir: str | os.PathLike, formats: Sequence[str]) -> Path:
+    """Check the formats and create ``out_dir``; one-line :class:`UserError` on either problem."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     known = FigureCanvasBase.get_supported_filetypes()
@@ -102,25 +120,21 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create figure folder {str(out)!r}: {exc.strerror or exc}") from None
-    opts = {"reference": reference, "batch": batch}
-    drawn = []
-    with matplotlib.rc_context(RC):
-        for (device, dtype, budget), group in by_group(rows).items():
-            for kind in FIGURES:
-                fig = kind.draw(group, opts)
-                if fig is None:
-                    continue
-                d = Drawn(kind, device, dtype, budget)
-                stem = "-".join(_slug(x) for x in (kind.name, device, dtype, budget) if x)
-                for fmt in formats:
-                    path = out / f"{stem}.{fmt}"
-                    try:
-                        fig.savefig(path, format=fmt, metadata=_metadata(fmt))
-                    except OSError as exc:
-                        raise UserError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from None
-                    d.paths.append(path)
-                drawn.append(d)
-    return drawn
+    return out
+
+
+def save(fig, out: Path, parts: Sequence[str | None], formats: Sequence[str]) -> list[Path]:
+    """Save ``fig`` as ``<out>/<parts joined by '-'>.<format>`` for each format (None parts left out)."""
+    stem = "-".join(_slug(x) for x in parts if x)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        try:
+            fig.savefig(path, format=fmt, metadata=_metadata(fmt))
+        except OSError as exc:
+            raise UserError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from None
+        paths.append(path)
+    return paths
 
 
 def _metadata(fmt: str) -> dict | None:

@@ -89,21 +89,22 @@ def log2_batch_axis(ax, batches: Sequence[int], *, label: bool = True) -> None:
         ax.set_xlabel("batch size")
 
 
-def seconds_axis(ax) -> None:
-    """A log y axis of seconds labelled in us / ms / s (call after plotting)."""
-    log_axis(ax, fmt_tick_seconds)
+def seconds_axis(ax, axis: str = "y") -> None:
+    """A log axis (``"y"`` or ``"x"``) of seconds labelled in us / ms / s (call after plotting)."""
+    log_axis(ax, fmt_tick_seconds, axis)
 
 
-def log_axis(ax, fmt) -> None:
-    """A log y axis labelled by ``fmt(value)``: ticks at 1-2-5 within two decades, else at decades."""
+def log_axis(ax, fmt, axis: str = "y") -> None:
+    """A log axis (``"y"`` or ``"x"``) labelled by ``fmt(value)``: 1-2-5 ticks within two decades, else decades."""
     from matplotlib.ticker import LogLocator
 
-    ax.set_yscale("log")
-    lo, hi = ax.dataLim.y0, ax.dataLim.y1
+    getattr(ax, f"set_{axis}scale")("log")
+    lo, hi = (ax.dataLim.x0, ax.dataLim.x1) if axis == "x" else (ax.dataLim.y0, ax.dataLim.y1)
     narrow = lo > 0 and math.isfinite(lo) and math.isfinite(hi) and hi / lo < 100
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    which.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    which.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    which.set_minor_formatter(NullFormatter())
 
 
 def fmt_tick_seconds(s: float) -> str:

@@ -37,9 +37,21 @@ def device_label(row: Result) -> str:
     return f"{row.device}:{name}" if row.device.startswith("cuda") and name else row.device
 
 
+# Knob fields (mixed precision, activation checkpointing, micro-batches) and their values when not set.
+KNOBS = (("amp", None), ("checkpointing", False), ("micro_batch", None))
+
+
+def knobs(row: Result) -> tuple:
+    """The row's ``(amp, checkpointing, micro_batch)``; a row without these fields is plain ``(None, False, None)``."""
+    return tuple(getattr(row, name, unset) or unset for name, unset in KNOBS)
+
+
 def dedupe(rows: Iterable[Result]) -> list[Result]:
-    """One row per cell and device model, the last one written winning (as a resumed sweep reads its file)."""
-    return list({(r.key(), device_label(r)): r for r in rows}.values())
+    """One row per cell and device model, the last one written winning (as a resumed sweep reads its file).
+
+    Rows that differ only in a knob (:func:`knobs`) are different cells, whatever their key says.
+    """
+    return list({(r.key(), knobs(r), device_label(r)): r for r in rows}.values())
 
 
 def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[Result]]:
