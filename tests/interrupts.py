@@ -79,6 +79,36 @@ def measurements(root: int) -> list[int]:
     return out
 
 
+def describe(pids, hung=()) -> str:
+    """What each pid is, for a failure message: state, age, its parent and grandparent, whether it hung."""
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    out = []
+    for pid in pids:
+        stat = _proc._stat(pid)
+        if stat is None:
+            out.append(f"{pid} (gone)")
+            continue
+        parent = int(stat[1])
+        grand = int((_proc._stat(parent) or ["", 0])[1])
+        age = uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")
+        name = lambda p: _proc.cmdline(p).split(b"\0")[0:3]  # noqa: E731
+        out.append(f"{pid} state {stat[0]} age {age:.1f}s{' HUNG' if pid in hung else ''} parent {parent} "
+                   f"{name(parent)} grandparent {grand} {name(grand)[:1]}")
+    return "; ".join(out)
+
+
+def assert_no_measurements(root: int, hung=()) -> None:
+    """No measurement below ``root`` within :data:`GONE_WITHIN_S`; else fail saying what lives on,
+    and whether it was gone 60 s later (late) or not (leaked)."""
+    if wait_until(lambda: not measurements(root), GONE_WITHIN_S):
+        return
+    info = describe(measurements(root), hung)
+    late = wait_until(lambda: not measurements(root), 60)
+    raise AssertionError(f"measurements alive {GONE_WITHIN_S:g} s after the sweep returned: {info}; "
+                         f"{'gone' if late else 'still alive'} 60 s later")
+
+
 def all_gone(pids) -> bool:
     return not any(map(_proc.alive, pids))
 

@@ -21,7 +21,8 @@ from fps_profile.cli import main
 from fps_profile.results import read_results
 from fps_profile.runner import Cell
 from fps_profile import _proc
-from interrupts import GONE_WITHIN_S, all_gone, fps_processes, hung_pids, measurements, wait_until
+from interrupts import (GONE_WITHIN_S, all_gone, assert_no_measurements, describe, fps_processes, hung_pids,
+                        measurements, wait_until)
 
 MODEL = "test_vit"
 SMALL = ["--model", MODEL, "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--no-progress"]
@@ -235,7 +236,7 @@ def interrupt_ray_sweep(site, out) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, out, executor=get_executor("ray"), timeout_s=120, progress=False, on_row=interrupt)
     # run_sweep returns once every cancelled task has ended: nothing may still measure.
-    assert wait_until(lambda: not measurements(os.getpid()), GONE_WITHIN_S), measurements(os.getpid())
+    assert_no_measurements(os.getpid(), hung_pids(site))
     assert all_gone(hung_pids(site))
     assert len(read_results(out)) == len(seen) == 1
     # Resume with a timeout no loaded machine reaches (the released hang fails at once).
@@ -282,8 +283,8 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
     start = time.monotonic()
     ray_executor._cancel(ray, [ref])
     took = time.monotonic() - start
-    assert ray_executor.CANCEL_GRACE_S <= took < ray_executor.CANCEL_GRACE_S + ray_executor.FORCE_WAIT_S
-    assert wait_until(lambda: all_gone(hung_pids(ray_cluster)), GONE_WITHIN_S)
+    assert ray_executor.CANCEL_GRACE_S <= took < ray_executor.CANCEL_GRACE_S + ray_executor.FORCE_WAIT_S, took
+    assert wait_until(lambda: all_gone(hung_pids(ray_cluster)), GONE_WITHIN_S), describe(hung_pids(ray_cluster))
     with pytest.raises(ray.exceptions.RayError):
         ray.get(ref, timeout=30)
 
@@ -325,7 +326,7 @@ def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsy
     hung = hung_pids(ray_cluster)
     assert 1 <= len(partial) < 3 and hung
     # The cluster ends the dead driver's tasks; their measurements die with their workers.
-    assert wait_until(lambda: all_gone(hung), GONE_WITHIN_S)
+    assert wait_until(lambda: all_gone(hung), GONE_WITHIN_S), describe(hung, hung)
     _release_hang(ray_cluster)
     rc, err = _sweep(capsys, *args, "--timeout", "300")
     assert rc == 0, err
@@ -351,4 +352,4 @@ def test_killed_driver_of_a_private_instance_takes_everything_with_it(ray_cluste
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-    assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), [p for p in started if _proc.alive(p)]
+    assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), describe([p for p in started if _proc.alive(p)])
