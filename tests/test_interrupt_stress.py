@@ -54,6 +54,11 @@ def test_ray_force_cancel(ray_cluster, cpu_load):  # noqa: F811
             test_ray_executor.test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cluster, mp)
 
 
+def test_ray_token_stops_a_missed_task(ray_cluster, cpu_load):  # noqa: F811
+    for _ in range(REPEATS):
+        test_ray_executor.test_a_task_the_cancel_misses_stops_when_its_sweep_token_dies(ray_cluster)
+
+
 def test_ray_killed_driver(ray_cluster, tmp_path, capsys, cpu_load):  # noqa: F811
     for i in range(REPEATS):
         (tmp_path / str(i)).mkdir()

@@ -289,6 +289,25 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
         ray.get(ref, timeout=30)
 
 
+def test_a_task_the_cancel_misses_stops_when_its_sweep_token_dies(ray_cluster):
+    """Ray's cancel can miss a task being dispatched (and report it cancelled while it runs): such a task
+    ends its measurement by itself once the sweep's token actor is dead."""
+    import ray
+
+    from fps_profile.executors import ray_executor
+
+    _arm_hang(ray_cluster)
+    token = ray.remote(num_cpus=0, max_restarts=0)(ray_executor.SweepToken).remote()
+    cell = Cell(MODEL, 1, selector="ray_hang", warmup=0, repeats=1)
+    ref = ray.remote(ray_executor._run_cell).options(num_cpus=1).remote(cell.to_json(), 300, token)
+    assert wait_until(lambda: hung_pids(ray_cluster), 120)
+    ray.kill(token)  # and no ray.cancel: as if it never reached the task
+    hung = hung_pids(ray_cluster)
+    assert wait_until(lambda: all_gone(hung), GONE_WITHIN_S), describe(hung, hung)
+    with pytest.raises(ray.exceptions.RayTaskError, match="interrupted or its driver is gone"):
+        ray.get(ref, timeout=60)
+
+
 @pytest.mark.slow
 def test_task_lost_with_its_worker_is_an_error_row_and_retried(ray_cluster, tmp_path, capsys):
     attempts = ray_cluster / "attempts.txt"

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from fps_profile.errors import UserError
@@ -32,6 +33,7 @@ OBJECT_STORE_BYTES = 128 * 2**20  # rows are a few KiB; a local instance needs n
 
 CANCEL_GRACE_S = 10.0  # a cancelled task has this long to stop its measurement before it is force-cancelled
 FORCE_WAIT_S = 20.0  # and its worker this long to be gone after the force-cancel
+TOKEN_POLL_S = 1.0  # how often a running task asks whether its sweep still wants it
 
 _SERVER_ENV: tuple | None = None  # the environment this worker's fork server was started with
 
@@ -48,7 +50,50 @@ def _is_cuda(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 
 
-def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
+class _Abandoned(Exception):
+    """The sweep that submitted this task is gone or was interrupted (its token actor is dead)."""
+
+
+class SweepToken:
+    """A Ray actor alive exactly while its sweep wants its tasks to run.
+
+    The driver kills it when the sweep ends or is interrupted, and it dies with
+    the driver (Ray ties an actor to its owner). Tasks poll it: Ray's own cancel
+    can miss a task that is being dispatched at that moment (a known race in
+    Ray), and such a task would otherwise measure on, unseen by the driver.
+    """
+
+    def alive(self) -> bool:
+        return True
+
+
+class _TokenWatch:
+    """Polls a :class:`SweepToken` without blocking: at most one ping in flight, one per ``every_s``."""
+
+    def __init__(self, token, every_s: float = TOKEN_POLL_S) -> None:
+        import ray
+
+        self.ray, self.token, self.every_s = ray, token, every_s
+        self.ping, self.next = None, 0.0
+
+    def check(self) -> None:
+        """Raise :class:`_Abandoned` once the token is known dead."""
+        if self.token is None:
+            return
+        if self.ping is not None:
+            ready, _ = self.ray.wait([self.ping], timeout=0)
+            if not ready:
+                return
+            try:
+                self.ray.get(self.ping)
+            except self.ray.exceptions.RayActorError:
+                raise _Abandoned("the sweep was interrupted or its driver is gone") from None
+            self.ping = None
+        if time.monotonic() >= self.next:
+            self.ping, self.next = self.token.alive.remote(), time.monotonic() + self.every_s
+
+
+def _measure_cancellably(cell: Cell, timeout_s: float | None, watch: _TokenWatch | None = None) -> Result:
     """:func:`run_isolated` in a thread, so that a cancelled task can stop it.
 
     Ray cancels a running task by raising ``KeyboardInterrupt`` in the main
@@ -59,7 +104,9 @@ def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
     server answer for it (so the server stays in step for the next task), and
     re-raises. Should that take longer than the driver's grace period, the
     driver force-cancels the task, which kills this worker and, with it, the
-    fork server and its child (they die with their parent).
+    fork server and its child (they die with their parent). ``watch`` ends the
+    measurement the same way when the sweep's token dies, whether or not Ray's
+    cancel arrived.
     """
     done: dict = {}
     finished = threading.Event()  # not Thread.join: an interrupted join can mark a live thread dead (3.11)
@@ -75,7 +122,8 @@ def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
     threading.Thread(target=work, name="fps-profile-measure", daemon=True).start()
     try:
         while not finished.wait(0.1):
-            pass
+            if watch is not None:
+                watch.check()
     except BaseException:
         while not finished.is_set():
             kill_measurements()
@@ -86,7 +134,7 @@ def _measure_cancellably(cell: Cell, timeout_s: float | None) -> Result:
     return done["row"]
 
 
-def _run_cell(cell_json: str, timeout_s: float | None) -> str:
+def _run_cell(cell_json: str, timeout_s: float | None, token=None) -> str:
     """Body of one Ray task: measure a cell in a fresh process on this worker; its row as JSON.
 
     Ray reuses worker processes, and gives each task its own
@@ -95,7 +143,8 @@ def _run_cell(cell_json: str, timeout_s: float | None) -> str:
     A cancelled task kills its measurement in flight (see :func:`_measure_cancellably`).
     The fork server is started here, in the worker's main thread, which lives
     as long as the worker (a server started by the short-lived measuring
-    thread would die with that thread).
+    thread would die with that thread). With the sweep's ``token`` dead before
+    or during the measurement, the task measures nothing more and fails.
     """
     global _SERVER_ENV
     import ray
@@ -106,9 +155,15 @@ def _run_cell(cell_json: str, timeout_s: float | None) -> str:
     if env != _SERVER_ENV:
         server.close()
         _SERVER_ENV = env
+    watch = _TokenWatch(token) if token is not None else None
+    if watch is not None:
+        try:
+            ray.get(token.alive.remote())
+        except ray.exceptions.RayActorError:
+            raise _Abandoned("the sweep was interrupted or its driver is gone") from None
     if (os.environ.get("FPS_PROFILE_ISOLATION") or "fork") == "fork":
         server.start()  # from the main thread: the server dies with the thread that starts it
-    row = _measure_cancellably(cell, timeout_s)
+    row = _measure_cancellably(cell, timeout_s, watch)
     row.env.setdefault("host", socket.gethostname())
     row.env["ray_node_id"] = ray.get_runtime_context().get_node_id()
     if _is_cuda(cell.device):
@@ -121,8 +176,10 @@ def _cancel(ray, refs: list) -> None:
 
     A plain ``ray.cancel`` raises ``KeyboardInterrupt`` in a running task, whose
     measurement is then killed (:func:`_measure_cancellably`). Ray does not
-    promise delivery (a task just being dispatched can miss it), so a task not
-    ended after ``CANCEL_GRACE_S`` is force-cancelled: Ray kills its worker
+    promise delivery (a task just being dispatched can miss it, and may even be
+    reported cancelled while it starts to run: such a task stops by itself when
+    it sees its sweep's :class:`SweepToken` dead, within ``TOKEN_POLL_S``), so a
+    task not ended after ``CANCEL_GRACE_S`` is force-cancelled: Ray kills its worker
     process, and the fork server and measurement below it die with it. Worst
     case, every process of the sweep is gone ``CANCEL_GRACE_S + FORCE_WAIT_S``
     seconds after the interruption.
@@ -177,6 +234,7 @@ class RayExecutor:
         self.retries = retries
         self.accelerator_type = accelerator_type
         self._task = None
+        self._token = None
 
     def _connect(self):
         ray = _import_ray()
@@ -193,6 +251,7 @@ class RayExecutor:
                 raise UserError(f"cannot connect to Ray ({where}): {one_line(exc)}") from None
         if self._task is None:
             self._task = ray.remote(_run_cell)
+            self._token = ray.remote(num_cpus=0, max_restarts=0)(SweepToken)
         return ray
 
     def _check(self, ray, cells: Sequence[Cell]) -> None:
@@ -226,6 +285,7 @@ class RayExecutor:
             return
         ray = self._connect()
         self._check(ray, cells)
+        token = self._token.remote()
         refs = {}
         for cell in cells:
             need = {"num_cpus": 1}  # one CPU slot on cpu and sim; on CUDA, one GPU (and Ray's default CPU)
@@ -235,7 +295,7 @@ class RayExecutor:
                     need["accelerator_type"] = self.accelerator_type
             task = self._task.options(**need, max_retries=self.retries, retry_exceptions=False,
                                       name=f"fps-profile {cell.label()}")
-            refs[task.remote(cell.to_json(), timeout_s)] = cell
+            refs[task.remote(cell.to_json(), timeout_s, token)] = cell
         pending = list(refs)
         try:
             while pending:
@@ -243,6 +303,7 @@ class RayExecutor:
                 for ref in done:
                     yield self._row(ray, ref, refs.pop(ref))
         finally:
+            ray.kill(token)  # first: a task Ray's cancel misses stops on its own
             if pending:
                 _cancel(ray, pending)
 
