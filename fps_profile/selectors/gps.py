@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.knobs import chunks, weighted
 from fps_profile.parts import find_classifier
 from fps_profile.selectors._gradients import (autocast, cross_entropy, gradient_pass, pre_logits, supcon_loss,
                                               take_grads)
@@ -35,12 +36,20 @@ class GPS(Selector):
         loss: ``"supcon"`` (GPS) or ``"ce"`` (cross-entropy on the logits).
         views: Views per image, concatenated along the batch (GPS: 2).
         temperature: SupCon temperature.
-        amp: Run the passes under autocast (fp16 on CUDA, as GPS's ``--amp``).
+        amp: Run the passes under autocast (fp16 on CUDA, bf16 elsewhere, as GPS's ``--amp``).
+            Kept so old ``gps[amp=True]`` rows and scripts mean what they meant; the general
+            knob is ``select(..., amp="fp16"|"bf16")`` / ``--amp`` (:mod:`fps_profile.knobs`).
+
+    With ``micro_batch`` (set by :func:`fps_profile.select`) each batch is split into
+    chunks whose losses are weighted by their share of the batch: for ``loss="ce"``
+    the gradient is the whole batch's; for SupCon the contrastive pairs stay inside
+    a chunk, so the loss (and possibly the mask) differs from the whole batch's.
         augment: ``augment(images, view_index) -> images``; defaults to a flip for odd views.
     """
 
     needs_backward = True
     needs_labels = True
+    handles_micro_batch = True
 
     def __init__(self, *, loss: str = "supcon", views: int = 2, temperature: float = 0.07,
                  amp: bool = False, augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
@@ -64,11 +73,11 @@ class GPS(Selector):
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         with gradient_pass(model):
             for images, labels in batches:
-                labels = check_labels(self, labels)
-                with autocast(self.amp, images.device):
-                    loss = self._loss(model, images, labels)
-                loss.backward()
-                del loss
+                for x, y, share in chunks(images, check_labels(self, labels), self.micro_batch):
+                    with autocast(self.amp, x.device):
+                        loss = weighted(self._loss(model, x, y), share)
+                    loss.backward()
+                    del loss
             classifier = find_classifier(model)
 
             def hint(t: Target) -> str:
