@@ -115,7 +115,8 @@ def autocast(amp: str | None, device: torch.device | str) -> contextlib.Abstract
     if amp is None:
         return contextlib.nullcontext()
     kind = torch.device(device).type
-    return torch.autocast(device_type=kind, dtype=_DTYPES[amp.split("-")[0]], cache_enabled=not amp.endswith("-nocache"))
+    return torch.autocast(device_type=kind, dtype=_DTYPES[amp.split("-")[0]],
+                          cache_enabled=not amp.endswith("-nocache"))
 
 
 def grad_scaler(amp: str | None, device: torch.device | str) -> torch.amp.GradScaler | None:
@@ -158,7 +159,8 @@ def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    saved = [(m, m.grad_checkpointing) for m in model.modules() if isinstance(getattr(m, "grad_checkpointing", None), bool)]
+    saved = [(m, m.grad_checkpointing) for m in model.modules()
+             if isinstance(getattr(m, "grad_checkpointing", None), bool)]
     hf_was = getattr(model, "is_gradient_checkpointing", None)
     enable_checkpointing(model)
     try:

@@ -7,7 +7,6 @@ one whole-batch step; checkpointing's memory with the exact CPU tracker.
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 import torch
@@ -164,11 +163,11 @@ def _peak(fn):
 
 
 def test_checkpointing_lowers_the_gradient_selection_peak_and_is_undone():
-    model = make_tiny_vit(depth=4)
+    model = make_tiny_vit()
     batches = make_batches(1, 16)
     plain = _peak(lambda: fps_profile.select(model, batches, "gps", k=1, **CE))
     ckpt = _peak(lambda: fps_profile.select(model, batches, "gps", k=1, checkpointing=True, **CE))
-    assert ckpt < 0.8 * plain
+    assert ckpt < 0.8 * plain  # 0.69x on this 2-block ViT: one block's activations recomputed at a time
     assert model.grad_checkpointing is False
     a = fps_profile.select(model, batches, "gps", k=1, **CE)
     b = fps_profile.select(model, batches, "gps", k=1, checkpointing=True, **CE)
@@ -258,16 +257,14 @@ def test_summary_labels_show_the_knobs():
 
 def test_knob_rows_are_ok_on_cpu():
     """--amp bf16 on cpu: select (fps, gps), inference, train_step (full and sparse); and the other knobs."""
-    common = dict(model="test_vit", batch_size=4, device="cpu", warmup=0, repeats=1, amp="bf16")
+    common = dict(model="test_vit", batch_size=2, device="cpu", warmup=0, repeats=1, amp="bf16")
     cells = [Cell(phase="select", selector="fps", **common), Cell(phase="select", selector="gps", **common),
              Cell(phase="inference", **common), Cell(phase="train_step", **common),
-             Cell(phase="train_step", selector="fps", **common),
-             Cell(phase="select", selector="gps", **{**common, "amp": None, "checkpointing": True, "micro_batch": 2})]
+             Cell(phase="train_step", selector="fps", **common)]
     for cell in cells:
         row = measure(cell)
         assert row.status == "ok", (cell.label(), row.error)
-        assert row.amp == cell.amp and row.peak_allocated_bytes > 0 and row.key() == cell.key()
-    assert row.env["knobs_note"].startswith("micro_batch 2")
+        assert row.amp == "bf16" and row.peak_allocated_bytes > 0 and row.key() == cell.key()
 
 
 @pytest.mark.slow
@@ -283,9 +280,11 @@ def test_knob_rows_are_ok_on_sim():
 
 @pytest.mark.slow
 def test_done_when_on_sim_h100_vit_base():
-    """Issue 12: GPS with checkpointing <= 0.4x plain GPS (batch 64); GPS-CE over 64 images in
-    micro-batches of 8 against GPS-CE at batch 8 (the accumulated gradients, one float32 copy of
-    the weights, come on top of a batch-8 pass: see the README)."""
+    """Issue 12 on sim:h100, ViT-B/16: GPS with checkpointing <= 0.4x plain GPS at batch 64 (0.19x);
+    GPS-CE over 64 images in micro-batches of 8 <= 1.15x GPS-CE at batch 8 over the same 64 images
+    (8 batches: 1.00x). Against a single batch of 8 it is 1.27x: the summed gradients (one float32
+    copy of the weights) must outlive every chunk, and a lone batch-8 pass never holds them next to
+    a chunk's activations (README, "Knobs")."""
     def peak(batch, **kw):
         row = measure(Cell(model="vit_base_patch16_224", batch_size=batch, selector="gps", device="sim:h100", **kw))
         assert row.status == "ok", row.error
@@ -293,7 +292,19 @@ def test_done_when_on_sim_h100_vit_base():
 
     plain, ckpt = peak(64), peak(64, checkpointing=True)
     assert ckpt.peak_allocated_bytes <= 0.4 * plain.peak_allocated_bytes
-    at8, micro = peak(8, options=tuple(CE.items())), peak(64, options=tuple(CE.items()), micro_batch=8)
+    ce = tuple(CE.items())
+    at8, micro = peak(8, options=ce, num_batches=8), peak(64, options=ce, micro_batch=8)
+    assert micro.peak_allocated_bytes <= 1.15 * at8.peak_allocated_bytes
+    one8 = peak(8, options=ce)
     grads = micro.peak_breakdown_bytes["gradients"]
-    assert grads >= 0.99 * micro.peak_breakdown_bytes["weights"]  # every weight's accumulated gradient
-    assert micro.peak_allocated_bytes <= 1.05 * (at8.peak_allocated_bytes + grads)
+    assert grads >= 0.99 * micro.peak_breakdown_bytes["weights"]  # every weight's summed gradient, at the peak
+    assert micro.peak_allocated_bytes <= 1.05 * (one8.peak_allocated_bytes + grads)
+
+
+def test_gate_labels_show_the_knobs_and_image_size():
+    from fps_profile.gate import cell_label
+
+    key = Cell(model="m", batch_size=2, selector="gps", image_size=96, amp="bf16", checkpointing=True,
+               micro_batch=4).key()
+    assert cell_label(key) == "gps m 96px b=2 float32 cpu select k=1 +bf16 +ckpt +mb4"
+    assert cell_label(Cell(model="m", batch_size=2, selector="gps").key()) == "gps m b=2 float32 cpu select k=1"
