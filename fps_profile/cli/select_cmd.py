@@ -92,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
                           "out": args.out, "stats": stats.to_dict()}))
     else:
+        from fps_profile.knobs import label
+
+        knobs = label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
-              f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device})")
+              f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
         print(stats.format(per_tensor=args.per_tensor))
         print(_breakdown(model, mask, args.scope))
         if args.out:
