@@ -235,6 +235,14 @@ def _build_train_step(cell, model, batches, budget, options, backend) -> Prepare
     return Prepared(fn, fn.trainable)
 
 
+def _build_inference(cell, model, batches, *_) -> Prepared:
+    return Prepared(inference_fn(model, batches[0][0], Knobs.of(cell)), 0)
+
+
+def _build_train_floor(cell, model, batches, *_) -> Prepared:
+    return Prepared(train_floor_fn(model, *batches[0], knobs=Knobs.of(cell)), 0)
+
+
 def _select_passes(cell) -> tuple[str, ...]:
     from fps_profile.selectors import get
 
@@ -245,13 +253,9 @@ def _select_passes(cell) -> tuple[str, ...]:
 _BOTH = ("forward", "backward")
 PHASES: dict[str, Phase] = {
     "select": Phase(_build_select, False, _select_passes),
-    "inference": Phase(lambda cell, model, batches, *_: Prepared(inference_fn(model, batches[0][0], Knobs.of(cell)),
-                                                                 0),
-                       False, lambda cell: ("forward",)),
+    "inference": Phase(_build_inference, False, lambda cell: ("forward",)),
     "train_step": Phase(_build_train_step, True, lambda cell: _BOTH),
-    "train_floor": Phase(lambda cell, model, batches, *_: Prepared(train_floor_fn(model, *batches[0],
-                                                                                  knobs=Knobs.of(cell)), 0),
-                         False, lambda cell: _BOTH),
+    "train_floor": Phase(_build_train_floor, False, lambda cell: _BOTH),
 }
 
 

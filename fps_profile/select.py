@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fps_profile.budget import make_budget
 from fps_profile import knobs
+from fps_profile.budget import make_budget
 from fps_profile.errors import UserError
 from fps_profile.mask import Mask, MaskEntry
 from fps_profile.scope import Role, Scope, assign_roles, get_scope

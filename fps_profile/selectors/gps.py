@@ -32,6 +32,11 @@ class GPS(Selector):
     (timm's ``forward_head(..., pre_logits=True)``, so every timm family works; the
     classifier itself gets no gradient from it).
 
+    With ``micro_batch`` (set by :func:`fps_profile.select`) each batch is split into
+    chunks whose losses are weighted by their share of the batch: for ``loss="ce"``
+    the gradient is the whole batch's; for SupCon the contrastive pairs stay inside
+    a chunk, so the loss (and possibly the mask) differs from the whole batch's.
+
     Args:
         loss: ``"supcon"`` (GPS) or ``"ce"`` (cross-entropy on the logits).
         views: Views per image, concatenated along the batch (GPS: 2).
@@ -39,11 +44,6 @@ class GPS(Selector):
         amp: Run the passes under autocast (fp16 on CUDA, bf16 elsewhere, as GPS's ``--amp``).
             Kept so old ``gps[amp=True]`` rows and scripts mean what they meant; the general
             knob is ``select(..., amp="fp16"|"bf16")`` / ``--amp`` (:mod:`fps_profile.knobs`).
-
-    With ``micro_batch`` (set by :func:`fps_profile.select`) each batch is split into
-    chunks whose losses are weighted by their share of the batch: for ``loss="ce"``
-    the gradient is the whole batch's; for SupCon the contrastive pairs stay inside
-    a chunk, so the loss (and possibly the mask) differs from the whole batch's.
         augment: ``augment(images, view_index) -> images``; defaults to a flip for odd views.
     """
 
