@@ -111,10 +111,15 @@ def select_metrics(names: Iterable[str]) -> set[str]:
 
 def cell_label(key: tuple) -> str:
     """``fps vit_tiny_patch16_224 b=1 float32 sim select k=1`` for a :meth:`Result.key`."""
-    selector, model, batch, dtype, device, phase, budget, scope = key
+    from fps_profile.knobs import label
+
+    selector, model, batch, dtype, device, phase, budget, scope, *extra = key
     who = selector or ("full" if phase == "train_step" else "floor")
     scope = None if scope in (None, "gps") else f"scope={scope}"
-    return " ".join(str(p) for p in (who, model, f"b={batch}", dtype, device, phase, budget, scope) if p is not None)
+    size = next((f"{e}px" for e in extra if isinstance(e, int)), None)
+    knobs = label(**dict(e for e in extra if isinstance(e, tuple))).strip() or None  # e.g. "+bf16 +mb8"
+    return " ".join(str(p) for p in (who, model, size, f"b={batch}", dtype, device, phase, budget, scope, knobs)
+                    if p is not None)
 
 
 def fmt_value(metric: str, value) -> str:

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from fps_profile import knobs as _knobs
 from fps_profile.errors import UserError
-from fps_profile.llm import task_loss
+from fps_profile.knobs import Knobs
+from fps_profile.llm import logits_of, task_loss
 from fps_profile.mask import Mask
 from fps_profile.trackers import breakdown
 
@@ -51,27 +53,46 @@ class BudgetSpec:
 
 
 def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scope: str = "gps",
-              options: dict | None = None) -> Callable[[], Mask]:
+              options: dict | None = None, knobs: Knobs = Knobs()) -> Callable[[], Mask]:
     """The ``select`` phase: ``fps_profile.select`` on prepared batches."""
     from fps_profile.select import select
 
     options = dict(options or {})
 
     def run() -> Mask:
-        return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope, **options)
+        return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope,
+                      amp=knobs.amp, checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, **options)
 
     return run
 
 
-def inference_fn(model: nn.Module, images: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """The ``inference`` phase: an eval-mode forward under ``torch.no_grad()``."""
+def inference_fn(model: nn.Module, images: torch.Tensor, knobs: Knobs = Knobs()) -> Callable[[], torch.Tensor]:
+    """The ``inference`` phase: an eval-mode forward under ``torch.no_grad()`` (autocast and
+    chunks of ``micro_batch`` samples, logits concatenated, when set)."""
     model.eval()
 
     def run() -> torch.Tensor:
-        with torch.no_grad():
-            return model(images)
+        with torch.no_grad(), _knobs.autocast(knobs.amp, images.device):
+            if knobs.micro_batch is None or knobs.micro_batch >= images.shape[0]:
+                return model(images)
+            return torch.cat([logits_of(model(x)) for x, _, _ in _knobs.chunks(images, None, knobs.micro_batch)])
 
     return run
+
+
+def _backward_passes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, knobs: Knobs,
+                     scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """Forward, task loss and backward of one batch, in chunks of ``knobs.micro_batch`` (each
+    chunk loss weighted by its share, so the gradients add up to the batch's), under
+    autocast when set; returns the batch loss (detached)."""
+    total = None
+    for x, y, share in _knobs.chunks(images, labels, knobs.micro_batch):
+        with _knobs.autocast(knobs.amp, images.device):
+            loss = _knobs.weighted(task_loss(model, x, y), share)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+        del loss
+    return total
 
 
 @dataclass
@@ -89,6 +110,8 @@ class TrainStep:
     params: list[nn.Parameter]
     optimizer: torch.optim.Optimizer
     clip: float = 1.0
+    knobs: Knobs = Knobs()
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def trainable(self) -> int:
@@ -97,27 +120,37 @@ class TrainStep:
         return trainable_count(self.params)
 
     def __call__(self) -> torch.Tensor:
-        loss = task_loss(self.model, self.images, self.labels)
-        loss.backward()
+        loss = _backward_passes(self.model, self.images, self.labels, self.knobs, self.scaler)
         with breakdown.phase("optimizer"):  # clipping included
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss
 
 
 def train_step_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mask: Mask | None = None,
-                  lr: float = 1e-3, weight_decay: float = 0.05) -> TrainStep:
-    """The ``train_step`` phase: AdamW with weight decay and gradient clipping."""
+                  lr: float = 1e-3, weight_decay: float = 0.05, knobs: Knobs = Knobs()) -> TrainStep:
+    """The ``train_step`` phase: AdamW with weight decay and gradient clipping; with
+    ``knobs``, under autocast (a ``GradScaler`` for fp16), with activation
+    checkpointing, and accumulating the gradients of micro-batches."""
     from fps_profile.sparse import make_sparse_trainable
 
     model.train()
+    if knobs.checkpointing:
+        _knobs.enable_checkpointing(model)
     if mask is not None:
         params = make_sparse_trainable(model, mask)
     else:
         params = [p.requires_grad_(True) for p in model.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return TrainStep(model, images, labels, params, optimizer)
+    return TrainStep(model, images, labels, params, optimizer, knobs=knobs,
+                     scaler=_knobs.grad_scaler(knobs.amp, images.device))
 
 
 @dataclass
@@ -127,25 +160,27 @@ class TrainFloor:
     model: nn.Module
     images: torch.Tensor
     labels: torch.Tensor
+    knobs: Knobs = Knobs()
 
     def __call__(self) -> torch.Tensor:
-        loss = task_loss(self.model, self.images, self.labels)
-        loss.backward()
-        return loss.detach()
+        return _backward_passes(self.model, self.images, self.labels, self.knobs)
 
 
 def _drop_grad(p: torch.Tensor) -> None:
     p.grad = None
 
 
-def train_floor_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> TrainFloor:
+def train_floor_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   knobs: Knobs = Knobs()) -> TrainFloor:
     """The ``train_floor`` phase: :class:`TrainFloor`, with a hook on every parameter that
     frees its gradient the moment autograd has made it (so no two ever coexist)."""
     model.train()
+    if knobs.checkpointing:
+        _knobs.enable_checkpointing(model)
     for p in model.parameters():
         p.requires_grad_(True)
         p.register_post_accumulate_grad_hook(_drop_grad)
-    return TrainFloor(model, images, labels)
+    return TrainFloor(model, images, labels, knobs)
 
 
 # The phase table: what each phase builds, shared by the real backends (runner) and sim.
@@ -157,8 +192,8 @@ class Backend(Protocol):
                    options: dict) -> Mask:
         """The mask a sparse ``train_step`` trains (built outside the measured run)."""
 
-    def train_step(self, model: nn.Module, batch: tuple, mask: Mask | None) -> TrainStep:
-        """The ``train_step`` callable for ``batch``."""
+    def train_step(self, model: nn.Module, batch: tuple, mask: Mask | None, knobs: Knobs) -> TrainStep:
+        """The ``train_step`` callable for ``batch`` (:func:`train_step_fn` with ``knobs``)."""
 
     def select_trainable(self, model: nn.Module, budget: BudgetSpec, scope: str) -> int | None:
         """Trainable scalars of a selection, when known before it runs (None: from its mask)."""
@@ -189,14 +224,23 @@ class Phase:
 
 
 def _build_select(cell, model, batches, budget, options, backend) -> Prepared:
-    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options)
+    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell))
     return Prepared(fn, backend.select_trainable(model, budget, cell.scope))
 
 
 def _build_train_step(cell, model, batches, budget, options, backend) -> Prepared:
+    # The mask is built without the knobs: only its counts matter to the step's memory.
     mask = backend.train_mask(model, batches, cell, budget, options) if cell.selector is not None else None
-    fn = backend.train_step(model, batches[0], mask)
+    fn = backend.train_step(model, batches[0], mask, Knobs.of(cell))
     return Prepared(fn, fn.trainable)
+
+
+def _build_inference(cell, model, batches, *_) -> Prepared:
+    return Prepared(inference_fn(model, batches[0][0], Knobs.of(cell)), 0)
+
+
+def _build_train_floor(cell, model, batches, *_) -> Prepared:
+    return Prepared(train_floor_fn(model, *batches[0], knobs=Knobs.of(cell)), 0)
 
 
 def _select_passes(cell) -> tuple[str, ...]:
@@ -209,11 +253,9 @@ def _select_passes(cell) -> tuple[str, ...]:
 _BOTH = ("forward", "backward")
 PHASES: dict[str, Phase] = {
     "select": Phase(_build_select, False, _select_passes),
-    "inference": Phase(lambda cell, model, batches, *_: Prepared(inference_fn(model, batches[0][0]), 0),
-                       False, lambda cell: ("forward",)),
+    "inference": Phase(_build_inference, False, lambda cell: ("forward",)),
     "train_step": Phase(_build_train_step, True, lambda cell: _BOTH),
-    "train_floor": Phase(lambda cell, model, batches, *_: Prepared(train_floor_fn(model, *batches[0]), 0),
-                         False, lambda cell: _BOTH),
+    "train_floor": Phase(_build_train_floor, False, lambda cell: _BOTH),
 }
 
 

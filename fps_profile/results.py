@@ -44,6 +44,12 @@ class Result:
         scope: Parameter scope of select and sparse train_step rows, else None.
         image_size: Input height and width when set by ``--image-size``; None: the model's own
             (``pretrained_cfg["input_size"]``).
+        amp: ``fp16``/``bf16`` (or ``fp16-nocache``/``bf16-nocache``) when the phase ran under
+            autocast (``--amp``); None: plain.
+        checkpointing: Whether activation checkpointing was on (``--checkpointing``).
+        micro_batch: Samples per chunk when each batch was processed in micro-batches
+            (``--micro-batch``); None: whole batches. These three join the cell key only
+            when set, so rows written before them keep their keys.
         options: The selector's options where any were given (e.g. ``{"loss": "ce", "views": 1}``
             for GPS's cross-entropy variant), else None; part of the cell's identity.
         peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
@@ -84,6 +90,9 @@ class Result:
     budget: str | None = None
     scope: str | None = None
     image_size: int | None = None
+    amp: str | None = None
+    checkpointing: bool = False
+    micro_batch: int | None = None
     options: dict[str, Any] | None = None
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
@@ -112,12 +121,20 @@ class Result:
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
-                        self.budget, self.scope, self.options, self.image_size)
+                        self.budget, self.scope, self.options, self.image_size, self.amp, self.checkpointing,
+                        self.micro_batch)
 
     @property
     def variant(self) -> str | None:
         """The selector with its options, e.g. ``gps[loss=ce,views=1]`` (see :func:`selector_variant`)."""
         return selector_variant(self.selector, self.options)
+
+    @property
+    def knobs(self) -> str:
+        """The knob settings as a label suffix: ``""`` when plain, e.g. ``" +bf16 +ckpt +mb8"``."""
+        from fps_profile.knobs import label
+
+        return label(self.amp, self.checkpointing, self.micro_batch)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=False)
@@ -145,14 +162,19 @@ def selector_variant(selector: str | None, options=None) -> str | None:
 
 
 def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None,
-             image_size=None) -> tuple:
+             image_size=None, amp=None, checkpointing=False, micro_batch=None) -> tuple:
     """Identity of a cell. Budget, scope and options only matter where a selector is involved;
-    options are folded into the selector (:func:`selector_variant`); an image size is part of
-    the key only when set, so rows written before it existed keep their keys."""
+    options are folded into the selector (:func:`selector_variant`); an image size and the
+    knobs (``amp``, ``checkpointing``, ``micro_batch``) are part of the key only when set, so
+    rows written before they existed keep their keys."""
     if selector is None:
         budget = scope = None
     key = (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
-    return key + (int(image_size),) if image_size else key
+    key = key + (int(image_size),) if image_size else key
+    knobs = (("amp", amp),) if amp else ()
+    knobs += (("checkpointing", True),) if checkpointing else ()
+    knobs += (("micro_batch", int(micro_batch)),) if micro_batch else ()
+    return key + knobs
 
 
 def _trim_torn_tail(path: Path) -> None:

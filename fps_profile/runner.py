@@ -46,6 +46,10 @@ class Cell:
         memory_budget: Bytes; beyond it the run is an out-of-memory (simulated on
             cpu/sim, enforced by the caching allocator on cuda).
         image_size: Input height and width; None: the model's own (``pretrained_cfg``).
+        amp: Autocast setting (:mod:`fps_profile.knobs`): ``fp16``, ``bf16``, their
+            ``-nocache`` forms, or None.
+        checkpointing: Activation checkpointing for the passes with a backward.
+        micro_batch: Samples per chunk of every batch (None: whole batches).
     """
 
     model: str
@@ -62,20 +66,29 @@ class Cell:
     repeats: int = 3
     memory_budget: int | None = None
     image_size: int | None = None
+    amp: str | None = None
+    checkpointing: bool = False
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.phase in ("inference", "train_floor") or (self.phase == "train_step" and self.selector is None):
             object.__setattr__(self, "budget", None)
             object.__setattr__(self, "options", ())
+        if self.phase == "inference":  # no backward: checkpointing changes nothing
+            object.__setattr__(self, "checkpointing", False)
 
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
-                        self.phase, self.budget, self.scope, self.options, self.image_size)
+                        self.phase, self.budget, self.scope, self.options, self.image_size,
+                        self.amp, self.checkpointing, self.micro_batch)
 
     def label(self) -> str:
+        from fps_profile.knobs import label
+
         who = self.selector or ("full" if self.phase == "train_step" else "-")
         size = f" {self.image_size}px" if self.image_size else ""
-        return f"{self.model}{size} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}"
+        knobs = label(self.amp, self.checkpointing, self.micro_batch)
+        return f"{self.model}{size} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}{knobs}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -91,6 +104,7 @@ class Cell:
         return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
                       scope=self.scope if self.selector is not None else None, image_size=self.image_size,
+                      amp=self.amp, checkpointing=self.checkpointing, micro_batch=self.micro_batch,
                       options=dict(self.options) or None, warmup=self.warmup, repeats=self.repeats, **fields)
 
 
@@ -112,10 +126,13 @@ def measure(cell: Cell) -> Result:
     ``oom``, any other exception status ``error`` with its message.
     """
     from fps_profile import env
+    from fps_profile.knobs import note
 
     row = cell.empty_row(env=env.collect(cell.device))
     if cell.phase == "select":
         row.num_batches = cell.num_batches
+    if note(cell):
+        row.env["knobs_note"] = note(cell)
     try:
         if cell.device.startswith("sim"):
             from fps_profile.sim import measure_sim
@@ -213,10 +230,10 @@ class _DeviceBackend:
             torch.cuda.empty_cache()
         return mask
 
-    def train_step(self, model, batch, mask):
+    def train_step(self, model, batch, mask, knobs):
         from fps_profile import phases
 
-        return phases.train_step_fn(model, *batch, mask=mask)
+        return phases.train_step_fn(model, *batch, mask=mask, knobs=knobs)
 
     def select_trainable(self, model, budget, scope):
         return None  # counted on the mask the measured run returns

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fps_profile import knobs
 from fps_profile.budget import make_budget
 from fps_profile.errors import UserError
 from fps_profile.mask import Mask, MaskEntry
@@ -24,8 +25,9 @@ _EMPTY = object()
 class _Batches:
     """Normalises user batches to ``(images, labels)`` on the model's device and dtype."""
 
-    def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype) -> None:
-        self._batches, self.device, self.dtype = batches, device, dtype
+    def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype,
+                 split: int | None = None) -> None:
+        self._batches, self.device, self.dtype, self.split = batches, device, dtype, split
 
     def __iter__(self) -> Iterator[Batch]:
         for item in self._batches:
@@ -40,7 +42,8 @@ class _Batches:
             images = images.to(device=self.device, dtype=self.dtype if images.is_floating_point() else None)
             if labels is not None:
                 labels = torch.as_tensor(labels).to(self.device)
-            yield images, labels
+            for x, y, _ in knobs.chunks(images, labels, self.split):
+                yield x, y
 
 
 @contextlib.contextmanager
@@ -80,6 +83,7 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
 
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
+           amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
            **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
@@ -93,6 +97,18 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction.
         scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
             (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
+        amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
+            ``"fp16-nocache"``/``"bf16-nocache"`` without autocast's weight-copy cache
+            (:mod:`fps_profile.knobs`). ``amp=True`` is GPS's old option (autocast around
+            its gradient passes, fp16 on CUDA, bf16 elsewhere) and goes to the selector.
+        checkpointing: Activation checkpointing during the passes (timm's
+            ``set_grad_checkpointing``); changes only selectors with a backward pass.
+        micro_batch: Process every batch in chunks of this many samples. Statistics
+            (FPS, Wanda) and gradients (GPS, SNIP: chunk losses weighted by their share
+            of the batch) add up to the whole batch's, so the mask is the same up to
+            float rounding, except GPS's SupCon loss, whose pairs then stay inside a
+            chunk. A plugin selector that does not handle micro-batches itself
+            (``handles_micro_batch``) sees each chunk as a batch.
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -104,7 +120,11 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             nothing eligible in the model.
     """
     budget = make_budget(k, fraction)
+    if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
+        options["amp"], amp = amp, None
+    amp, micro_batch = knobs.parse_amp(amp), knobs.parse_micro_batch(micro_batch)
     sel = create(selector, **options)
+    sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
     roles = assign_roles(model, scope)
     params = dict(model.named_parameters())
@@ -124,12 +144,15 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         if head is _EMPTY:
             raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
         first = next(iter(params.values()))
-        data = _Batches(itertools.chain([head], it), first.device, first.dtype)
+        data = _Batches(itertools.chain([head], it), first.device, first.dtype,
+                        split=None if sel.handles_micro_batch else micro_batch)
 
     out: dict[str, MaskEntry] = {}
+    device = next(iter(params.values())).device if params else torch.device("cpu")
     with left_as_found(model):
         try:
-            sel.prepare(model, data, targets)
+            with knobs.checkpointing(model, checkpointing and sel.needs_backward), knobs.autocast(amp, device):
+                sel.prepare(model, data, targets)
             with breakdown.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
                 out_axes = {t.name: t.out_axis for t in targets if t.out_axis}

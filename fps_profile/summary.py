@@ -50,9 +50,11 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     for (device, dtype, model, batch), rs in sorted(groups.items(),
                                                     key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         ok = [r for r in rs if r.status == "ok"]
-        floor = next((r for r in ok if r.phase == "inference"), None)
-        ref = next((r for r in ok if r.phase == "select" and r.variant == reference), None)
-        for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "")):
+        # The plain floor and reference (no knobs set) where there is one: knob rows are compared with them.
+        plain = sorted(ok, key=lambda r: r.knobs != "")
+        floor = next((r for r in plain if r.phase == "inference"), None)
+        ref = next((r for r in plain if r.phase == "select" and r.variant == reference), None)
+        for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "", r.knobs)):
             if r.phase == "inference":
                 what = "floor"
             elif r.phase == "select":
@@ -61,6 +63,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
                 what = "train:floor"
             else:
                 what = f"train:{r.variant or 'full'}"
+            what += r.knobs
             is_sel = r.phase == "select"
             out.append(SummaryLine(
                 device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,

@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fps_profile import knobs
 from fps_profile.errors import UserError
+from fps_profile.knobs import Knobs
 from fps_profile.results import PHASES, Result, append_result, read_results
 from fps_profile.runner import Cell
 
@@ -29,6 +31,13 @@ class Grid:
     fine-tuning rows are measured once per (model, batch, dtype, device), not
     per selector. ``image_size`` builds every model for that input size and feeds
     it images of that size (None: each model's own ``pretrained_cfg["input_size"]``).
+
+    ``amp``, ``checkpointing`` and ``micro_batch`` are axes too (:mod:`fps_profile.knobs`;
+    ``None``/``"none"``/``"off"`` is the plain setting): every cell is crossed with
+    every setting. A setting that cannot change a cell is dropped from it, so the cell
+    is measured once: checkpointing on a phase or selector without a backward
+    (inference, FPS, Wanda), any knob on a selector without data (magnitude,
+    random), a micro-batch at least the batch size.
     """
 
     selectors: list[str] = field(default_factory=lambda: ["fps", "gps", "magnitude", "random"])
@@ -45,29 +54,47 @@ class Grid:
     repeats: int = 3
     memory_budget: int | None = None
     image_size: int | None = None
+    amp: list = field(default_factory=lambda: [None])
+    checkpointing: list = field(default_factory=lambda: [False])
+    micro_batch: list = field(default_factory=lambda: [None])
 
-    def _cell(self, model, batch, dtype, device, phase, selector=None) -> Cell:
+    def knob_settings(self) -> list[Knobs]:
+        """Every (amp, checkpointing, micro_batch) setting of the grid, parsed, in order."""
+        axes = [_as_list(self.amp), _as_list(self.checkpointing), _as_list(self.micro_batch)]
+        parsed = [[knobs.parse_amp(a) for a in axes[0]], [knobs.parse_checkpointing(c) for c in axes[1]],
+                  [knobs.parse_micro_batch(m) for m in axes[2]]]
+        return list(dict.fromkeys(Knobs(*s) for s in itertools.product(*parsed)))
+
+    def _cell(self, model, batch, dtype, device, phase, selector=None, setting: Knobs | None = None) -> Cell:
         opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
+        setting = _effective(setting or self.knob_settings()[0], phase, selector, batch)
         return Cell(model=model, batch_size=batch, phase=phase, selector=selector, dtype=dtype, device=device,
                     budget=self.budget, scope=self.scope, options=opts, num_batches=self.num_batches,
                     warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget,
-                    image_size=self.image_size)
+                    image_size=self.image_size, amp=setting.amp, checkpointing=setting.checkpointing,
+                    micro_batch=setting.micro_batch)
 
     def cells(self) -> list[Cell]:
-        """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps."""
+        """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps,
+        each crossed with the knob settings (a cell that two settings make alike comes once)."""
         out = []
+        settings = self.knob_settings()
         for device, dtype, model, batch in itertools.product(self.devices, self.dtypes, self.models,
                                                              sorted(self.batch_sizes)):
+            what = []
             if "inference" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "inference"))
+                what.append(("inference", None))
             if "select" in self.phases:
-                out += [self._cell(model, batch, dtype, device, "select", s) for s in self.selectors]
+                what += [("select", s) for s in self.selectors]
             if "train_step" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "train_step"))
-                out += [self._cell(model, batch, dtype, device, "train_step", s) for s in self.selectors]
+                what += [("train_step", None)] + [("train_step", s) for s in self.selectors]
             if "train_floor" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "train_floor"))
-        return out
+                what.append(("train_floor", None))
+            out += [self._cell(model, batch, dtype, device, phase, s, k) for phase, s in what for k in settings]
+        unique: dict[tuple, Cell] = {}
+        for c in out:
+            unique.setdefault(c.key(), c)
+        return list(unique.values())
 
     def validate(self, local_devices: bool = True) -> None:
         """Check every name and number before anything is measured (one-line errors).
@@ -107,11 +134,30 @@ class Grid:
         BudgetSpec.parse(self.budget)
         get_scope(self.scope)
         check_image_size(self.image_size)
+        self.knob_settings()  # bad amp / checkpointing / micro_batch values fail here
         for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
             if value < 1:
                 raise UserError(f"{what} must be >= 1, not {value}")
         if self.warmup < 0:
             raise UserError(f"warmup must be >= 0, not {self.warmup}")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _effective(setting: Knobs, phase: str, selector: str | None, batch: int) -> Knobs:
+    """``setting`` without the knobs that cannot change this cell (see :class:`Grid`)."""
+    from fps_profile.selectors import get
+
+    amp, ckpt, m = setting.amp, setting.checkpointing, setting.micro_batch
+    if phase == "select":
+        cls = get(selector)
+        if not cls.needs_data:
+            amp, ckpt, m = None, False, None
+        ckpt = ckpt and cls.needs_backward
+    ckpt = ckpt and phase != "inference"
+    return Knobs(amp, ckpt, None if m is not None and m >= batch else m)
 
 
 def latest(rows: Sequence[Result]) -> dict[tuple, Result]:
@@ -146,7 +192,7 @@ def _row_line(row: Result) -> str:
     from fps_profile.units import fmt_bytes, fmt_seconds
 
     who = row.variant or ("full" if row.phase == "train_step" else "floor")
-    what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
+    what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}{row.knobs}"
     if row.status != "ok":
         return f"{what}  {row.status.upper()}  {row.error or ''}"
     return f"{what}  peak {fmt_bytes(row.peak_allocated_bytes)}  time {fmt_seconds(row.wall_time_s)}"

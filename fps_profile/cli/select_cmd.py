@@ -31,6 +31,12 @@ def add_parser(sub) -> None:
                    "all-weights, attention or mlp")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
+    p.add_argument("--amp", default=None, help="autocast the selector's passes: fp16, bf16, or "
+                   "fp16-nocache/bf16-nocache (without autocast's cache of cast weight copies)")
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing (timm's "
+                   "set_grad_checkpointing) during a backward selector's passes (gps, snip)")
+    p.add_argument("--micro-batch", type=positive_int, default=None, metavar="M",
+                   help="process each batch in chunks of M samples (statistics and gradients accumulated)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
@@ -64,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     options = dict(parse_option(o) for o in args.option)
     create(args.selector, **options)  # fail on a bad selector or option before building anything
+    from fps_profile.knobs import parse_amp
+
+    parse_amp(args.amp)
     if args.out and not Path(args.out).parent.is_dir():  # ... and on an --out that cannot be written
         raise UserError(f"cannot write mask to {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist")
     device = resolve_device(args.device)
@@ -74,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
                                 image_size=args.image_size)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
-                              scope=args.scope, **options)
+                              scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
+                              micro_batch=args.micro_batch, **options)
     mask.meta["model"] = args.model
     stats = mask.stats()
     if args.out:
@@ -83,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
                           "out": args.out, "stats": stats.to_dict()}))
     else:
+        from fps_profile.knobs import label
+
+        knobs = label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
-              f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device})")
+              f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
         print(stats.format(per_tensor=args.per_tensor))
         print(_breakdown(model, mask, args.scope))
         if args.out:

@@ -13,6 +13,8 @@ from fps_profile.cli._args import comma_list, int_list, parse_bytes, parse_optio
 from fps_profile.errors import UserError
 
 DEFAULT_OUT = "results/sweep-cpu.jsonl"
+#: ``sweep --frontier``: plain / bf16 / checkpointing / micro-batches and their combinations.
+FRONTIER = {"amp": ["none", "bf16"], "checkpointing": ["off", "on"], "micro_batch": ["none", 8, 32, 128]}
 
 
 def add_parser(sub) -> None:
@@ -30,7 +32,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, dtypes, devices, phases, budget, scope, image_size, repeats, ..., [options.<selector>]); "
+                   "batch_sizes, dtypes, devices, phases, budget, scope, image_size, amp, checkpointing, micro_batch, "
+                   "frontier, repeats, ..., [options.<selector>]); "
                    "flags given on the command line override it")
     p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
     p.add_argument("--model", help="comma list of timm models (default vit_tiny_patch16_224,vit_small_patch16_224)")
@@ -48,6 +51,26 @@ def add_parser(sub) -> None:
     p.add_argument("--num-batches", type=int, help="batches of selection data (default 1)")
     p.add_argument("--image-size", type=int, help="input height and width for every model, built for it "
                    "(default: each model's own, e.g. 224, FastViT 256, Inception 299)")
+    knobs = p.add_argument_group(
+        "knobs (each a comma list crossed with the grid; none/off is the plain setting; rows carry "
+        "amp, checkpointing, micro_batch)")
+    knobs.add_argument("--amp", metavar="LIST", help="autocast around every phase's passes: fp16, bf16 (a "
+                       "GradScaler for fp16 training), or fp16-nocache/bf16-nocache, which turn off autocast's "
+                       "cache of cast weight copies (kept for the whole autocast region, it can make a "
+                       "forward-only pass such as FPS need more memory than float32); e.g. --amp none,bf16")
+    knobs.add_argument("--checkpointing", nargs="?", const="on", metavar="LIST",
+                       help="activation checkpointing (timm's set_grad_checkpointing) for GPS, SNIP, the "
+                       "train step and the train floor: block activations are recomputed in the backward "
+                       "pass; alone it means on, or a list such as off,on")
+    knobs.add_argument("--micro-batch", metavar="LIST", help="process every batch in chunks of M samples: "
+                       "FPS/Wanda statistics and GPS(CE)/SNIP gradients add up to the whole batch's (GPS's "
+                       "SupCon then pairs samples only inside a chunk, and its rows say so); the train step "
+                       "accumulates gradients over the chunks, inference is a chunked forward; "
+                       "e.g. --micro-batch none,8,32")
+    knobs.add_argument("--frontier", action="store_true", help="the preset behind the memory-time frontier: "
+                       + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in FRONTIER.items())
+                       + " and every combination, phase select, for the chosen "
+                       "selectors (default fps,gps,snip); knob flags given override it")
     p.add_argument("--warmup", type=int, help="untimed runs before measuring (default 1)")
     p.add_argument("--repeats", type=int, help="timed runs; the median is reported (default 3)")
     p.add_argument("--memory-budget", help="e.g. 8GiB: a run that needs more is recorded as 'oom' "
@@ -85,11 +108,15 @@ def build_grid(args: argparse.Namespace):
     from fps_profile.sweep import Grid
 
     conf = _load_config(args.config) if args.config else {}
-    known = {f.name for f in fields(Grid)} | {"out", "timeout", "max_batch", "executor", "address", "retries"}
+    known = {f.name for f in fields(Grid)} | {"out", "timeout", "max_batch", "executor", "address", "retries",
+                                               "frontier"}
     unknown = sorted(set(conf) - known)
     if unknown:
         raise UserError(f"unknown key {unknown[0]!r} in config {args.config!r} (known: {', '.join(sorted(known))})")
     grid = Grid(**{k: v for k, v in conf.items() if k in {f.name for f in fields(Grid)}})
+    for key in ("amp", "checkpointing", "micro_batch"):  # a scalar in TOML is a one-setting axis
+        if key in conf and not isinstance(conf[key], list):
+            setattr(grid, key, [conf[key]])
     if isinstance(grid.memory_budget, str):
         grid.memory_budget = parse_bytes(grid.memory_budget)
     if isinstance(grid.batch_sizes, (str, int)):
@@ -109,6 +136,17 @@ def build_grid(args: argparse.Namespace):
             setattr(grid, flag, getattr(args, flag))
     if args.memory_budget:
         grid.memory_budget = parse_bytes(args.memory_budget)
+    if args.frontier or conf.get("frontier"):
+        for key, values in FRONTIER.items():
+            if key not in conf:
+                setattr(grid, key, list(values))
+        if "phases" not in conf and not args.phase:
+            grid.phases = ["select"]
+        if "selectors" not in conf and not args.selector:
+            grid.selectors = ["fps", "gps", "snip"]
+    for flag in ("amp", "checkpointing", "micro_batch"):
+        if getattr(args, flag) is not None:
+            setattr(grid, flag, comma_list(getattr(args, flag)) or [None])
     for text in args.option:
         sel, sep, kv = text.partition(":")
         if not sep:

@@ -17,7 +17,12 @@ from fps_profile.results import Result
 
 
 def series_name(row: Result) -> str:
-    """The series a row belongs to (see the module docstring)."""
+    """The series a row belongs to (see the module docstring); a row with knobs set
+    (``amp``, ``checkpointing``, ``micro_batch``) is its own series, e.g. ``"gps +ckpt"``."""
+    return _series(row) + row.knobs
+
+
+def _series(row: Result) -> str:
     if row.phase == "inference":
         return FLOOR
     if row.phase == "train_step":

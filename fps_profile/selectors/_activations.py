@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from fps_profile.errors import UserError
+from fps_profile.knobs import chunks
 from fps_profile.selectors._conv_stats import conv_sums, linear_sums
 from fps_profile.selectors.base import Batch, Target
 
@@ -100,8 +101,9 @@ class InputStats:
             self.sums[key].add_(sums)
             self.counts[key] += count
 
-    def collect(self, model: nn.Module, batches: Iterable[Batch]) -> int:
-        """Run a no-grad, eval-mode forward over ``batches``; returns the batch count.
+    def collect(self, model: nn.Module, batches: Iterable[Batch], micro_batch: int | None = None) -> int:
+        """Run a no-grad, eval-mode forward over ``batches`` (each in chunks of ``micro_batch``
+        samples when given: the sums add up the same); returns the batch count.
 
         Raises:
             UserError: A target no linear or convolution call used as its weight.
@@ -112,7 +114,8 @@ class InputStats:
         try:
             with torch.no_grad(), _Watch(self):
                 for images, _ in batches:
-                    model(images)
+                    for x, _, _ in chunks(images, None, micro_batch):
+                        model(x)
                     n_batches += 1
         finally:
             model.train(was_training)

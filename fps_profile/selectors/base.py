@@ -60,12 +60,18 @@ class Selector:
         needs_backward: Whether scoring runs a backward pass (GPS-like peak memory).
         needs_data: Whether :meth:`prepare` reads batches at all.
         needs_labels: Whether batches must carry labels.
+        handles_micro_batch: Whether :meth:`prepare` splits its batches into
+            ``micro_batch``-sized chunks itself (:func:`fps_profile.knobs.chunks`); if
+            not, :func:`fps_profile.select` hands it each chunk as a batch.
+        micro_batch: Set by :func:`fps_profile.select` before :meth:`prepare` (None: whole batches).
     """
 
     name: ClassVar[str] = ""
     needs_backward: ClassVar[bool] = False
     needs_data: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
+    handles_micro_batch: ClassVar[bool] = False
+    micro_batch: int | None = None
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         """Look at the model and data once (forward or backward passes).

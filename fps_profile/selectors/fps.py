@@ -29,10 +29,11 @@ class FPS(Selector):
     """
 
     needs_backward = False
+    handles_micro_batch = True
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         self._stats = InputStats(targets, ord=1, selector=self.name)
-        self._stats.collect(model, batches)
+        self._stats.collect(model, batches, self.micro_batch)
 
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.knobs import chunks, weighted
 from fps_profile.llm import is_causal_lm, task_loss
 from fps_profile.parts import find_classifier
 from fps_profile.selectors._gradients import (autocast, cross_entropy, gradient_pass, pre_logits, supcon_loss,
@@ -42,6 +43,11 @@ class GPS(Selector):
     no counterpart for tokens, so ``views`` and ``augment`` are not used. The rest
     is as on images: train mode, signed gradients summed over batches, then ``|.|``.
 
+    With ``micro_batch`` (set by :func:`fps_profile.select`) each batch is split into
+    chunks whose losses are weighted by their share of the batch: for ``loss="ce"``
+    the gradient is the whole batch's; for SupCon the contrastive pairs stay inside
+    a chunk, so the loss (and possibly the mask) differs from the whole batch's.
+
     Args:
         loss: ``"auto"`` (the default: ``"supcon"`` on image classifiers, ``"lm"`` on
             causal language models), ``"supcon"`` (GPS), ``"ce"`` (cross-entropy on
@@ -49,12 +55,15 @@ class GPS(Selector):
             cross-entropy).
         views: Views per image, concatenated along the batch (GPS: 2); images only.
         temperature: SupCon temperature.
-        amp: Run the passes under autocast (fp16 on CUDA, as GPS's ``--amp``).
+        amp: Run the passes under autocast (fp16 on CUDA, bf16 elsewhere, as GPS's ``--amp``).
+            Kept so old ``gps[amp=True]`` rows and scripts mean what they meant; the general
+            knob is ``select(..., amp="fp16"|"bf16")`` / ``--amp`` (:mod:`fps_profile.knobs`).
         augment: ``augment(images, view_index) -> images``; defaults to a flip for odd views.
     """
 
     needs_backward = True
     needs_labels = True
+    handles_micro_batch = True
 
     def __init__(self, *, loss: str = "auto", views: int = 2, temperature: float = 0.07,
                  amp: bool = False, augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
@@ -100,10 +109,11 @@ class GPS(Selector):
         kind = self.resolve_loss(model)
         with gradient_pass(model):
             for images, labels in batches:
-                with autocast(self.amp, images.device):
-                    loss = self._loss(model, images, labels, kind)
-                loss.backward()
-                del loss
+                for x, y, share in chunks(images, labels, self.micro_batch):
+                    with autocast(self.amp, x.device):
+                        loss = weighted(self._loss(model, x, y, kind), share)
+                    loss.backward()
+                    del loss
             classifier = find_classifier(model)
 
             def hint(t: Target) -> str:

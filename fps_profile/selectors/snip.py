@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.knobs import chunks, weighted
 from fps_profile.llm import is_causal_lm, task_loss
 from fps_profile.selectors._gradients import cross_entropy, gradient_pass, take_grads
 from fps_profile.selectors.base import Batch, Selector, Target, check_labels
@@ -27,6 +28,7 @@ class SNIP(Selector):
 
     needs_backward = True
     needs_labels = True
+    handles_micro_batch = True
 
     def __init__(self, *, num_batches: int = 1) -> None:
         if int(num_batches) < 1:
@@ -38,12 +40,12 @@ class SNIP(Selector):
             for i, (images, labels) in enumerate(batches):
                 if i == self.num_batches:
                     break
-                if is_causal_lm(model):
-                    loss = task_loss(model, images, labels)
-                else:
-                    loss = cross_entropy(model, images, check_labels(self, labels), self.name)
-                loss.backward()
-                del loss
+                lm = is_causal_lm(model)
+                for x, y, share in chunks(images, labels if lm else check_labels(self, labels), self.micro_batch):
+                    loss = task_loss(model, x, y) if lm else cross_entropy(model, x, y, self.name)
+                    loss = weighted(loss, share)
+                    loss.backward()
+                    del loss
             self._grads = take_grads(targets, self.name)
 
     def score(self, target: Target) -> torch.Tensor:

@@ -21,10 +21,11 @@ class Wanda(Selector):
     """
 
     needs_backward = False
+    handles_micro_batch = True
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         self._stats = InputStats(targets, ord=2, selector=self.name)
-        self._stats.collect(model, batches)
+        self._stats.collect(model, batches, self.micro_batch)
 
     def score(self, target: Target) -> torch.Tensor:
         sumsq, _ = self._stats.stat(target)

@@ -11,6 +11,10 @@ back the CUDA choices that change memory:
   would get the per-parameter loop). Foreach Adam/AdamW allocates
   ``sqrt(exp_avg_sq)`` for *all* parameters at once: one more copy of the
   trainable parameters at the optimizer step;
+* activation checkpointing: a non-reentrant checkpoint recomputes its block inside
+  the autograd engine, where torch-function modes (the attention stand-in here) are
+  not active, so the recomputation would take the CPU's attention kernel and save
+  other tensors than the forward did; :func:`recompute_with` re-enters a mode there;
 * autocast: CPU autocast stands in for CUDA autocast (same dtype sizes; the
   sim's selectors pick bfloat16 on CPU, float16 on CUDA). Where the two
   policies differ the CUDA one is applied: ops CUDA autocast runs in float32
@@ -95,7 +99,35 @@ def cuda_optimizers():
 
 
 @contextlib.contextmanager
+def _both(first, second):
+    with first, second:
+        yield
+
+
+@contextlib.contextmanager
+def recompute_with(make_mode) -> None:
+    """Inside the block, every non-reentrant activation checkpoint recomputes under a
+    fresh ``make_mode()`` (whatever ``context_fn`` it was given still applies)."""
+    import torch.utils.checkpoint as cp
+
+    original = cp._checkpoint_without_reentrant_generator_impl
+
+    def patched(fn, args, kwargs, *, context_fn=cp.noop_context_fn, **rest):
+        def with_mode():
+            forward, recompute = context_fn()
+            return forward, _both(recompute, make_mode())
+
+        return original(fn, args, kwargs, context_fn=with_mode, **rest)
+
+    cp._checkpoint_without_reentrant_generator_impl = patched
+    try:
+        yield
+    finally:
+        cp._checkpoint_without_reentrant_generator_impl = original
+
+
+@contextlib.contextmanager
 def cuda_behaviour(capability: tuple[int, int]):
     """All CUDA stand-ins at once (see the module docstring)."""
-    with cuda_optimizers(), CudaFunctions(capability):
+    with cuda_optimizers(), recompute_with(lambda: CudaFunctions(capability)), CudaFunctions(capability):
         yield

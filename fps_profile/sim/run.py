@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from fps_profile.errors import UserError
 from fps_profile.sim.targets import get_target
 
@@ -78,8 +80,11 @@ class _SimBackend:
         with real_tensors():
             return synthetic_mask(model, budget, cell.scope)
 
-    def train_step(self, model, batch, mask):
-        return _train_step(self.sim, model, batch, mask)
+    def train_step(self, model, batch, mask, knobs):
+        fn = _train_step(self.sim, model, batch, mask, knobs)
+        if fn.scaler is not None:
+            fn.scaler = _FakeScaler("cpu")  # the sim's fake tensors are CPU tensors
+        return fn
 
     def select_trainable(self, model, budget, scope):
         from fps_profile.sim.masks import trainable_counts
@@ -87,7 +92,16 @@ class _SimBackend:
         return sum(trainable_counts(model, budget, scope).values())
 
 
-def _train_step(sim, model, batch, mask):
+class _FakeScaler(torch.amp.GradScaler):
+    """A ``GradScaler`` whose step never reads ``found_inf`` (a fake tensor has no value):
+    the optimizer steps, as it does on every finite step on the GPU; scaling, unscaling
+    and the inf checks still run, so their memory counts."""
+
+    def _maybe_opt_step(self, optimizer, optimizer_state, *args, **kwargs):
+        return optimizer.step(*args, **kwargs)
+
+
+def _train_step(sim, model, batch, mask, knobs):
     """:func:`fps_profile.phases.train_step_fn`, with a host mask turned into fake index buffers.
 
     ``make_sparse_trainable`` counts and indexes the mask's entries, which a fake
@@ -100,9 +114,9 @@ def _train_step(sim, model, batch, mask):
     from fps_profile.sim.fake import real_tensors
 
     if mask is None:
-        return phases.train_step_fn(model, *batch)
+        return phases.train_step_fn(model, *batch, knobs=knobs)
     with real_tensors():
-        fn = phases.train_step_fn(model, *batch, mask=mask)
+        fn = phases.train_step_fn(model, *batch, mask=mask, knobs=knobs)
     for module in model.modules():
         for name, buf in list(module._buffers.items()):
             if isinstance(buf, torch.Tensor) and not isinstance(buf, torch._subclasses.FakeTensor):

@@ -1,0 +1,214 @@
+"""The knobs a practitioner short of memory turns: mixed precision, activation
+checkpointing and micro-batches, for every phase (selection, inference, train step).
+
+``amp``            ``fp16`` / ``bf16``: autocast around the phase's forward (and backward) passes.
+                   Autocast keeps the low-precision copy of every weight it casts for the
+                   whole autocast region (``cache_enabled``): those copies stay alive until
+                   the region ends, so a forward-only pass (FPS, inference) can need *more*
+                   memory than in float32. ``fp16-nocache`` / ``bf16-nocache`` turn the cache
+                   off: every use casts again, and each copy is freed after its op.
+``checkpointing``  timm's ``set_grad_checkpointing(True)`` (a Hugging Face model's
+                   ``gradient_checkpointing_enable()``): block activations are recomputed in
+                   the backward pass instead of kept. Only passes with a backward change.
+``micro_batch``    every batch is processed in chunks of that many samples; losses of
+                   mean-reduced chunks are weighted by chunk size / batch size, so gradients
+                   and statistics add up to those of the whole batch (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fps_profile.errors import UserError
+
+AMP_CHOICES = ("fp16", "bf16", "fp16-nocache", "bf16-nocache")
+_OFF = ("", "none", "off", "no", "false", "fp32", "float32")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The three settings of one cell (all off by default)."""
+
+    amp: str | None = None
+    checkpointing: bool = False
+    micro_batch: int | None = None
+
+    @classmethod
+    def of(cls, cell) -> Knobs:
+        """The knobs of a cell or row (one without the fields has them off)."""
+        return cls(parse_amp(getattr(cell, "amp", None)), bool(getattr(cell, "checkpointing", False)),
+                   parse_micro_batch(getattr(cell, "micro_batch", None)))
+
+    def label(self) -> str:
+        """:func:`label` of these settings."""
+        return label(self.amp, self.checkpointing, self.micro_batch)
+
+
+def parse_amp(value) -> str | None:
+    """``None``/``"none"``/``"off"`` -> None; ``"fp16"``, ``"bf16"`` and their ``-nocache`` forms as they are.
+
+    Raises:
+        UserError: Anything else.
+    """
+    if value is None or value is False:
+        return None
+    text = str(value).strip().lower()
+    if text in _OFF:
+        return None
+    if text not in AMP_CHOICES:
+        raise UserError(f"amp must be one of {', '.join(AMP_CHOICES)} or none, not {value!r}")
+    return text
+
+
+def parse_micro_batch(value) -> int | None:
+    """``None``/``"none"``/``"off"`` -> None; else an integer >= 1.
+
+    Raises:
+        UserError: Anything else.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in _OFF):
+        return None
+    try:
+        m = int(value)
+    except (TypeError, ValueError):
+        m = 0
+    if isinstance(value, bool) or m < 1 or (isinstance(value, float) and m != value):
+        raise UserError(f"micro_batch must be an integer >= 1 or none, not {value!r}")
+    return m
+
+
+def parse_checkpointing(value) -> bool:
+    """``on``/``true``/``1`` -> True, ``off``/``none``/``false``/``0`` -> False.
+
+    Raises:
+        UserError: Anything else.
+    """
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("on", "true", "yes", "1", "checkpointing"):
+        return True
+    if text in _OFF + ("0",):
+        return False
+    raise UserError(f"checkpointing must be on or off, not {value!r}")
+
+
+def amp_dtype(amp: str | None) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting (None when off)."""
+    amp = parse_amp(amp)
+    return _DTYPES[amp.split("-")[0]] if amp else None
+
+
+def autocast(amp: str | None, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``amp`` on ``device``'s type (a no-op when ``amp`` is None).
+
+    The sim runs on fake CPU tensors, so it gets CPU autocast, whose CUDA
+    differences :mod:`fps_profile.sim.policy` puts back.
+    """
+    amp = parse_amp(amp)
+    if amp is None:
+        return contextlib.nullcontext()
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, dtype=_DTYPES[amp.split("-")[0]],
+                          cache_enabled=not amp.endswith("-nocache"))
+
+
+def grad_scaler(amp: str | None, device: torch.device | str) -> torch.amp.GradScaler | None:
+    """A ``GradScaler`` for fp16 training (None for bf16 or no amp: their range needs none)."""
+    if amp_dtype(amp) is not torch.float16:
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Turn activation checkpointing on: timm's ``set_grad_checkpointing(True)``, or a
+    Hugging Face model's ``gradient_checkpointing_enable()``.
+
+    Raises:
+        UserError: The model has neither, or refuses it (some timm families assert).
+    """
+    name = type(model).__name__
+    timm_hook = getattr(model, "set_grad_checkpointing", None)
+    hf_hook = getattr(model, "gradient_checkpointing_enable", None)
+    try:
+        if callable(timm_hook):
+            timm_hook(True)
+        elif callable(hf_hook):
+            hf_hook()
+        else:
+            raise UserError(f"{name} has no activation checkpointing (timm's set_grad_checkpointing or "
+                            "transformers' gradient_checkpointing_enable): run it without --checkpointing")
+    except (AssertionError, NotImplementedError, ValueError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{name} does not support activation checkpointing ({exc or type(exc).__name__}): "
+                        "run it without --checkpointing") from None
+
+
+@contextlib.contextmanager
+def checkpointing(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Activation checkpointing inside the block (:func:`enable_checkpointing`), the model's
+    own setting restored after (timm keeps it in ``grad_checkpointing`` attributes; a
+    Hugging Face model in ``is_gradient_checkpointing``)."""
+    if not enabled:
+        yield
+        return
+    saved = [(m, m.grad_checkpointing) for m in model.modules()
+             if isinstance(getattr(m, "grad_checkpointing", None), bool)]
+    hf_was = getattr(model, "is_gradient_checkpointing", None)
+    enable_checkpointing(model)
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.grad_checkpointing = flag
+        if hf_was is False and callable(getattr(model, "gradient_checkpointing_disable", None)):
+            model.gradient_checkpointing_disable()
+
+
+def chunks(inputs: torch.Tensor, labels: torch.Tensor | None,
+           micro_batch: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, float]]:
+    """Split one batch into micro-batches along its first dimension.
+
+    Yields:
+        ``(inputs, labels, weight)`` per chunk (views, no copies); ``weight`` is the
+        chunk's share of the batch, by which a mean-reduced chunk loss is multiplied
+        so the chunk gradients add up to the whole batch's. Without ``micro_batch``
+        (or one at least the batch) the batch itself, weight 1.
+    """
+    n = inputs.shape[0]
+    if micro_batch is None or micro_batch >= n:
+        yield inputs, labels, 1.0
+        return
+    for start in range(0, n, micro_batch):
+        stop = min(start + micro_batch, n)
+        yield inputs[start:stop], None if labels is None else labels[start:stop], (stop - start) / n
+
+
+def weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:
+    """``loss * weight``, without an op when the weight is 1."""
+    return loss if weight == 1.0 else loss * weight
+
+
+def label(amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None) -> str:
+    """The knobs of a row as a label suffix: ``""``, ``" +bf16"``, ``" +bf16 +ckpt +mb8"``."""
+    parts = ([f"+{amp}"] if amp else []) + (["+ckpt"] if checkpointing else []) + \
+        ([f"+mb{micro_batch}"] if micro_batch else [])
+    return "".join(" " + p for p in parts)
+
+
+def note(cell) -> str | None:
+    """What a row with these knobs must say about itself, or None: GPS's SupCon loss
+    in micro-batches is not the whole batch's loss (pairs only inside a chunk)."""
+    m = parse_micro_batch(getattr(cell, "micro_batch", None))
+    if (getattr(cell, "phase", None) == "select" and getattr(cell, "selector", None) == "gps" and m
+            and m < cell.batch_size and dict(cell.options).get("loss", "supcon") == "supcon"):
+        return (f"micro_batch {m}: GPS's SupCon loss pairs samples only inside each chunk of {m}, so it "
+                "differs from the whole-batch loss (the mask may differ too)")
+    return None
