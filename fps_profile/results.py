@@ -44,6 +44,7 @@ class Result:
         scope: Parameter scope of select and sparse train_step rows, else None.
         image_size: Input height and width when set by ``--image-size``; None: the model's own
             (``pretrained_cfg["input_size"]``).
+        seq_len: Tokens per sequence of a language-model (``hf:``) row; None for image models.
         options: The selector's options where any were given (e.g. ``{"loss": "ce", "views": 1}``
             for GPS's cross-entropy variant), else None; part of the cell's identity.
         peak_allocated_bytes: Peak of live tensor bytes (CUDA allocator's
@@ -82,6 +83,7 @@ class Result:
     budget: str | None = None
     scope: str | None = None
     image_size: int | None = None
+    seq_len: int | None = None
     options: dict[str, Any] | None = None
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
@@ -109,7 +111,7 @@ class Result:
     def key(self) -> tuple:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
-                        self.budget, self.scope, self.options, self.image_size)
+                        self.budget, self.scope, self.options, self.image_size, self.seq_len)
 
     @property
     def variant(self) -> str | None:
@@ -142,14 +144,15 @@ def selector_variant(selector: str | None, options=None) -> str | None:
 
 
 def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None,
-             image_size=None) -> tuple:
+             image_size=None, seq_len=None) -> tuple:
     """Identity of a cell. Budget, scope and options only matter where a selector is involved;
-    options are folded into the selector (:func:`selector_variant`); an image size is part of
-    the key only when set, so rows written before it existed keep their keys."""
+    options are folded into the selector (:func:`selector_variant`); an image size and a
+    sequence length are part of the key only when set, so rows written before them keep their keys."""
     if selector is None:
         budget = scope = None
     key = (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
-    return key + (int(image_size),) if image_size else key
+    key = key + (int(image_size),) if image_size else key
+    return key + (("seq_len", int(seq_len)),) if seq_len else key
 
 
 def _trim_torn_tail(path: Path) -> None:

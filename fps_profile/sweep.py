@@ -29,6 +29,9 @@ class Grid:
     fine-tuning rows are measured once per (model, batch, dtype, device), not
     per selector. ``image_size`` builds every model for that input size and feeds
     it images of that size (None: each model's own ``pretrained_cfg["input_size"]``).
+    ``seq_lens`` are the sequence lengths of the language models (``hf:``), an axis
+    like the batch sizes (empty: :data:`fps_profile.llm.models.DEFAULT_SEQ_LEN`); a grid
+    with sequence lengths takes language models only.
     """
 
     selectors: list[str] = field(default_factory=lambda: ["fps", "gps", "magnitude", "random"])
@@ -45,28 +48,40 @@ class Grid:
     repeats: int = 3
     memory_budget: int | None = None
     image_size: int | None = None
+    seq_lens: list[int] = field(default_factory=list)
 
-    def _cell(self, model, batch, dtype, device, phase, selector=None) -> Cell:
+    def _cell(self, model, batch, dtype, device, phase, selector=None, seq_len=None) -> Cell:
         opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
         return Cell(model=model, batch_size=batch, phase=phase, selector=selector, dtype=dtype, device=device,
                     budget=self.budget, scope=self.scope, options=opts, num_batches=self.num_batches,
                     warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget,
-                    image_size=self.image_size)
+                    image_size=self.image_size, seq_len=seq_len)
+
+    def seq_lens_for(self, model: str) -> list[int | None]:
+        """The sequence lengths of ``model``'s cells: ``[None]`` for an image model."""
+        from fps_profile.llm.models import DEFAULT_SEQ_LEN, is_hf_name
+
+        if not is_hf_name(model):
+            return [None]
+        return sorted(self.seq_lens) or [DEFAULT_SEQ_LEN]
 
     def cells(self) -> list[Cell]:
-        """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps."""
+        """Every cell, grouped by (device, dtype, model, sequence length, batch): floor, selections, train steps."""
         out = []
-        for device, dtype, model, batch in itertools.product(self.devices, self.dtypes, self.models,
-                                                             sorted(self.batch_sizes)):
-            if "inference" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "inference"))
-            if "select" in self.phases:
-                out += [self._cell(model, batch, dtype, device, "select", s) for s in self.selectors]
-            if "train_step" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "train_step"))
-                out += [self._cell(model, batch, dtype, device, "train_step", s) for s in self.selectors]
-            if "train_floor" in self.phases:
-                out.append(self._cell(model, batch, dtype, device, "train_floor"))
+        for device, dtype, model in itertools.product(self.devices, self.dtypes, self.models):
+            for seq, batch in itertools.product(self.seq_lens_for(model), sorted(self.batch_sizes)):
+                def cell(phase, selector=None):
+                    return self._cell(model, batch, dtype, device, phase, selector, seq)
+
+                if "inference" in self.phases:
+                    out.append(cell("inference"))
+                if "select" in self.phases:
+                    out += [cell("select", s) for s in self.selectors]
+                if "train_step" in self.phases:
+                    out.append(cell("train_step"))
+                    out += [cell("train_step", s) for s in self.selectors]
+                if "train_floor" in self.phases:
+                    out.append(cell("train_floor"))
         return out
 
     def validate(self, local_devices: bool = True) -> None:
@@ -107,11 +122,28 @@ class Grid:
         BudgetSpec.parse(self.budget)
         get_scope(self.scope)
         check_image_size(self.image_size)
+        self._validate_seq_lens()
         for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
             if value < 1:
                 raise UserError(f"{what} must be >= 1, not {value}")
         if self.warmup < 0:
             raise UserError(f"warmup must be >= 0, not {self.warmup}")
+
+
+    def _validate_seq_lens(self) -> None:
+        from fps_profile.llm.models import is_hf_name
+
+        for n in self.seq_lens:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UserError(f"sequence length must be an integer >= 1, not {n!r}")
+        image = [m for m in self.models if not is_hf_name(m)]
+        if self.seq_lens and image:
+            raise UserError(f"--seq-len applies to language models (hf:...), not to image model {image[0]!r}: "
+                            "sweep the two kinds separately")
+        if self.image_size is not None and len(image) < len(self.models):
+            lm = next(m for m in self.models if is_hf_name(m))
+            raise UserError(f"--image-size applies to image models, not to language model {lm!r}: "
+                            "sweep the two kinds separately")
 
 
 def latest(rows: Sequence[Result]) -> dict[tuple, Result]:
@@ -146,7 +178,7 @@ def _row_line(row: Result) -> str:
     from fps_profile.units import fmt_bytes, fmt_seconds
 
     who = row.variant or ("full" if row.phase == "train_step" else "floor")
-    what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
+    what = f"{row.model}{f' seq={row.seq_len}' if row.seq_len else ''} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
     if row.status != "ok":
         return f"{what}  {row.status.upper()}  {row.error or ''}"
     return f"{what}  peak {fmt_bytes(row.peak_allocated_bytes)}  time {fmt_seconds(row.wall_time_s)}"

@@ -30,10 +30,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, dtypes, devices, phases, budget, scope, image_size, repeats, ..., [options.<selector>]); "
+                   "batch_sizes, seq_lens, dtypes, devices, phases, budget, scope, image_size, repeats, ..., [options.<selector>]); "
                    "flags given on the command line override it")
     p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
-    p.add_argument("--model", help="comma list of timm models (default vit_tiny_patch16_224,vit_small_patch16_224)")
+    p.add_argument("--model", help="comma list of timm models, or language models hf:<name> / hf:<config.json> "
+                   "('fps-profile list models hf:*'; default vit_tiny_patch16_224,vit_small_patch16_224)")
     p.add_argument("--batch-size", help="comma list of batch sizes (default 1,4,16)")
     p.add_argument("--dtype", help="comma list of float32, bfloat16, float16 (default float32)")
     p.add_argument("--device", help="comma list of cpu, cuda[:N], sim[:target] (default cpu)")
@@ -48,6 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-batches", type=int, help="batches of selection data (default 1)")
     p.add_argument("--image-size", type=int, help="input height and width for every model, built for it "
                    "(default: each model's own, e.g. 224, FastViT 256, Inception 299)")
+    p.add_argument("--seq-len", help="comma list of sequence lengths (tokens) of the language models (hf:...), "
+                   "an axis like --batch-size (default 512); not for image models")
     p.add_argument("--warmup", type=int, help="untimed runs before measuring (default 1)")
     p.add_argument("--repeats", type=int, help="timed runs; the median is reported (default 3)")
     p.add_argument("--memory-budget", help="e.g. 8GiB: a run that needs more is recorded as 'oom' "
@@ -98,8 +101,12 @@ def build_grid(args: argparse.Namespace):
                        ("device", "devices"), ("phase", "phases")):
         if getattr(args, flag):
             setattr(grid, attr, comma_list(getattr(args, flag)))
+    if isinstance(grid.seq_lens, (str, int)):
+        grid.seq_lens = int_list(str(grid.seq_lens), "sequence length")
     if args.batch_size:
         grid.batch_sizes = int_list(args.batch_size)
+    if args.seq_len:
+        grid.seq_lens = int_list(args.seq_len, "sequence length")
     if args.k is not None:
         grid.budget = f"k={args.k}"
     elif args.fraction is not None:
