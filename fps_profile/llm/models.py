@@ -99,7 +99,6 @@ def build_config(name: str):
         raise UserError(f"transformers {transformers.__version__} cannot read the config of {name!r}: "
                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     config.use_cache = False
-    config.loss_type = "ForCausalLM"  # what transformers falls back to anyway, without a warning
     return config
 
 
@@ -119,6 +118,7 @@ def build_lm(name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
         text = str(exc).strip().splitlines()
         raise UserError(f"transformers cannot build {name!r}: {type(exc).__name__}: "
                         f"{text[0] if text else ''}".rstrip(": ")) from exc
+    model.loss_type = "ForCausalLM"  # what transformers falls back to for e.g. GPT2LMHeadModel, without its warning
     return model.to(dtype=dtype)
 
 

@@ -50,10 +50,35 @@ def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) ->
 
 
 def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
-    """Give a meta (or real) ``module`` fake storage on ``device``; call inside the fake mode."""
+    """Give a meta (or real) ``module`` fake storage on ``device``; call inside the fake mode.
+
+    As ``module.to_empty(device=device)`` (same allocation order: children first,
+    then a module's parameters, then its buffers), except that a tensor shared by
+    several modules (a language model's ``lm_head`` tied to its embedding) stays
+    one tensor, as ``model.to("cuda")`` keeps it.
+    """
     if any(p.device.type != "meta" for p in module.parameters()):
         module = module.to("meta")
-    return module.to_empty(device=device)
+    _to_empty_shared(module, torch.device(device), {})
+    return module
+
+
+def _to_empty_shared(module: nn.Module, device: torch.device, memo: dict) -> None:
+    for child in module.children():
+        _to_empty_shared(child, device, memo)
+    for table in (module._parameters, module._buffers):
+        for key, old in table.items():
+            if old is None:
+                continue
+            new = memo.get(id(old))
+            if new is None:
+                with torch.no_grad():
+                    new = torch.empty_like(old, device=device)
+                if isinstance(old, nn.Parameter):
+                    new = nn.Parameter(new, old.requires_grad)
+                memo[id(old)] = new
+                memo[("keep", id(old))] = old  # keeps ``id(old)`` unique until the walk ends
+            table[key] = new
 
 
 def batch(model: nn.Module, batch_size: int, dtype: torch.dtype,
