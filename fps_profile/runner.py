@@ -96,7 +96,8 @@ class Cell:
         return Result(selector=self.selector, model=self.model, batch_size=self.batch_size,
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
                       scope=self.scope if self.selector is not None else None, image_size=self.image_size,
-                      seq_len=self.seq_len, options=dict(self.options) or None, warmup=self.warmup, repeats=self.repeats, **fields)
+                      seq_len=self.seq_len, options=dict(self.options) or None, warmup=self.warmup,
+                      repeats=self.repeats, **fields)
 
 
 def one_line(exc: BaseException) -> str:

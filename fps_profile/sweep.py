@@ -129,7 +129,6 @@ class Grid:
         if self.warmup < 0:
             raise UserError(f"warmup must be >= 0, not {self.warmup}")
 
-
     def _validate_seq_lens(self) -> None:
         from fps_profile.llm.models import is_hf_name
 
@@ -178,7 +177,8 @@ def _row_line(row: Result) -> str:
     from fps_profile.units import fmt_bytes, fmt_seconds
 
     who = row.variant or ("full" if row.phase == "train_step" else "floor")
-    what = f"{row.model}{f' seq={row.seq_len}' if row.seq_len else ''} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
+    seq = f" seq={row.seq_len}" if row.seq_len else ""
+    what = f"{row.model}{seq} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}"
     if row.status != "ok":
         return f"{what}  {row.status.upper()}  {row.error or ''}"
     return f"{what}  peak {fmt_bytes(row.peak_allocated_bytes)}  time {fmt_seconds(row.wall_time_s)}"

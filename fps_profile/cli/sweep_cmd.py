@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, seq_lens, dtypes, devices, phases, budget, scope, image_size, repeats, ..., [options.<selector>]); "
+                   "batch_sizes, seq_lens, dtypes, devices, phases, budget, scope, image_size, repeats, ..., "
+                   "[options.<selector>]); "
                    "flags given on the command line override it")
     p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
     p.add_argument("--model", help="comma list of timm models, or language models hf:<name> / hf:<config.json> "
