@@ -8,8 +8,8 @@
 #   MODELS=hf:llama-3.2-1b,hf:llama-3.1-8b SELECTORS=fps,wanda scripts/llm_study.sh   # a part
 #
 # The two cards share the SM90 kernels, allocator and cuBLAS workspace, so their predicted peaks are
-# the same bytes: the sweep runs on sim:h100 (figures show both cards' memory lines via --max-batch
-# tables); the max-batch search, which depends on the card's memory, runs on both.
+# the same bytes: the sweep runs on sim:h100 only; the max-batch search, which depends on the card's
+# memory, runs on both (CARDS= skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FPS=${FPS:-fps-profile}
