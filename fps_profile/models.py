@@ -1,4 +1,5 @@
-"""Building timm models (randomly initialised) and synthetic inputs for them."""
+"""Building models (randomly initialised) and synthetic inputs for them: timm image models, and
+causal language models named ``hf:...`` (:mod:`fps_profile.llm.models`)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,14 @@ def _timm_names() -> tuple[str, ...]:
 
 
 def check_model_name(name: str) -> None:
-    """Fail with close suggestions unless timm knows ``name``."""
+    """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it)."""
     import timm
+
+    from fps_profile.llm.models import check_hf_name, is_hf_name
+
+    if is_hf_name(name):
+        check_hf_name(name)
+        return
 
     if not timm.is_model(name):
         raise did_you_mean(name, _timm_names(), "timm model", show_known=False)
@@ -79,15 +86,22 @@ def build_timm(name: str, *, image_size: int | None = None, **kwargs) -> nn.Modu
 
 def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  *, image_size: int | None = None, **kwargs) -> nn.Module:
-    """A randomly initialised timm model (no weights are downloaded).
+    """A randomly initialised timm model or ``hf:`` language model (no weights are downloaded).
 
     Args:
-        name: A timm model name (``timm.list_models()``).
+        name: A timm model name (``timm.list_models()``), or ``hf:<name>`` / ``hf:<path>.json``
+            (:mod:`fps_profile.llm.models`).
         device: Where to build it.
         dtype: Parameter dtype.
         image_size: Input size to build it for (see :func:`build_timm`); default the model's own.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``).
     """
+    from fps_profile.llm.models import build_lm, is_hf_name
+
+    if is_hf_name(name):
+        if image_size is not None:
+            raise UserError(f"--image-size applies to image models, not to language model {name!r}")
+        return build_lm(name, dtype).to(device=device)
     model = build_timm(name, image_size=image_size, **kwargs)
     return model.to(device=device, dtype=dtype)
 
@@ -121,8 +135,9 @@ def num_classes(model: nn.Module) -> int:
 
 def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, seed: int = 0,
                       device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                      image_size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Random normal images and uniform labels shaped for ``model``.
+                      image_size: int | None = None, seq_len: int | None = None
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random normal images and uniform labels shaped for ``model``; token batches for a language model.
 
     Args:
         model: The model the batches are for (sets image size, classes, device, dtype).
@@ -132,10 +147,19 @@ def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, s
         device: Defaults to the model's device.
         dtype: Defaults to the model's parameter dtype.
         image_size: Height and width; defaults to the model's own (:func:`input_size`).
+        seq_len: Tokens per sequence of a language model (:func:`fps_profile.llm.models.token_batches`).
     """
+    from fps_profile.llm import is_causal_lm
+
     check_batch_size(batch_size)
     if num_batches < 1:
         raise UserError(f"num_batches must be >= 1, not {num_batches}")
+    if is_causal_lm(model):
+        from fps_profile.llm.models import token_batches
+
+        return token_batches(model, batch_size, seq_len, num_batches, seed, device)
+    if seq_len is not None:
+        raise UserError("a sequence length applies to language models (hf:...), not to image models")
     p = next(model.parameters())
     device = torch.device(device) if device is not None else p.device
     dtype = dtype or p.dtype

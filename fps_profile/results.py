@@ -44,6 +44,7 @@ class Result:
         scope: Parameter scope of select and sparse train_step rows, else None.
         image_size: Input height and width when set by ``--image-size``; None: the model's own
             (``pretrained_cfg["input_size"]``).
+        seq_len: Tokens per sequence of a language-model (``hf:``) row; None for image models.
         amp: ``fp16``/``bf16`` (or ``fp16-nocache``/``bf16-nocache``) when the phase ran under
             autocast (``--amp``); None: plain.
         checkpointing: Whether activation checkpointing was on (``--checkpointing``).
@@ -90,6 +91,7 @@ class Result:
     budget: str | None = None
     scope: str | None = None
     image_size: int | None = None
+    seq_len: int | None = None
     amp: str | None = None
     checkpointing: bool = False
     micro_batch: int | None = None
@@ -122,7 +124,7 @@ class Result:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
                         self.budget, self.scope, self.options, self.image_size, self.amp, self.checkpointing,
-                        self.micro_batch)
+                        self.micro_batch, self.seq_len)
 
     @property
     def variant(self) -> str | None:
@@ -162,15 +164,16 @@ def selector_variant(selector: str | None, options=None) -> str | None:
 
 
 def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None,
-             image_size=None, amp=None, checkpointing=False, micro_batch=None) -> tuple:
+             image_size=None, amp=None, checkpointing=False, micro_batch=None, seq_len=None) -> tuple:
     """Identity of a cell. Budget, scope and options only matter where a selector is involved;
-    options are folded into the selector (:func:`selector_variant`); an image size and the
-    knobs (``amp``, ``checkpointing``, ``micro_batch``) are part of the key only when set, so
-    rows written before they existed keep their keys."""
+    options are folded into the selector (:func:`selector_variant`); an image size, a sequence
+    length and the knobs (``amp``, ``checkpointing``, ``micro_batch``) are part of the key only
+    when set, so rows written before they existed keep their keys."""
     if selector is None:
         budget = scope = None
     key = (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
     key = key + (int(image_size),) if image_size else key
+    key += (("seq_len", int(seq_len)),) if seq_len else ()
     knobs = (("amp", amp),) if amp else ()
     knobs += (("checkpointing", True),) if checkpointing else ()
     knobs += (("micro_batch", int(micro_batch)),) if micro_batch else ()

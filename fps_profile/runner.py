@@ -46,6 +46,9 @@ class Cell:
         memory_budget: Bytes; beyond it the run is an out-of-memory (simulated on
             cpu/sim, enforced by the caching allocator on cuda).
         image_size: Input height and width; None: the model's own (``pretrained_cfg``).
+        seq_len: Tokens per sequence of a language model (``hf:``); None for image models
+            (a sweep sets it on every language-model cell, default
+            :data:`fps_profile.llm.models.DEFAULT_SEQ_LEN`).
         amp: Autocast setting (:mod:`fps_profile.knobs`): ``fp16``, ``bf16``, their
             ``-nocache`` forms, or None.
         checkpointing: Activation checkpointing for the passes with a backward.
@@ -66,6 +69,7 @@ class Cell:
     repeats: int = 3
     memory_budget: int | None = None
     image_size: int | None = None
+    seq_len: int | None = None
     amp: str | None = None
     checkpointing: bool = False
     micro_batch: int | None = None
@@ -80,13 +84,14 @@ class Cell:
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
                         self.phase, self.budget, self.scope, self.options, self.image_size,
-                        self.amp, self.checkpointing, self.micro_batch)
+                        self.amp, self.checkpointing, self.micro_batch, self.seq_len)
 
     def label(self) -> str:
         from fps_profile.knobs import label
 
         who = self.selector or ("full" if self.phase == "train_step" else "-")
         size = f" {self.image_size}px" if self.image_size else ""
+        size += f" seq={self.seq_len}" if self.seq_len else ""
         knobs = label(self.amp, self.checkpointing, self.micro_batch)
         return f"{self.model}{size} b={self.batch_size} {self.dtype} {self.device} {self.phase}:{who}{knobs}"
 
@@ -105,7 +110,8 @@ class Cell:
                       dtype=self.dtype, device=self.device, phase=self.phase, budget=self.budget,
                       scope=self.scope if self.selector is not None else None, image_size=self.image_size,
                       amp=self.amp, checkpointing=self.checkpointing, micro_batch=self.micro_batch,
-                      options=dict(self.options) or None, warmup=self.warmup, repeats=self.repeats, **fields)
+                      seq_len=self.seq_len, options=dict(self.options) or None, warmup=self.warmup,
+                      repeats=self.repeats, **fields)
 
 
 def one_line(exc: BaseException) -> str:
@@ -170,7 +176,8 @@ def _measure_real(cell: Cell, row: Result) -> None:
     torch.manual_seed(0)
     model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype), image_size=cell.image_size)
     row.params_total = sum(p.numel() for p in model.parameters())
-    batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size)
+    batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size,
+                                seq_len=cell.seq_len)
     if cell.memory_budget is not None and device.type == "cuda":
         limit_memory(device, cell.memory_budget)
     prepared = phases.prepare(cell, model, batches, _DeviceBackend(device))

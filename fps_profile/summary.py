@@ -41,6 +41,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     size: dict[str, int] = {}
     for r in rows:
         model = f"{r.model} @{r.image_size}px" if r.image_size else r.model
+        model += f" seq={r.seq_len}" if r.seq_len else ""
         groups.setdefault((r.device, r.dtype, model, r.batch_size), []).append(r)
         size[model] = max(size.get(model, 0), r.params_total or 0)
     from fps_profile.explain import mostly

@@ -38,6 +38,10 @@ class Grid:
     is measured once: checkpointing on a phase or selector without a backward
     (inference, FPS, Wanda), any knob on a selector without data (magnitude,
     random), a micro-batch at least the batch size.
+
+    ``seq_lens`` are the sequence lengths of the language models (``hf:``), an axis
+    like the batch sizes (empty: :data:`fps_profile.llm.models.DEFAULT_SEQ_LEN`); a grid
+    with sequence lengths takes language models only.
     """
 
     selectors: list[str] = field(default_factory=lambda: ["fps", "gps", "magnitude", "random"])
@@ -65,32 +69,44 @@ class Grid:
                   [knobs.parse_micro_batch(m) for m in axes[2]]]
         return list(dict.fromkeys(Knobs(*s) for s in itertools.product(*parsed)))
 
-    def _cell(self, model, batch, dtype, device, phase, selector=None, setting: Knobs | None = None) -> Cell:
+    seq_lens: list[int] = field(default_factory=list)
+
+    def _cell(self, model, batch, dtype, device, phase, selector=None, setting: Knobs | None = None,
+              seq_len: int | None = None) -> Cell:
         opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
         setting = _effective(setting or self.knob_settings()[0], phase, selector, batch)
         return Cell(model=model, batch_size=batch, phase=phase, selector=selector, dtype=dtype, device=device,
                     budget=self.budget, scope=self.scope, options=opts, num_batches=self.num_batches,
                     warmup=self.warmup, repeats=self.repeats, memory_budget=self.memory_budget,
                     image_size=self.image_size, amp=setting.amp, checkpointing=setting.checkpointing,
-                    micro_batch=setting.micro_batch)
+                    micro_batch=setting.micro_batch, seq_len=seq_len)
+
+    def seq_lens_for(self, model: str) -> list[int | None]:
+        """The sequence lengths of ``model``'s cells: ``[None]`` for an image model."""
+        from fps_profile.llm.models import DEFAULT_SEQ_LEN, is_hf_name
+
+        if not is_hf_name(model):
+            return [None]
+        return sorted(self.seq_lens) or [DEFAULT_SEQ_LEN]
 
     def cells(self) -> list[Cell]:
-        """Every cell, grouped by (device, dtype, model, batch): floor, selections, train steps,
-        each crossed with the knob settings (a cell that two settings make alike comes once)."""
+        """Every cell, grouped by (device, dtype, model, sequence length, batch): floor, selections,
+        train steps, each crossed with the knob settings (a cell that two settings make alike comes once)."""
         out = []
         settings = self.knob_settings()
-        for device, dtype, model, batch in itertools.product(self.devices, self.dtypes, self.models,
-                                                             sorted(self.batch_sizes)):
-            what = []
-            if "inference" in self.phases:
-                what.append(("inference", None))
-            if "select" in self.phases:
-                what += [("select", s) for s in self.selectors]
-            if "train_step" in self.phases:
-                what += [("train_step", None)] + [("train_step", s) for s in self.selectors]
-            if "train_floor" in self.phases:
-                what.append(("train_floor", None))
-            out += [self._cell(model, batch, dtype, device, phase, s, k) for phase, s in what for k in settings]
+        for device, dtype, model in itertools.product(self.devices, self.dtypes, self.models):
+            for seq, batch in itertools.product(self.seq_lens_for(model), sorted(self.batch_sizes)):
+                what = []
+                if "inference" in self.phases:
+                    what.append(("inference", None))
+                if "select" in self.phases:
+                    what += [("select", s) for s in self.selectors]
+                if "train_step" in self.phases:
+                    what += [("train_step", None)] + [("train_step", s) for s in self.selectors]
+                if "train_floor" in self.phases:
+                    what.append(("train_floor", None))
+                out += [self._cell(model, batch, dtype, device, phase, s, k, seq)
+                        for phase, s in what for k in settings]
         unique: dict[tuple, Cell] = {}
         for c in out:
             unique.setdefault(c.key(), c)
@@ -135,11 +151,27 @@ class Grid:
         get_scope(self.scope)
         check_image_size(self.image_size)
         self.knob_settings()  # bad amp / checkpointing / micro_batch values fail here
+        self._validate_seq_lens()
         for what, value in (("num_batches", self.num_batches), ("repeats", self.repeats)):
             if value < 1:
                 raise UserError(f"{what} must be >= 1, not {value}")
         if self.warmup < 0:
             raise UserError(f"warmup must be >= 0, not {self.warmup}")
+
+    def _validate_seq_lens(self) -> None:
+        from fps_profile.llm.models import is_hf_name
+
+        for n in self.seq_lens:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UserError(f"sequence length must be an integer >= 1, not {n!r}")
+        image = [m for m in self.models if not is_hf_name(m)]
+        if self.seq_lens and image:
+            raise UserError(f"--seq-len applies to language models (hf:...), not to image model {image[0]!r}: "
+                            "sweep the two kinds separately")
+        if self.image_size is not None and len(image) < len(self.models):
+            lm = next(m for m in self.models if is_hf_name(m))
+            raise UserError(f"--image-size applies to image models, not to language model {lm!r}: "
+                            "sweep the two kinds separately")
 
 
 def _as_list(value) -> list:
@@ -192,7 +224,8 @@ def _row_line(row: Result) -> str:
     from fps_profile.units import fmt_bytes, fmt_seconds
 
     who = row.variant or ("full" if row.phase == "train_step" else "floor")
-    what = f"{row.model} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}{row.knobs}"
+    seq = f" seq={row.seq_len}" if row.seq_len else ""
+    what = f"{row.model}{seq} b={row.batch_size} {row.dtype} {row.device} {row.phase}:{who}{row.knobs}"
     if row.status != "ok":
         return f"{what}  {row.status.upper()}  {row.error or ''}"
     return f"{what}  peak {fmt_bytes(row.peak_allocated_bytes)}  time {fmt_seconds(row.wall_time_s)}"

@@ -1,4 +1,5 @@
-"""``fps-profile list``: registered selectors (and timm models by wildcard)."""
+"""``fps-profile list``: registered selectors, scopes, and models by wildcard (timm, and the shipped
+``hf:`` language-model configs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("list", help="list selectors, scopes or timm models",
                        description="List the registered selectors with what they need, the "
-                       "parameter scopes, or timm model names matching a wildcard.")
+                       "parameter scopes, or model names matching a wildcard: the language models "
+                       "shipped as configs ('list models hf:*'), then timm's.")
     p.add_argument("what", nargs="?", default="selectors", choices=["selectors", "scopes", "models"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'vit_*patch16_224'")
     p.set_defaults(run=run)
@@ -30,8 +32,15 @@ def run(args: argparse.Namespace) -> int:
         print("(norms by type, position tables and the classifier from timm's metadata on every family; "
               "'fps-profile scope MODEL' shows a model's roles)")
     else:
+        import fnmatch
+
         import timm
 
+        from fps_profile.llm.models import PREFIX, shipped
+
+        for name, source in shipped().items():
+            if fnmatch.fnmatch(PREFIX + name, args.pattern):
+                print(f"{PREFIX + name:<18} {source}")
         for name in timm.list_models(args.pattern):
             print(name)
     return 0

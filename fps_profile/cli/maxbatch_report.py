@@ -41,13 +41,13 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
         if "train_step" in grid.phases:
             series += [("train_step", None)] + [("train_step", s) for s in grid.selectors]
         for dtype in grid.dtypes:
-            for model in grid.models:
+            for model, seq in ((m, n) for m in grid.models for n in grid.seq_lens_for(m)):
                 for phase, selector in series:
                     proto = dataclasses.replace(grid, devices=[device], dtypes=[dtype], models=[model],
                                                 memory_budget=budget, repeats=1)
 
-                    def measure(batch: int, phase=phase, selector=selector, proto=proto):
-                        cell = proto._cell(model, batch, dtype, device, phase, selector)
+                    def measure(batch: int, phase=phase, selector=selector, proto=proto, seq=seq):
+                        cell = proto._cell(model, batch, dtype, device, phase, selector, seq)
                         row = have.get(cell.key())
                         if row is None or (args.retry_failed and row.status in ("error", "timeout")):
                             row = next(iter(executor.run([cell], args.timeout)))
@@ -59,7 +59,7 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
 
                     res = find_max_batch(measure, budget, start=min(grid.batch_sizes))
                     who = selector or ("floor" if phase == "inference" else "full")
-                    body.append([device, dtype, model, f"{phase}:{who}",
+                    body.append([device, dtype, f"{model} seq={seq}" if seq else model, f"{phase}:{who}",
                                  str(res.max_batch) if res.max_batch else "none",
                                  fmt_bytes(res.peak_bytes), fmt_bytes(budget),
                                  res.error or (f"oom at {res.first_oom}" if res.first_oom else "cap reached")])

@@ -19,11 +19,13 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
-    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width, the model built for it (default: the model's own)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="tokens per sequence of a language model (default 512)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
     budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         args.k = 1
     model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
-                                image_size=args.image_size)
+                                image_size=args.image_size, seq_len=args.seq_len)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
                               scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
                               micro_batch=args.micro_batch, **options)

@@ -32,11 +32,12 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, dtypes, devices, phases, budget, scope, image_size, amp, checkpointing, micro_batch, "
-                   "frontier, repeats, ..., [options.<selector>]); "
+                   "batch_sizes, seq_lens, dtypes, devices, phases, budget, scope, image_size, amp, checkpointing, "
+                   "micro_batch, frontier, repeats, ..., [options.<selector>]); "
                    "flags given on the command line override it")
     p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
-    p.add_argument("--model", help="comma list of timm models (default vit_tiny_patch16_224,vit_small_patch16_224)")
+    p.add_argument("--model", help="comma list of timm models, or language models hf:<name> / hf:<config.json> "
+                   "('fps-profile list models hf:*'; default vit_tiny_patch16_224,vit_small_patch16_224)")
     p.add_argument("--batch-size", help="comma list of batch sizes (default 1,4,16)")
     p.add_argument("--dtype", help="comma list of float32, bfloat16, float16 (default float32)")
     p.add_argument("--device", help="comma list of cpu, cuda[:N], sim[:target] (default cpu)")
@@ -51,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-batches", type=int, help="batches of selection data (default 1)")
     p.add_argument("--image-size", type=int, help="input height and width for every model, built for it "
                    "(default: each model's own, e.g. 224, FastViT 256, Inception 299)")
+    p.add_argument("--seq-len", help="comma list of sequence lengths (tokens) of the language models (hf:...), "
+                   "an axis like --batch-size (default 512); not for image models")
     knobs = p.add_argument_group(
         "knobs (each a comma list crossed with the grid; none/off is the plain setting; rows carry "
         "amp, checkpointing, micro_batch)")
@@ -125,8 +128,12 @@ def build_grid(args: argparse.Namespace):
                        ("device", "devices"), ("phase", "phases")):
         if getattr(args, flag):
             setattr(grid, attr, comma_list(getattr(args, flag)))
+    if isinstance(grid.seq_lens, (str, int)):
+        grid.seq_lens = int_list(str(grid.seq_lens), "sequence length")
     if args.batch_size:
         grid.batch_sizes = int_list(args.batch_size)
+    if args.seq_len:
+        grid.seq_lens = int_list(args.seq_len, "sequence length")
     if args.k is not None:
         grid.budget = f"k={args.k}"
     elif args.fraction is not None:

@@ -4,7 +4,8 @@ A language model's batch is ``(input_ids, labels)``: ``[batch, seq_len]`` token 
 labels equal to the ids (the shift to next-token targets happens inside the loss,
 as in Hugging Face ``transformers``). :func:`task_loss` is the one place where a
 phase or a selector turns a batch into the training loss, for image classifiers
-and language models alike.
+and language models alike. Building ``hf:`` models and their token batches:
+:mod:`fps_profile.llm.models`.
 """
 
 from __future__ import annotations

@@ -21,12 +21,13 @@ from fps_profile.errors import UserError
 from fps_profile.plots.breakdown import breakdown_bars
 from fps_profile.plots.data import by_group
 from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
+from fps_profile.plots.seqlen import memory_vs_seq_len
 from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
 from fps_profile.results import Result
 
-__all__ = ["FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch", "memory_vs_params",
-           "plot_all", "ratio_vs_batch", "time_vs_batch"]
+__all__ = ["FIGURES", "SEQ_LEN_FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
+           "memory_vs_params", "memory_vs_seq_len", "plot_all", "ratio_vs_batch", "time_vs_batch"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,13 @@ FIGURES: tuple[FigureKind, ...] = (
                "fine-tuning steps, the peak of every phase of the run split into weights, gradients, "
                "optimizer state, activations and the rest (* marks the row's peak).",
                lambda rows, o: breakdown_bars(rows)),
+)
+
+#: Figures across sequence lengths: drawn once per (device, dtype) group, every sequence length together.
+SEQ_LEN_FIGURES: tuple[FigureKind, ...] = (
+    FigureKind("memory_vs_seq_len", "Peak memory vs sequence length of a language model at one batch size: each "
+               "selector's selection, the inference floor, full and sparse fine-tuning steps.",
+               lambda rows, o: memory_vs_seq_len(rows)),
 )
 
 
@@ -94,16 +102,18 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
 
     out = figure_folder(out_dir, formats)
     opts = {"reference": reference, "batch": batch}
+    rows = list(rows)
     drawn = []
     with matplotlib.rc_context(RC):
-        for (device, dtype, budget), group in by_group(rows).items():
-            for kind in FIGURES:
-                fig = kind.draw(group, opts)
-                if fig is None:
-                    continue
-                d = Drawn(kind, device, dtype, budget)
-                d.paths = save(fig, out, (kind.name, device, dtype, budget), formats)
-                drawn.append(d)
+        for kinds, split in ((FIGURES, True), (SEQ_LEN_FIGURES, False)):
+            for (device, dtype, budget), group in by_group(rows, split_seq_len=split).items():
+                for kind in kinds:
+                    fig = kind.draw(group, opts)
+                    if fig is None:
+                        continue
+                    d = Drawn(kind, device, dtype, budget)
+                    d.paths = save(fig, out, (kind.name, device, dtype, budget), formats)
+                    drawn.append(d)
     return drawn
 
 
@@ -135,6 +145,7 @@ def save(fig, out: Path, parts: Sequence[str | None], formats: Sequence[str]) ->
             raise UserError(f"cannot write figure {str(path)!r}: {exc.strerror or exc}") from None
         paths.append(path)
     return paths
+
 
 
 def _metadata(fmt: str) -> dict | None:

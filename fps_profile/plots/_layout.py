@@ -51,6 +51,9 @@ def title(fig: Figure, what: str, rows: Sequence[Result]) -> None:
     budgets = sorted({r.budget for r in rows if r.budget})
     if len(budgets) == 1:
         where += f", budget {budgets[0]}"
+    seqs = sorted({r.seq_len for r in rows if r.seq_len})
+    if len(seqs) == 1:
+        where += f", {seqs[0]} tokens"
     versions = [f"{k.replace('_', '-')} {v}" for k in ("torch", "timm", "fps_profile")
                 if (v := env_value(rows, k))]
     commit = env_value(rows, "git_commit")

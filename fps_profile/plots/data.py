@@ -59,7 +59,7 @@ def dedupe(rows: Iterable[Result]) -> list[Result]:
     return list({(r.key(), knobs(r), device_label(r)): r for r in rows}.values())
 
 
-def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[Result]]:
+def by_group(rows: Iterable[Result], *, split_seq_len: bool = True) -> dict[tuple[str, str, str | None], list[Result]]:
     """Rows by ``(device, dtype, budget)``, in sorted order; rows are de-duplicated first.
 
     Where CUDA rows of one device string come from several GPU models (a mixed
@@ -68,6 +68,9 @@ def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[R
     The budget is None unless a (device, dtype) holds selections of several
     budgets (e.g. ``k=1`` and ``fraction=0.01``); then each budget is its own
     group, and the budget-less floor and full fine-tuning rows are in each.
+    Likewise, where language-model rows hold several sequence lengths (and
+    ``split_seq_len``), each is its own group, named ``seq=<n>`` in that place
+    (``k=1 seq=<n>`` with a budget), rows without one in each.
     """
     out: dict[tuple[str, str, str | None], list[Result]] = {}
     by_dev: dict[tuple[str, str], list[Result]] = {}
@@ -81,11 +84,16 @@ def by_group(rows: Iterable[Result]) -> dict[tuple[str, str, str | None], list[R
         by_dev.setdefault((device, r.dtype), []).append(r)
     for (device, dtype), group in by_dev.items():
         budgets = sorted({r.budget for r in group if r.budget is not None})
-        if len(budgets) <= 1:
-            out[(device, dtype, None)] = group
-            continue
-        for b in budgets:
-            out[(device, dtype, b)] = [r for r in group if r.budget in (b, None)]
+        parts = ([(None, group)] if len(budgets) <= 1
+                 else [(b, [r for r in group if r.budget in (b, None)]) for b in budgets])
+        for budget, part in parts:
+            seqs = sorted({r.seq_len for r in part if r.seq_len}) if split_seq_len else []
+            if len(seqs) <= 1:
+                out[(device, dtype, budget)] = part
+                continue
+            for n in seqs:
+                out[(device, dtype, f"{budget + ' ' if budget else ''}seq={n}")] = \
+                    [r for r in part if r.seq_len in (n, None)]
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")))
 
 

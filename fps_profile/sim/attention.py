@@ -16,7 +16,18 @@ what the CUDA kernel saves:
 * memory-efficient (float32/16/bf16; head dim divisible by 4 in float32, 8
   otherwise; masks allowed): output plus log-sum-exp ``[B, H, ceil32(T)]``
   float32, the latter only when a gradient is needed;
-* math otherwise (e.g. float64, an odd head dim, grouped-query heads, a nested layout).
+* math otherwise (e.g. float64, an odd head dim, a nested layout).
+
+Grouped-query attention (fewer key/value heads than query heads, as Llama-3,
+Mistral and Qwen2 have) reaches SDPA in one of two ways. ``transformers``
+passes the key/value heads as they are with ``enable_gqa=True`` where it can
+(no attention mask: the sim's batches, as real unpadded ones), and only the
+flash kernel takes that (``check_batch_size_and_num_heads_dense<true>``: query
+heads a multiple of the key heads, key and value heads equal); the
+memory-efficient kernel needs equal heads, so a GQA call that misses flash
+runs math, which expands the key/value heads itself. Without ``enable_gqa``,
+``transformers`` expands them first (``repeat_kv``), and the call is an
+ordinary one.
 
 Not modelled: kernel-internal workspaces (flash backward's float32 ``dq``
 accumulator, the efficient kernel's split-key buffer), which live only while
@@ -40,12 +51,14 @@ def choose_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, a
     dense = all(t.dim() == 4 and t.layout is torch.strided and not t.is_nested for t in (query, key, value))
     last_dim_ok = all(t.stride(-1) == 1 for t in (query, key, value))
     same_heads = query.size(1) == key.size(1) == value.size(1) if dense else False
+    gqa_heads = (dense and enable_gqa and key.size(1) == value.size(1) and key.size(1) > 0
+                 and query.size(1) % key.size(1) == 0)
     nonempty = dense and query.size(2) > 0 and key.size(2) > 0
     if not (dense and last_dim_ok and nonempty):
         return "math"
     d_qk, d_v = query.size(-1), value.size(-1)
     if (query.dtype in _HALF and attn_mask is None and d_qk == key.size(-1) == d_v and d_qk <= 256
-            and (8, 0) <= capability <= (9, 0) and same_heads):
+            and (8, 0) <= capability <= (9, 0) and (same_heads or gqa_heads)):
         return "flash"
     align = 8 if query.dtype in _HALF else 4
     if (query.dtype in _HALF + (torch.float32,) and d_qk == key.size(-1) and d_qk % align == 0

@@ -26,10 +26,17 @@ def new_fake_mode() -> ft.FakeTensorMode:
 
 
 def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) -> nn.Module:
-    """Create timm model ``name`` on the meta device, in ``dtype``; call :func:`materialize` next."""
+    """Create timm model or ``hf:`` language model ``name`` on the meta device, in ``dtype``;
+    call :func:`materialize` next."""
+    from fps_profile.llm.models import build_lm, is_hf_name
     from fps_profile.models import build_timm, check_model_name
 
     check_model_name(name)
+    if is_hf_name(name):
+        if image_size is not None:
+            raise UserError(f"--image-size applies to image models, not to language model {name!r}")
+        with torch.device("meta"):
+            return build_lm(name, dtype)
     try:
         with torch.device("meta"):
             model = build_timm(name, image_size=image_size)
@@ -43,18 +50,51 @@ def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) ->
 
 
 def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
-    """Give a meta (or real) ``module`` fake storage on ``device``; call inside the fake mode."""
+    """Give a meta (or real) ``module`` fake storage on ``device``; call inside the fake mode.
+
+    As ``module.to_empty(device=device)`` (same allocation order: children first,
+    then a module's parameters, then its buffers), except that a tensor shared by
+    several modules (a language model's ``lm_head`` tied to its embedding) stays
+    one tensor, as ``model.to("cuda")`` keeps it.
+    """
     if any(p.device.type != "meta" for p in module.parameters()):
         module = module.to("meta")
-    return module.to_empty(device=device)
+    _to_empty_shared(module, torch.device(device), {})
+    return module
+
+
+def _to_empty_shared(module: nn.Module, device: torch.device, memo: dict) -> None:
+    for child in module.children():
+        _to_empty_shared(child, device, memo)
+    for table in (module._parameters, module._buffers):
+        for key, old in table.items():
+            if old is None:
+                continue
+            new = memo.get(id(old))
+            if new is None:
+                with torch.no_grad():
+                    new = torch.empty_like(old, device=device)
+                if isinstance(old, nn.Parameter):
+                    new = nn.Parameter(new, old.requires_grad)
+                memo[id(old)] = new
+                memo[("keep", id(old))] = old  # keeps ``id(old)`` unique until the walk ends
+            table[key] = new
 
 
 def batch(model: nn.Module, batch_size: int, dtype: torch.dtype,
-          image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels shaped as :func:`fps_profile.models.synthetic_batches` makes them."""
+          image_size: int | None = None, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels (token ids and labels for a language model) shaped as
+    :func:`fps_profile.models.synthetic_batches` makes them."""
+    from fps_profile.llm import is_causal_lm
     from fps_profile.models import check_batch_size, check_image_size, input_size
 
     check_batch_size(batch_size)
+    if is_causal_lm(model):
+        from fps_profile.llm.models import empty_token_batch
+
+        return empty_token_batch(model, batch_size, seq_len)
+    if seq_len is not None:
+        raise UserError("a sequence length applies to language models (hf:...), not to image models")
     check_image_size(image_size)
     c, h, w = input_size(model, image_size)
     return torch.empty(batch_size, c, h, w, dtype=dtype), torch.empty(batch_size, dtype=torch.long)

@@ -40,7 +40,8 @@ def measure_sim(cell, row) -> None:
         row.params_total = sum(p.numel() for p in model.parameters())
         if cell.num_batches < 1:
             raise UserError(f"num_batches must be >= 1, not {cell.num_batches}")
-        batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size) for _ in range(cell.num_batches)]
+        batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size, cell.seq_len)
+                   for _ in range(cell.num_batches)]
         phase = phases.get_phase(cell.phase)
         prepared = phases.prepare(cell, model, batches, _SimBackend(sim))
         fn, row.params_trainable = prepared.fn, prepared.params_trainable

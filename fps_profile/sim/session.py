@@ -104,9 +104,16 @@ class Simulator:
             raise
 
     def model(self, name: str, dtype: torch.dtype = torch.float32, image_size: int | None = None) -> nn.Module:
-        """A randomly initialised timm model ``name`` (built for ``image_size``), in fake storage."""
+        """A randomly initialised timm model ``name`` (built for ``image_size``) or ``hf:`` language
+        model, in fake storage."""
+        from fps_profile.llm.models import is_hf_name
+
         with _disable_current_modes():
             meta = fake.build_model(name, dtype, image_size)
+        if is_hf_name(name):
+            from fps_profile.sim.lm import unpacked_sequences
+
+            self._stack.enter_context(unpacked_sequences())
         with self.translating_errors():
             return fake.materialize(meta)
 
@@ -117,10 +124,11 @@ class Simulator:
             meta = module.to("meta")
         return fake.materialize(meta)
 
-    def batch(self, model: nn.Module, batch_size: int, dtype: torch.dtype,
-              image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fake images and labels for ``model`` (``image_size`` square, default the model's own)."""
-        return fake.batch(model, batch_size, dtype, image_size)
+    def batch(self, model: nn.Module, batch_size: int, dtype: torch.dtype, image_size: int | None = None,
+              seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fake images and labels for ``model`` (``image_size`` square, default the model's own);
+        fake token ids ``[batch_size, seq_len]`` for a language model."""
+        return fake.batch(model, batch_size, dtype, image_size, seq_len)
 
     def measure(self, fn, *, warmup: int = 0, workspaces: tuple[str, ...] = (), model: nn.Module | None = None,
                 inputs=(), optimizer=None) -> SimStats:

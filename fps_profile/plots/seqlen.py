@@ -1,0 +1,75 @@
+"""Peak memory vs sequence length, for language-model rows (``seq_len`` set).
+
+Drawn like :func:`fps_profile.plots.memory.memory_vs_batch`, with the sequence
+length on the x axis at one batch size per model: one panel per model
+measured at two or more sequence lengths, a line per series (each selector's
+selection, the floor, full and sparse fine-tuning steps, each carrying its
+series name as ``gid``), out-of-memory cells marked, the device's memory drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+from fps_profile.plots import _layout as lay
+from fps_profile.plots import style as st
+from fps_profile.plots.data import device_memory_bytes, models, peak, series
+from fps_profile.plots.memory import _device_memory_line, _memory_scale
+from fps_profile.results import Result
+
+
+def seq_len_batch(rows: Sequence[Result], model: str) -> int | None:
+    """The batch size the figure uses for ``model``: the largest measured at every one of its sequence lengths."""
+    per_seq: dict[int, set[int]] = {}
+    for r in rows:
+        if r.model == model and r.seq_len and r.status in ("ok", "oom"):
+            per_seq.setdefault(r.seq_len, set()).add(r.batch_size)
+    common = set.intersection(*per_seq.values()) if per_seq else set()
+    return max(common, default=None)
+
+
+def memory_vs_seq_len(rows: Sequence[Result], *, batch: int | None = None) -> Figure | None:
+    """Peak memory vs sequence length: one panel per language model measured at several lengths.
+
+    Args:
+        rows: Rows of one (device, dtype) group, any sequence lengths.
+        batch: Batch size of every panel (default per model: :func:`seq_len_batch`).
+
+    Returns:
+        The figure, or None when no model has two sequence lengths at a common batch size.
+    """
+    todo = []
+    for model in models(r for r in rows if r.seq_len):
+        b = batch if batch is not None else seq_len_batch(rows, model)
+        # A row's sequence length stands in for its batch size, so the batch-keyed series serve as they are.
+        at = [dataclasses.replace(r, batch_size=r.seq_len) for r in rows
+              if r.model == model and r.seq_len and r.batch_size == b]
+        if len({r.seq_len for r in at}) >= 2:
+            todo.append((model, b, series(at, model, sparse=True)))
+    if not todo:
+        return None
+    lm_rows = [r for r in rows if r.seq_len]
+    line, div, unit = _memory_scale(lm_rows, device_memory_bytes(lm_rows))
+    fig, grid = lay.panels(len(todo))
+    any_oom = False
+    for i, ((model, b, ser), (ax,)) in enumerate(zip(todo, grid)):
+        has_oom = lay.mark_ooms(ax, {n: s.batches("oom") for n, s in ser.items()})
+        any_oom |= has_oom
+        top = 0.0
+        for name, s in ser.items():
+            xs, ys = s.xy(peak)
+            if xs:
+                ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
+                top = max(top, max(ys) / div)
+        top = max(top, _device_memory_line(ax, line, div, note=i == 0))
+        ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
+        lay.log2_batch_axis(ax, [n for s in ser.values() for n in s.rows], label=False)
+        ax.set_xlabel(f"sequence length (tokens), batch size {b}")
+        ax.set_ylabel(f"peak memory ({unit})")
+        lay.model_title(ax, model, rows)
+    lay.title(fig, "Peak memory vs sequence length", lm_rows)
+    lay.legend(fig, [g[0] for g in grid], [lay.oom_handle()] if any_oom else [])
+    return fig
