@@ -47,7 +47,7 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
                                                 memory_budget=budget, repeats=1)
 
                     def measure(batch: int, phase=phase, selector=selector, proto=proto, seq=seq):
-                        cell = proto._cell(model, batch, dtype, device, phase, selector, seq)
+                        cell = proto._cell(model, batch, dtype, device, phase, selector, seq_len=seq)
                         row = have.get(cell.key())
                         if row is None or (args.retry_failed and row.status in ("error", "timeout")):
                             row = next(iter(executor.run([cell], args.timeout)))
