@@ -18,7 +18,7 @@ SELECTORS=${SELECTORS:-fps,gps,wanda}
 SEQ_LENS=${SEQ_LENS:-512,2048,8192}
 BATCH_SIZES=${BATCH_SIZES:-1,2,4,8,16}
 MAX_BATCH_SEQ_LENS=${MAX_BATCH_SEQ_LENS:-2048}
-CARDS=${CARDS:-h100 h200}
+CARDS=${CARDS-h100 h200}  # CARDS= (empty) skips the max-batch search
 
 $FPS sweep --device sim:h100 --model "$MODELS" --selector "$SELECTORS" --dtype bfloat16 \
     --batch-size "$BATCH_SIZES" --seq-len "$SEQ_LENS" --timeout 1800 \
