@@ -100,19 +100,18 @@ def test_grid_seq_len_axis_and_errors():
 
 # -- sim bytes == cpu bytes ------------------------------------------------------------------
 
-_PHASES = [("inference", None), ("select", "fps"), ("select", "wanda"), ("select", "magnitude"),
+_PHASES = [("inference", None), ("select", "fps"), ("select", "wanda"), ("select", "gps"), ("select", "magnitude"),
            ("select", "random"), ("train_step", None), ("train_step", "fps"), ("train_floor", None)]
 
 
 def _cases():
-    for model, phases in ((LLAMA, _PHASES), (GPT2, [p for p in _PHASES if p[0] != "select" and p[1] is None])):
-        for phase, selector in phases:
+    for model in (LLAMA, GPT2):
+        for phase, selector in _PHASES:
             yield pytest.param(model, phase, selector, id=f"{model[3:]}-{phase}-{selector}")
 
 
 @pytest.mark.parametrize("model,phase,selector", list(_cases()))
 def test_sim_cpu_bytes_equal_cpu_bytes(model, phase, selector):
-    # GPT-2 selection (Conv1D) is the LLM-selector work's; its other phases are checked here
     cell = dict(model=model, batch_size=2, seq_len=24, phase=phase, selector=selector, repeats=1)
     cpu, sim = measure(Cell(device="cpu", **cell)), measure(Cell(device="sim:cpu", **cell))
     assert cpu.status == sim.status == "ok", (cpu.error, sim.error)
