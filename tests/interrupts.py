@@ -121,24 +121,34 @@ def interrupt_local_driver(tmp: Path, sig: int, isolation: str = "fork") -> None
     out = tmp / "r.jsonl"
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "FPS_TEST_HANG_DIR": str(hang_dir), "FPS_PROFILE_ISOLATION": isolation}
+    errf = open(tmp / "driver.err", "w")
     driver = subprocess.Popen(
-        [sys.executable, "-m", "fps_profile", "sweep", "--no-progress", "--model", MODEL, "--batch-size", "1",
+        [sys.executable, "-X", "faulthandler", "-m", "fps_profile", "sweep", "--no-progress", "--model", MODEL,
+         "--batch-size", "1",
          "--phase", "select", "--selector", "magnitude,hang_pid", "--repeats", "1", "--warmup", "0",
          "--timeout", "300", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        # stderr to a file, not a pipe nobody reads while the driver runs (a full pipe would block it)
+        stdout=subprocess.DEVNULL, stderr=errf, env=env, start_new_session=True)
+    err = lambda: (tmp / "driver.err").read_text(errors="replace")[-4000:]  # noqa: E731
     try:
         assert wait_until(lambda: hung_pids(hang_dir) or driver.poll() is not None, 180), "no hang in 180 s"
-        assert driver.poll() is None, driver.stderr.read()
+        assert driver.poll() is None, err()
         started = [driver.pid, *fps_processes(driver.pid)]
         assert set(hung_pids(hang_dir)) <= set(started)
         assert len(started) == (3 if isolation == "fork" else 2), started  # driver, (server,) measurement
         os.kill(driver.pid, sig)
-        code = driver.wait(timeout=60)
+        try:
+            code = driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Still running a minute after the signal: show where it is stuck (faulthandler dumps on SIGABRT).
+            os.kill(driver.pid, signal.SIGABRT)
+            driver.wait(timeout=30)
+            raise AssertionError(f"the driver did not exit within 60 s of signal {sig}: {err()}") from None
         assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), [p for p in started if _proc.alive(p)]
     finally:
         _proc.kill([driver.pid, *fps_processes(driver.pid)])
         driver.wait()
-        driver.stderr.close()
+        errf.close()
     assert code == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], code
     rows = read_results(out)
     assert [(r.selector, r.status) for r in rows] == [("magnitude", "ok")]
