@@ -89,6 +89,20 @@ class Grid:
             return [None]
         return sorted(self.seq_lens) or [DEFAULT_SEQ_LEN]
 
+    def series(self) -> list[tuple[str, str | None]]:
+        """``(phase, selector)`` of every series of the grid, in measuring order: the floor,
+        selections, full and sparse train steps, the train floor (selector None: none involved)."""
+        what: list[tuple[str, str | None]] = []
+        if "inference" in self.phases:
+            what.append(("inference", None))
+        if "select" in self.phases:
+            what += [("select", s) for s in self.selectors]
+        if "train_step" in self.phases:
+            what += [("train_step", None)] + [("train_step", s) for s in self.selectors]
+        if "train_floor" in self.phases:
+            what.append(("train_floor", None))
+        return what
+
     def cells(self) -> list[Cell]:
         """Every cell, grouped by (device, dtype, model, sequence length, batch): floor, selections,
         train steps, each crossed with the knob settings (a cell that two settings make alike comes once)."""
@@ -96,17 +110,8 @@ class Grid:
         settings = self.knob_settings()
         for device, dtype, model in itertools.product(self.devices, self.dtypes, self.models):
             for seq, batch in itertools.product(self.seq_lens_for(model), sorted(self.batch_sizes)):
-                what = []
-                if "inference" in self.phases:
-                    what.append(("inference", None))
-                if "select" in self.phases:
-                    what += [("select", s) for s in self.selectors]
-                if "train_step" in self.phases:
-                    what += [("train_step", None)] + [("train_step", s) for s in self.selectors]
-                if "train_floor" in self.phases:
-                    what.append(("train_floor", None))
                 out += [self._cell(model, batch, dtype, device, phase, s, k, seq)
-                        for phase, s in what for k in settings]
+                        for phase, s in self.series() for k in settings]
         unique: dict[tuple, Cell] = {}
         for c in out:
             unique.setdefault(c.key(), c)

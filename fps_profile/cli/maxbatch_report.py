@@ -33,13 +33,7 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
             import torch
 
             budget = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        series = []
-        if "inference" in grid.phases:
-            series.append(("inference", None))
-        if "select" in grid.phases:
-            series += [("select", s) for s in grid.selectors]
-        if "train_step" in grid.phases:
-            series += [("train_step", None)] + [("train_step", s) for s in grid.selectors]
+        series = [(phase, s) for phase, s in grid.series() if phase != "train_floor"]
         for dtype in grid.dtypes:
             for model, seq in ((m, n) for m in grid.models for n in grid.seq_lens_for(m)):
                 for phase, selector in series:

@@ -41,16 +41,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     any_oom = False
     for i, (model, (ax,)) in enumerate(zip(names, grid)):
         ser = series(rows, model)
-        top = 0.0
-        has_oom = lay.mark_ooms(ax, {n: s.batches("oom") for n, s in ser.items()})
-        any_oom |= has_oom
-        for name, s in ser.items():
-            xs, ys = s.xy(peak)
-            if xs:
-                ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
-                top = max(top, max(ys) / div)
-        top = max(top, _device_memory_line(ax, device_memory, div, note=i == 0))
-        ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
+        any_oom |= peak_lines(ax, ser, device_memory, div, note=i == 0)
         lay.log2_batch_axis(ax, [b for s in ser.values() for b in s.rows])
         ax.set_ylabel(f"peak memory ({unit})")
         lay.model_title(ax, model, rows)
@@ -66,6 +57,21 @@ def _memory_scale(rows: Sequence[Result], device_memory: int | None) -> tuple[tu
         return None, *bytes_scale(largest)
     drawn = not largest or device_memory <= MEMORY_LINE_MAX_HEADROOM * largest
     return (device_memory, drawn), *bytes_scale(max(largest, device_memory) if drawn else largest)
+
+
+def peak_lines(ax, ser: dict, device_memory: int | None, div: float, *, note: bool) -> bool:
+    """One panel's peak-memory lines (one per series, x = the series' keys), out-of-memory marks,
+    the device's memory line and the y range; True when the panel has an out-of-memory mark."""
+    has_oom = lay.mark_ooms(ax, {n: s.batches("oom") for n, s in ser.items()})
+    top = 0.0
+    for name, s in ser.items():
+        xs, ys = s.xy(peak)
+        if xs:
+            ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
+            top = max(top, max(ys) / div)
+    top = max(top, _device_memory_line(ax, device_memory, div, note=note))
+    ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
+    return has_oom
 
 
 def _device_memory_line(ax, line: tuple | None, div: int, *, note: bool = True) -> float:

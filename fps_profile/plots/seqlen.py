@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from fps_profile.plots import _layout as lay
-from fps_profile.plots import style as st
-from fps_profile.plots.data import device_memory_bytes, models, peak, series
-from fps_profile.plots.memory import _device_memory_line, _memory_scale
+from fps_profile.plots.data import device_memory_bytes, models, series
+from fps_profile.plots.memory import _memory_scale, peak_lines
 from fps_profile.results import Result
 
 
@@ -56,16 +55,7 @@ def memory_vs_seq_len(rows: Sequence[Result], *, batch: int | None = None) -> Fi
     fig, grid = lay.panels(len(todo))
     any_oom = False
     for i, ((model, b, ser), (ax,)) in enumerate(zip(todo, grid)):
-        has_oom = lay.mark_ooms(ax, {n: s.batches("oom") for n, s in ser.items()})
-        any_oom |= has_oom
-        top = 0.0
-        for name, s in ser.items():
-            xs, ys = s.xy(peak)
-            if xs:
-                ax.plot(xs, [y / div for y in ys], gid=name, **st.style(name).kwargs())
-                top = max(top, max(ys) / div)
-        top = max(top, _device_memory_line(ax, line, div, note=i == 0))
-        ax.set_ylim(0, (top or 1) / (lay.OOM_STRIP if has_oom else 0.95))
+        any_oom |= peak_lines(ax, ser, line, div, note=i == 0)
         lay.log2_batch_axis(ax, [n for s in ser.values() for n in s.rows], label=False)
         ax.set_xlabel(f"sequence length (tokens), batch size {b}")
         ax.set_ylabel(f"peak memory ({unit})")
