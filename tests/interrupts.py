@@ -113,6 +113,13 @@ def all_gone(pids) -> bool:
     return not any(map(_proc.alive, pids))
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run in the background of a non-interactive shell inherits SIGINT
+    *ignored* (POSIX), and Python then installs no KeyboardInterrupt handler, so the driver would rightly
+    ignore the SIGINT this test sends (it did, in clean-clone CI runs started with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_local_driver(tmp: Path, sig: int, isolation: str = "fork") -> None:
     """A local CLI sweep gets ``sig`` while a measurement hangs; everything it started is gone within 10 s."""
     site = make_plugin_site(tmp / "site", PLUGIN, {"hang_pid": "Hang"}, "hang_plugin")
@@ -128,7 +135,7 @@ def interrupt_local_driver(tmp: Path, sig: int, isolation: str = "fork") -> None
          "--phase", "select", "--selector", "magnitude,hang_pid", "--repeats", "1", "--warmup", "0",
          "--timeout", "300", "--out", str(out)],
         # stderr to a file, not a pipe nobody reads while the driver runs (a full pipe would block it)
-        stdout=subprocess.DEVNULL, stderr=errf, env=env, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=errf, env=env, start_new_session=True, preexec_fn=_default_sigint)
     err = lambda: (tmp / "driver.err").read_text(errors="replace")[-4000:]  # noqa: E731
     try:
         assert wait_until(lambda: hung_pids(hang_dir) or driver.poll() is not None, 180), "no hang in 180 s"
