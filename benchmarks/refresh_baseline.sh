@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure the gate baseline (benchmarks/baseline.jsonl) from benchmarks/baseline.toml.
+# Re-measure the gate baseline (benchmarks/baseline.jsonl) from its grids, benchmarks/baseline*.toml.
 # Run it after a change that is meant to alter the sim figures, and commit the new file
 # with that change. A sweep resumes into an existing file, so the old one is replaced
 # only once the new one is complete.
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 fps_profile=".venv/bin/fps-profile"; [ -x "$fps_profile" ] || fps_profile="fps-profile"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-"$fps_profile" sweep --config benchmarks/baseline.toml --out "$tmp/baseline.jsonl" --no-progress >/dev/null
+for grid in benchmarks/baseline.toml benchmarks/baseline-*.toml; do  # one file, every grid
+    "$fps_profile" sweep --config "$grid" --out "$tmp/baseline.jsonl" --no-progress >/dev/null
+done
 mv "$tmp/baseline.jsonl" benchmarks/baseline.jsonl
 echo "wrote benchmarks/baseline.jsonl ($(wc -l < benchmarks/baseline.jsonl) rows)"

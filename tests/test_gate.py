@@ -249,17 +249,23 @@ def _baseline():
     return root, read_results(root / "benchmarks" / "baseline.jsonl")
 
 
-def test_baseline_matches_its_grid():
+def test_baseline_matches_its_grids():
+    """benchmarks/baseline.jsonl holds exactly the cells of benchmarks/baseline*.toml, as gate.sh sweeps them."""
     import tomllib
 
     from fps_profile.sweep import Grid
 
     root, rows = _baseline()
-    grid = Grid(**tomllib.loads((root / "benchmarks" / "baseline.toml").read_text()))
-    assert grid.devices == ["sim"]
-    assert sorted(map(repr, (c.key() for c in grid.cells()))) == sorted(map(repr, (r.key() for r in rows)))
+    grids = [Grid(**tomllib.loads(p.read_text())) for p in sorted((root / "benchmarks").glob("baseline*.toml"))]
+    assert len(grids) >= 3 and all(g.devices == ["sim"] for g in grids)
+    keys = [c.key() for g in grids for c in g.cells()]
+    assert len(set(keys)) == len(keys)
+    assert sorted(map(repr, keys)) == sorted(map(repr, (r.key() for r in rows)))
     assert all(r.status == "ok" and r.peak_allocated_bytes and r.flops is not None for r in rows)
     assert {r.selector for r in rows if r.phase == "select"} >= {"fps", "gps"}
+    # the knobs of the strongest baselines and a language model are gated too
+    assert any(r.checkpointing and r.amp and r.micro_batch and r.selector == "gps" for r in rows)
+    assert any(r.model.startswith("hf:") and r.seq_len and r.selector == "gps" for r in rows)
 
 
 def test_baseline_gates_an_injected_regression(tmp_path, capsys):
