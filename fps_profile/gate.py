@@ -117,9 +117,12 @@ def cell_label(key: tuple) -> str:
     who = selector or ("full" if phase == "train_step" else "floor")
     scope = None if scope in (None, "gps") else f"scope={scope}"
     size = next((f"{e}px" for e in extra if isinstance(e, int)), None)
-    knobs = label(**dict(e for e in extra if isinstance(e, tuple))).strip() or None  # e.g. "+bf16 +mb8"
-    return " ".join(str(p) for p in (who, model, size, f"b={batch}", dtype, device, phase, budget, scope, knobs)
-                    if p is not None)
+    named = dict(e for e in extra if isinstance(e, tuple))
+    seq = f"seq={named.pop('seq_len')}" if "seq_len" in named else None
+    batches = f"x{named.pop('num_batches')} batches" if "num_batches" in named else None
+    knobs = label(**named).strip() or None  # e.g. "+bf16 +mb8"
+    return " ".join(str(p) for p in (who, model, size, seq, f"b={batch}", batches, dtype, device, phase, budget,
+                                     scope, knobs) if p is not None)
 
 
 def fmt_value(metric: str, value) -> str:

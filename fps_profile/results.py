@@ -63,6 +63,7 @@ class Result:
         wall_times_s: Every timed repeat, seconds.
         num_batches: Selection batches one ``select`` run goes through (so it sees ``batch_size x
             num_batches`` images); None on other phases and on rows written before it was recorded (one).
+            Part of the key when above one.
         params_total: Parameters of the model (count).
         params_trainable: Trainable parameters in this phase (count).
         flops: Floating-point operations of one run of the phase (count), where known.
@@ -124,7 +125,7 @@ class Result:
         """Identity of the cell this row measures (resume and comparison key)."""
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device, self.phase,
                         self.budget, self.scope, self.options, self.image_size, self.amp, self.checkpointing,
-                        self.micro_batch, self.seq_len)
+                        self.micro_batch, self.seq_len, self.num_batches)
 
     @property
     def variant(self) -> str | None:
@@ -164,11 +165,13 @@ def selector_variant(selector: str | None, options=None) -> str | None:
 
 
 def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=None, options=None,
-             image_size=None, amp=None, checkpointing=False, micro_batch=None, seq_len=None) -> tuple:
+             image_size=None, amp=None, checkpointing=False, micro_batch=None, seq_len=None,
+             num_batches=None) -> tuple:
     """Identity of a cell. Budget, scope and options only matter where a selector is involved;
     options are folded into the selector (:func:`selector_variant`); an image size, a sequence
     length and the knobs (``amp``, ``checkpointing``, ``micro_batch``) are part of the key only
-    when set, so rows written before they existed keep their keys."""
+    when set, and the number of selection batches only on a ``select`` row that goes through
+    more than one, so rows written before they existed keep their keys."""
     if selector is None:
         budget = scope = None
     key = (selector_variant(selector, options), model, int(batch_size), dtype, device, phase, budget, scope)
@@ -177,7 +180,8 @@ def cell_key(selector, model, batch_size, dtype, device, phase, budget, scope=No
     knobs = (("amp", amp),) if amp else ()
     knobs += (("checkpointing", True),) if checkpointing else ()
     knobs += (("micro_batch", int(micro_batch)),) if micro_batch else ()
-    return key + knobs
+    many = phase == "select" and num_batches and int(num_batches) > 1
+    return key + knobs + ((("num_batches", int(num_batches)),) if many else ())
 
 
 def _trim_torn_tail(path: Path) -> None:

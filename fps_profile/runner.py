@@ -84,7 +84,7 @@ class Cell:
     def key(self) -> tuple:
         return cell_key(self.selector, self.model, self.batch_size, self.dtype, self.device,
                         self.phase, self.budget, self.scope, self.options, self.image_size,
-                        self.amp, self.checkpointing, self.micro_batch, self.seq_len)
+                        self.amp, self.checkpointing, self.micro_batch, self.seq_len, self.num_batches)
 
     def label(self) -> str:
         from fps_profile.knobs import label

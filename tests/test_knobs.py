@@ -308,3 +308,30 @@ def test_gate_labels_show_the_knobs_and_image_size():
                micro_batch=4).key()
     assert cell_label(key) == "gps m 96px b=2 float32 cpu select k=1 +bf16 +ckpt +mb4"
     assert cell_label(Cell(model="m", batch_size=2, selector="gps").key()) == "gps m b=2 float32 cpu select k=1"
+
+
+def test_gate_labels_language_model_and_many_batch_cells():
+    """A changed hf: row (its key holds the sequence length) or multi-batch row must be labelled, not crash the gate."""
+    from fps_profile.gate import cell_label, compare, to_markdown
+
+    key = Cell(model="hf:llama-tiny", batch_size=1, selector="gps", seq_len=64, amp="bf16", num_batches=4).key()
+    assert cell_label(key) == "gps hf:llama-tiny seq=64 b=1 x4 batches float32 cpu select k=1 +bf16"
+    old = Result(selector="fps", model="hf:llama-tiny", batch_size=1, dtype="bfloat16", device="sim",
+                 phase="select", budget="k=1", seq_len=64, peak_allocated_bytes=1000, flops=10)
+    new = Result.from_dict({**old.__dict__, "peak_allocated_bytes": 1001})
+    report = compare([old], [new])
+    assert report.failed() and "| fps hf:llama-tiny seq=64 b=1 bfloat16 sim select k=1 |" in to_markdown(report)
+
+
+def test_num_batches_joins_a_select_key_only_above_one():
+    """GPS over 8 batches of 8 peaks above one batch of 8: a sweep must not take one for the other on resume."""
+    one = Cell(model="m", batch_size=8, selector="gps")
+    assert Cell(model="m", batch_size=8, selector="gps", num_batches=1).key() == one.key()
+    eight = Cell(model="m", batch_size=8, selector="gps", num_batches=8)
+    assert eight.key() != one.key() and eight.key()[-1] == ("num_batches", 8)
+    train = dict(model="m", batch_size=8, selector="gps", phase="train_step")
+    assert Cell(**train, num_batches=8).key() == Cell(**train).key()  # the step uses one batch whatever the count
+    row = Result.from_dict({"selector": "gps", "model": "m", "batch_size": 8, "dtype": "float32", "device": "cpu",
+                            "phase": "select", "budget": "k=1", "scope": "gps", "num_batches": 8})
+    assert row.key() == eight.key()
+    assert Result.from_dict({**row.__dict__, "num_batches": None}).key() == one.key()  # rows from before
