@@ -255,6 +255,19 @@ def test_summary_labels_show_the_knobs():
     assert [(s.what, s.peak_vs_gps) for s in lines] == [("gps", 1.0), ("gps +ckpt", 0.4)]
 
 
+def test_summary_orders_sequence_lengths_as_numbers_and_shows_batch_counts():
+    from fps_profile.summary import summarize
+
+    rows = [Cell(model="hf:m", batch_size=1, selector="fps", seq_len=n).empty_row(peak_allocated_bytes=n)
+            for n in (8192, 512, 2048)]
+    assert [s.model for s in summarize(rows)] == ["hf:m seq=512", "hf:m seq=2048", "hf:m seq=8192"]
+    many = Cell(model="m", batch_size=8, selector="gps", num_batches=8).empty_row(peak_allocated_bytes=150,
+                                                                                   num_batches=8)
+    one = Cell(model="m", batch_size=8, selector="gps").empty_row(peak_allocated_bytes=100, num_batches=1)
+    lines = summarize([many, one])  # the one-batch row is the reference, whatever the order
+    assert [(s.what, s.peak_vs_gps) for s in lines] == [("gps", 1.0), ("gps x8 batches", 1.5)]
+
+
 def test_knob_rows_are_ok_on_cpu():
     """--amp bf16 on cpu: select (fps, gps), inference, train_step (full and sparse); and the other knobs."""
     common = dict(model="test_vit", batch_size=2, device="cpu", warmup=0, repeats=1, amp="bf16")
