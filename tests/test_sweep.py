@@ -152,6 +152,23 @@ def test_max_batch_bisects_to_the_budget(tmp_path, capsys):
     assert best["gps"] < best["fps"]
 
 
+def test_max_batch_searches_every_knob_setting(tmp_path, capsys):
+    """--checkpointing off,on: a search per setting for GPS (checkpointing fits more), one for FPS (nothing to
+    checkpoint)."""
+    out = tmp_path / "r.jsonl"
+    rc = main(["sweep", "--no-progress", "--max-batch", "--memory-budget", "12MiB", "--selector", "fps,gps",
+               "--model", MODEL, "--phase", "select", "--batch-size", "1", "--repeats", "1",
+               "--checkpointing", "off,on", "--out", str(out)])
+    assert rc == 0
+    whats = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert whats == ["select:fps", "select:gps", "select:gps +ckpt"]
+    rows = read_results(out)
+    best = {c: max(r.batch_size for r in rows if r.selector == "gps" and r.checkpointing is c and r.status == "ok")
+            for c in (False, True)}
+    assert best[True] >= best[False]
+    assert not any(r.checkpointing for r in rows if r.selector == "fps")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "vit_tiny_patch16"], "did you mean 'vit_tiny_patch16_"),
     (["--selector", "fsp"], "did you mean 'fps'"),

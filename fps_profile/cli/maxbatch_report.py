@@ -15,7 +15,7 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
     from fps_profile.maxbatch import find_max_batch
     from fps_profile.results import append_result
     from fps_profile.summary import markdown_table
-    from fps_profile.sweep import _row_line, check_output, latest
+    from fps_profile.sweep import _effective, _row_line, check_output, latest
     from fps_profile.units import fmt_bytes
 
     grid.validate(local_devices=not getattr(executor, "remote", False))
@@ -33,15 +33,18 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
             import torch
 
             budget = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        series = [(phase, s) for phase, s in grid.series() if phase != "train_floor"]
+        # Every knob setting that changes the series (one search for fps under --checkpointing off,on: FPS
+        # has no backward to checkpoint).
+        series = [(phase, s, k) for phase, s in grid.series() if phase != "train_floor"
+                  for k in dict.fromkeys(_effective(k, phase, s, 1 << 62) for k in grid.knob_settings())]
         for dtype in grid.dtypes:
             for model, seq in ((m, n) for m in grid.models for n in grid.seq_lens_for(m)):
-                for phase, selector in series:
+                for phase, selector, setting in series:
                     proto = dataclasses.replace(grid, devices=[device], dtypes=[dtype], models=[model],
                                                 memory_budget=budget, repeats=1)
 
-                    def measure(batch: int, phase=phase, selector=selector, proto=proto, seq=seq):
-                        cell = proto._cell(model, batch, dtype, device, phase, selector, seq_len=seq)
+                    def measure(batch: int, phase=phase, selector=selector, proto=proto, seq=seq, setting=setting):
+                        cell = proto._cell(model, batch, dtype, device, phase, selector, setting, seq_len=seq)
                         row = have.get(cell.key())
                         if row is None or (args.retry_failed and row.status in ("error", "timeout")):
                             row = next(iter(executor.run([cell], args.timeout)))
@@ -53,7 +56,8 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
 
                     res = find_max_batch(measure, budget, start=min(grid.batch_sizes))
                     who = selector or ("floor" if phase == "inference" else "full")
-                    body.append([device, dtype, f"{model} seq={seq}" if seq else model, f"{phase}:{who}",
+                    body.append([device, dtype, f"{model} seq={seq}" if seq else model,
+                                 f"{phase}:{who}{setting.label()}",
                                  str(res.max_batch) if res.max_batch else "none",
                                  fmt_bytes(res.peak_bytes), fmt_bytes(budget),
                                  res.error or (f"oom at {res.first_oom}" if res.first_oom else "cap reached")])
