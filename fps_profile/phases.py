@@ -24,7 +24,7 @@ from fps_profile.errors import UserError
 from fps_profile.knobs import Knobs
 from fps_profile.llm import logits_of, task_loss
 from fps_profile.mask import Mask
-from fps_profile.trackers import breakdown
+from fps_profile.trackers import labels as breakdown_marks
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class TrainStep:
 
     def __call__(self) -> torch.Tensor:
         loss = _backward_passes(self.model, self.images, self.labels, self.knobs, self.scaler)
-        with breakdown.phase("optimizer"):  # clipping included
+        with breakdown_marks.phase("optimizer"):  # clipping included
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)

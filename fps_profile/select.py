@@ -16,7 +16,7 @@ from fps_profile.errors import UserError
 from fps_profile.mask import Mask, MaskEntry
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
 from fps_profile.selectors import Batch, Target, create
-from fps_profile.trackers import breakdown
+from fps_profile.trackers import labels as breakdown_marks
 
 
 _EMPTY = object()
@@ -153,14 +153,14 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         try:
             with knobs.checkpointing(model, checkpointing and sel.needs_backward), knobs.autocast(amp, device):
                 sel.prepare(model, data, targets)
-            with breakdown.phase("scoring"):
+            with breakdown_marks.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
                 out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
                 for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets),
                                                   out_axes=out_axes):
                     out[name] = entry
                     if entry.index is not None:
-                        breakdown.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
+                        breakdown_marks.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
         finally:
             sel.release()
     for name, (role, _, _) in roles.items():

@@ -36,7 +36,7 @@ one copy of them, taken lazily at the first free after it (reclassifications
 in between, such as autograd saving an op's output, are included).
 
 Phases: ``backward`` while autograd's engine runs, otherwise the innermost
-:func:`phase` mark (``forward`` by default; :mod:`fps_profile.phases` marks
+:func:`~fps_profile.trackers.labels.phase` mark (``forward`` by default; :mod:`fps_profile.phases` marks
 ``optimizer``, :func:`fps_profile.select` marks ``scoring``). Each phase
 keeps its own peak and breakdown.
 
@@ -48,72 +48,14 @@ storage bytes on cpu; the allocator's blocks on sim).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from fps_profile.results import BREAKDOWN_CATEGORIES
+from fps_profile.trackers import labels as _labels
+from fps_profile.trackers.labels import _PHASE_HOLDERS, BEFORE, INPUTS, OPTIMIZER, OUTSIDE, SLACK, Snapshot
 from fps_profile.trackers.tensor import _storage_key
-
-CATEGORIES = BREAKDOWN_CATEGORIES
-# Shown only where a backend has them (sim, the cuda extra run).
-DEVICE_CATEGORIES = ("workspace", "allocator_slack")
-TOP_MODULES = 10
-
-INPUTS, OPTIMIZER, OUTSIDE, BEFORE = "(inputs)", "(optimizer)", "(outside modules)", "(before the run)"
-SLACK = "(allocator)"
-_PHASE_HOLDERS = {"optimizer": OPTIMIZER, "scoring": "(scoring)"}
-
-_active: PeakBreakdown | None = None
-
-
-@contextlib.contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Mark the work inside the block as phase ``name`` (a no-op unless a breakdown is recording)."""
-    bd = _active
-    if bd is None:
-        yield
-        return
-    previous = bd._mark
-    bd._mark = name
-    try:
-        yield
-    finally:
-        bd._mark = previous
-
-
-def label(tensor: torch.Tensor, category: str, holder: str | None = None) -> None:
-    """Count ``tensor``'s storage as ``category`` (held by ``holder``) from now on, if a breakdown is recording."""
-    if _active is not None:
-        _active.relabel(tensor, category, holder)
-
-
-class Snapshot:
-    """The composition of live memory at one moment.
-
-    Attributes:
-        total: Bytes live.
-        categories: Category -> bytes.
-        holders: ``(holder, category)`` -> bytes.
-    """
-
-    __slots__ = ("total", "categories", "holders")
-
-    def __init__(self, total: int, categories: dict[str, int], holders: dict[tuple[str, str], int]) -> None:
-        self.total, self.categories, self.holders = total, categories, holders
-
-    def breakdown(self) -> dict[str, int]:
-        """Category -> bytes in :data:`CATEGORIES` order (those of :data:`DEVICE_CATEGORIES` only when nonzero)."""
-        return {c: self.categories.get(c, 0) for c in CATEGORIES
-                if c not in DEVICE_CATEGORIES or self.categories.get(c)}
-
-    def top(self, n: int = TOP_MODULES) -> list[dict]:
-        """The ``n`` largest ``(holder, category)`` figures, largest first."""
-        items = sorted(((b, h, c) for (h, c), b in self.holders.items() if b > 0), key=lambda x: (-x[0], x[1], x[2]))
-        return [{"module": h, "category": c, "bytes": b} for b, h, c in items[:n]]
-
 
 class PeakBreakdown:
     """Context manager classifying what a live-tensor tracker counts, peak by peak.
@@ -193,8 +135,7 @@ class PeakBreakdown:
 
     # -- context ---------------------------------------------------------------
     def __enter__(self) -> PeakBreakdown:
-        global _active
-        if _active is not None:
+        if _labels._active is not None:
             raise RuntimeError("a PeakBreakdown is already recording")
         known = self._known()
         self._grads_seen = any(p.grad is not None for p, _ in self._params)
@@ -204,7 +145,7 @@ class PeakBreakdown:
             category, holder = known.get(key, ("temporaries", BEFORE))
             self._add(key, size, category, holder, requested.get(key, size))
         self.tracker.observer = self
-        _active = self
+        _labels._active = self
         self._cleanup.callback(self._detach)
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
@@ -217,13 +158,12 @@ class PeakBreakdown:
         self._cleanup.close()
 
     def _detach(self) -> None:
-        global _active
         self._scan()
         self._finalize()
         # A phase that allocated nothing (e.g. the forward mark before a data-free selector scores) is no phase.
         self.phases = {k: v for k, v in self.phases.items() if k in self._allocating} or self.phases
         self.tracker.observer = None
-        _active = None
+        _labels._active = None
         self._paths, self._stack = {}, []
 
     # -- results ---------------------------------------------------------------
