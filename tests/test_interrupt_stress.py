@@ -1,7 +1,8 @@
 """Stress variant of every interruption test: 20 times each, both CPUs kept busy by other processes.
 
 Not in CI (``-m stress`` selects it): ``python -m pytest -m stress tests/test_interrupt_stress.py``.
-``FPS_STRESS_REPEATS`` changes the count.
+``FPS_STRESS_REPEATS`` changes the count. Ray runs its workers at nice 15, below the busy loops: run the
+Ray tests at ``nice -n -15`` (as root) to put their workers level with the load (docs/cluster.md).
 """
 
 from __future__ import annotations
