@@ -39,22 +39,17 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     """
     groups: dict[tuple, list[Result]] = {}
     size: dict[str, int] = {}
-    shape: dict[str, tuple] = {}  # sorts "seq=512" before "seq=2048", as numbers
-    for r in rows:
-        model = f"{r.model} @{r.image_size}px" if r.image_size else r.model
-        model += f" seq={r.seq_len}" if r.seq_len else ""
-        groups.setdefault((r.device, r.dtype, model, r.batch_size), []).append(r)
+    for r in rows:  # image size and sequence length as numbers, so that seq=512 sorts before seq=2048
+        groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
-        shape[model] = (r.model, r.image_size or 0, r.seq_len or 0)
     from fps_profile.explain import mostly
 
     out = []
     order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
-    def place(kv):
-        (device, dtype, model, batch), _ = kv
-        return device, dtype, size[shape[model][0]], shape[model], batch
-
-    for (device, dtype, model, batch), rs in sorted(groups.items(), key=place):
+    for (device, dtype, name, image_size, seq_len, batch), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
+        model = f"{name} @{image_size}px" if image_size else name
+        model += f" seq={seq_len}" if seq_len else ""
         ok = [r for r in rs if r.status == "ok"]
         # The plain floor and reference (no knobs, one batch) where there is one: the others are compared with them.
         plain = sorted(ok, key=lambda r: (r.knobs != "", (r.num_batches or 1) > 1))
