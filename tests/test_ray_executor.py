@@ -356,7 +356,8 @@ def test_killed_driver_on_a_running_cluster_resumes(ray_cluster, tmp_path, capsy
     driver = subprocess.Popen([sys.executable, "-m", "fps_profile", "sweep", *args, "--timeout", "120"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert wait_until(lambda: out.exists() and out.read_text().count("\n") >= 1 and hung_pids(ray_cluster), 300)
+        assert wait_until(lambda: out.exists() and out.read_text().count("\n") >= 1 and hung_pids(ray_cluster),
+                          STARTS_WITHIN_S)
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -384,7 +385,7 @@ def test_killed_driver_of_a_private_instance_takes_everything_with_it(ray_cluste
                                "--phase", "select", "--executor", "ray", "--out", str(out), "--timeout", "300"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        assert wait_until(lambda: hung_pids(ray_cluster), 300)
+        assert wait_until(lambda: hung_pids(ray_cluster), STARTS_WITHIN_S)
         started = fps_processes(driver.pid)
         assert set(hung_pids(ray_cluster)) <= set(started)
     finally:
