@@ -18,6 +18,7 @@ checkpointing and micro-batches, for every phase (selection, inference, train st
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -105,16 +106,49 @@ def amp_dtype(amp: str | None) -> torch.dtype | None:
     return _DTYPES[amp.split("-")[0]] if amp else None
 
 
+def cpu_amp_problem(amp: str | None) -> str | None:
+    """Why this CPU's kernels cannot run ``amp`` autocast, or None when they can.
+
+    ATen packs bf16 (fp16) operands for AMX's tile units wherever oneDNN reports AMX
+    (``cpublas::could_pack``, e.g. in the CPU flash-attention kernel), but only its AVX-512
+    kernel set has the packing code (``pack_vnni2``): the other sets raise "pack_vnni2 is
+    only supported when avx512 is supported". That happens when ``ATEN_CPU_CAPABILITY``
+    forces ``default`` or ``avx2`` on an AMX CPU while oneDNN still uses AMX. A real CPU
+    without AVX-512 has no AMX either, so it never packs and is not affected.
+    """
+    dtype = amp_dtype(amp)
+    if dtype is None:
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512") or not (torch.backends.mkldnn.is_available() and
+                                               torch.backends.mkldnn.enabled):
+        return None
+    amx = torch.cpu._is_amx_fp16_supported() if dtype is torch.float16 else torch.cpu._is_amx_tile_supported()
+    onednn_cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not amx or (onednn_cap not in ("ALL", "DEFAULT") and "AMX" not in onednn_cap):
+        return None
+    return (f"--amp {amp} cannot run on this CPU's kernels: ATen dispatches its {capability} kernels "
+            f"(ATEN_CPU_CAPABILITY) while oneDNN packs {str(dtype).removeprefix('torch.')} for AMX, which only the "
+            "AVX-512 kernels can; unset ATEN_CPU_CAPABILITY or also set ONEDNN_MAX_CPU_ISA=AVX2")
+
+
 def autocast(amp: str | None, device: torch.device | str) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``amp`` on ``device``'s type (a no-op when ``amp`` is None).
 
     The sim runs on fake CPU tensors, so it gets CPU autocast, whose CUDA
     differences :mod:`fps_profile.sim.policy` puts back.
+
+    Raises:
+        UserError: Real CPU kernels that cannot run this autocast (:func:`cpu_amp_problem`).
     """
     amp = parse_amp(amp)
     if amp is None:
         return contextlib.nullcontext()
     kind = torch.device(device).type
+    if kind == "cpu" and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None:
+        problem = cpu_amp_problem(amp)
+        if problem:
+            raise UserError(problem)
     return torch.autocast(device_type=kind, dtype=_DTYPES[amp.split("-")[0]],
                           cache_enabled=not amp.endswith("-nocache"))
 

@@ -114,10 +114,11 @@ def gradient_pass(model: nn.Module) -> Iterator[None]:
 
 def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
     """fp16 autocast on CUDA (as GPS's ``--amp``), bf16 elsewhere; a no-op when disabled."""
+    from fps_profile import knobs
+
     if not enabled:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return knobs.autocast("fp16" if device.type == "cuda" else "bf16", device)
 
 
 def take_grads(targets: Sequence[Target], selector: str,

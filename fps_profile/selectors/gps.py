@@ -101,7 +101,9 @@ class GPS(Selector):
         b = images.shape[0]
         if loss == "ce":
             return cross_entropy(model, x, labels.repeat(self.views), self.name)
-        feats = pre_logits(model, x).float()
+        feats = pre_logits(model, x)
+        if feats.dtype.itemsize < 4:  # the loss in at least float32, as GPS computes it under AMP
+            feats = feats.float()
         feats = torch.stack(feats.split(b), dim=1)  # [b, views, dim]
         return supcon_loss(feats, labels, self.temperature)
 
