@@ -1,0 +1,356 @@
+"""Weights for a model: timm's pretrained ones (``--weights pretrained``) or a file (``--weights PATH``).
+
+A file is ``.safetensors``, or a torch state dict (``.pt``, ``.pth``, ``.bin``) read
+with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+pickle that would call anything else is refused, never executed. A training
+checkpoint that keeps its state dict under ``state_dict``, ``model_state_dict``,
+``model`` or ``module`` is unwrapped, and a ``module.`` (DDP) or ``_orig_mod.``
+(``torch.compile``) prefix on every key is dropped.
+
+Every tensor must fit: a missing or unexpected key, or a shape that differs, is a
+one-line error, and the model is left untouched. One exception, as timm makes it
+for pretrained weights of another ``num_classes``: classifier tensors (the
+classifier :func:`fps_profile.parts.find_classifier` finds) whose shape differs
+keep the model's random initialisation, and :class:`WeightsInfo` says which.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fps_profile.errors import UserError
+
+PRETRAINED = "pretrained"
+#: File suffixes :func:`read_state_dict` reads.
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOW = 3  # keys named in an error line
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a model's weights came from.
+
+    Attributes:
+        source: The file's absolute path, or timm's hub id (or URL) for pretrained weights.
+        sha256: Hex SHA-256 of the file's bytes (None if it cannot be told, e.g. a
+            pretrained file timm fetched where it is not found afterwards).
+        reinitialized: State-dict keys left at random initialisation because their
+            shape did not fit (the classifier, for another number of classes).
+        file: The file read (for pretrained weights: where the cache keeps it), or None.
+    """
+
+    source: str
+    sha256: str | None
+    reinitialized: tuple[str, ...] = ()
+    file: str | None = None
+
+    def fields(self) -> dict:
+        """The provenance as plain values for a result row."""
+        return {"weights_source": self.source, "weights_sha256": self.sha256,
+                "weights_reinitialized": list(self.reinitialized)}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights_spec(spec: str) -> None:
+    """Fail with one line unless ``spec`` is ``pretrained`` or an existing file with a known suffix."""
+    if spec == PRETRAINED:
+        return
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights {spec!r}: no such file ({PRETRAINED!r} asks for timm's pretrained weights)")
+    if path.suffix.lower() not in SUFFIXES:
+        raise UserError(f"weights {spec!r}: unknown format {path.suffix or '(no suffix)'!r} "
+                        f"(known: {', '.join(SUFFIXES)})")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _torch_load(path: Path, spec: str) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+        text = str(exc)
+        needs = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if needs:
+            raise UserError(f"weights {spec!r} refused: loading it would call {needs.group(1)} (arbitrary code); "
+                            "save a plain state dict (torch.save(model.state_dict())) or safetensors") from None
+        if "Weights only load failed" in text:
+            raise UserError(f"weights {spec!r} refused: not a torch.save file that loads without unpickling "
+                            "arbitrary objects (a raw pickle, or corrupt)") from None
+        raise UserError(f"weights {spec!r} cannot be read (corrupt?): {_first_line(exc)}") from None
+
+
+def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
+    def is_state_dict(d):
+        return isinstance(d, dict) and d and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in d.items())
+
+    if not is_state_dict(obj):
+        inner = [obj[k] for k in _WRAPPERS if isinstance(obj, dict) and is_state_dict(obj.get(k))]
+        if not inner:
+            what = f"a dict with keys {', '.join(map(repr, list(obj)[:_SHOW]))}" if isinstance(obj, dict) \
+                else f"a {type(obj).__name__}"
+            raise UserError(f"weights {spec!r} hold {what}, not a state dict (names -> tensors)")
+        obj = inner[0]
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in a weights file (on the CPU) and the file's SHA-256.
+
+    Raises:
+        UserError: Missing file, unknown suffix, a pickle that needs arbitrary code,
+            a corrupt file, or contents that are not a state dict (one line each).
+    """
+    spec = str(path)
+    check_weights_spec(spec)
+    path = Path(spec).expanduser()
+    digest = file_sha256(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError
+            raise UserError(f"weights {spec!r} are not a valid safetensors file: {_first_line(exc)}") from None
+    else:
+        state = _torch_load(path, spec)
+    return _unwrap(state, spec), digest
+
+
+def _listed(keys: list[str]) -> str:
+    more = f", ... {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _aliases(own: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+    """Keys naming the same tensor (tied weights): a file saved without the copy still fits."""
+    groups: dict[tuple, set[str]] = {}
+    for k, t in own.items():
+        if t.device.type != "meta" and t.numel():
+            groups.setdefault((t.data_ptr(), tuple(t.shape), tuple(t.stride())), set()).add(k)
+    return {k: g for g in groups.values() for k in g}
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: str,
+                   name: str = "the model") -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """Check ``state`` against ``model`` and drop the classifier tensors whose shape differs.
+
+    Returns:
+        The state dict to load and the keys left at random initialisation.
+
+    Raises:
+        UserError: Missing or unexpected keys, or a non-classifier shape that differs.
+    """
+    from fps_profile.parts import find_classifier
+
+    own = model.state_dict()
+    classifier = find_classifier(model)
+    reinit, wrong = [], []
+    for k, t in state.items():
+        if k in own and tuple(t.shape) != tuple(own[k].shape):
+            (reinit if classifier.owns(k) else wrong).append(k)
+    if wrong:
+        shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in wrong]
+        raise UserError(f"weights {spec!r} do not fit {name}: {len(wrong)} tensor(s) of another shape "
+                        f"(file vs model): {_listed(shapes)}")
+    aliases = _aliases(own)
+    missing = [k for k in own if k not in state and k not in reinit and not (aliases.get(k, set()) & state.keys())]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = ([f"{len(missing)} missing ({_listed(missing)})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected ({_listed(unexpected)})"] if unexpected else [])
+        raise UserError(f"weights {spec!r} do not fit {name}: {'; '.join(parts)}")
+    return {k: v for k, v in state.items() if k not in reinit}, tuple(reinit)
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, name: str = "the model") -> WeightsInfo:
+    """Load a weights file into ``model`` (in place, converted to its dtype and device).
+
+    Nothing is loaded unless every tensor fits (see the module docstring).
+
+    Args:
+        model: The model, built with the task's number of classes.
+        path: ``.safetensors``, ``.pt``, ``.pth`` or ``.bin``.
+        name: The model's name, for error messages.
+
+    Raises:
+        UserError: :func:`read_state_dict`'s and :func:`fit_state_dict`'s errors.
+    """
+    spec = str(path)
+    state, digest = read_state_dict(path)
+    state, reinit = fit_state_dict(model, state, spec, name)
+    with torch.no_grad():
+        model.load_state_dict(state, strict=False)
+    return WeightsInfo(str(Path(spec).expanduser().resolve()), digest, reinit, str(Path(spec).expanduser().resolve()))
+
+
+# timm's pretrained weights
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """Where timm keeps the pretrained weights of a model name.
+
+    Attributes:
+        hub_id: Hugging Face hub id (``timm/resnet18.a1_in1k``), or None.
+        filenames: Files of ``hub_id`` timm tries, in order.
+        url: Download URL where there is no hub id, or None.
+        cache_dir: Where a downloaded file is kept.
+    """
+
+    hub_id: str | None
+    filenames: tuple[str, ...]
+    url: str | None
+    cache_dir: str
+
+    def where(self) -> str:
+        what = f"hub id {self.hub_id!r} ({', '.join(self.filenames)})" if self.hub_id else f"URL {self.url}"
+        return f"{what} in cache dir {self.cache_dir}"
+
+    def cached_file(self) -> str | None:
+        """The local file if it is in the cache, else None (nothing is downloaded)."""
+        if self.hub_id:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, _, revision = self.hub_id.partition("@")
+            for filename in self.filenames:
+                found = try_to_load_from_cache(repo, filename, cache_dir=self.cache_dir, revision=revision or None)
+                if isinstance(found, str):
+                    return found
+            return None
+        path = Path(self.cache_dir) / Path(self.url.split("?")[0]).name
+        return str(path) if path.is_file() else None
+
+
+def pretrained_source(name: str, cache_dir: str | os.PathLike | None = None) -> PretrainedSource:
+    """Where timm's pretrained weights of ``name`` (``arch`` or ``arch.tag``) are.
+
+    Raises:
+        UserError: Not a timm name, or timm has no pretrained weights for it.
+    """
+    from timm.models import get_pretrained_cfg
+
+    from fps_profile.models import check_model_name
+    from fps_profile.models.factory import is_factory_name
+
+    if is_factory_name(name) or name.startswith("hf:"):
+        raise UserError(f"--weights {PRETRAINED} applies to timm model names, not to {name!r}; give a weights file")
+    check_model_name(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as exc:
+        raise UserError(f"timm has no pretrained weights for {name!r}: {_first_line(exc)}") from None
+    hub_id, url = (cfg.hf_hub_id, cfg.url) if cfg is not None else (None, None)
+    if not hub_id and not url:
+        raise UserError(f"timm has no pretrained weights for {name!r}")
+    if hub_id:
+        from huggingface_hub import constants
+
+        wanted = cfg.hf_hub_filename or "pytorch_model.bin"
+        safe = ["model.safetensors"] if wanted == "pytorch_model.bin" else \
+            [wanted[:-4] + ".safetensors"] if wanted.endswith(".bin") else []
+        return PretrainedSource(hub_id, tuple(safe + [wanted]), None, str(cache_dir or constants.HF_HUB_CACHE))
+    return PretrainedSource(None, (), url, str(cache_dir or Path(torch.hub.get_dir()) / "checkpoints"))
+
+
+def _offline(source: PretrainedSource) -> str | None:
+    """Why no download can work (None: try it)."""
+    from huggingface_hub import constants
+
+    if source.hub_id and constants.is_offline_mode():
+        return "offline mode (HF_HUB_OFFLINE)"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # a proxy may reach what this machine cannot resolve
+    host = "huggingface.co" if source.hub_id else (source.url.split("/")[2] if "://" in source.url else "")
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"cannot reach {host} ({exc.strerror or exc})"
+    return None
+
+
+def create_pretrained(name: str, *, image_size: int | None = None, num_classes: int | None = None,
+                      cache_dir: str | os.PathLike | None = None, **kwargs) -> tuple[nn.Module, WeightsInfo]:
+    """``timm.create_model(name, pretrained=True)``: timm's own loading (its checkpoint filters,
+    position-embedding resizing, classifier dropped for another ``num_classes``).
+
+    A file already in the cache is loaded from there without contacting the hub;
+    otherwise timm downloads it, unless no download can work (offline mode, the
+    host does not resolve), which fails at once.
+
+    Args:
+        name: A timm model name (``arch`` or ``arch.tag``).
+        image_size: Input height and width to build for (``img_size``), as :func:`fps_profile.models.build_timm`.
+        num_classes: Classes of the task; a classifier of another size keeps its random init.
+        cache_dir: Hub (or torch hub checkpoint) cache; default timm's.
+        **kwargs: Passed to ``timm.create_model``.
+
+    Raises:
+        UserError: No pretrained weights, or they cannot be had or loaded; the message
+            says where they were looked for (hub id and cache dir).
+    """
+    import timm
+
+    from fps_profile.parts import find_classifier
+
+    source = pretrained_source(name, cache_dir)
+    found = source.cached_file()
+    if found is None:
+        why = _offline(source)
+        if why:
+            raise UserError(f"pretrained weights of {name!r} not found: looked for {source.where()}; {why}")
+    args = dict(kwargs)
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    if image_size is not None:
+        args["img_size"] = image_size
+    if found is not None:
+        args["pretrained_cfg_overlay"] = {"file": found}
+    else:
+        args["cache_dir"] = source.cache_dir
+    try:
+        try:
+            model = timm.create_model(name, pretrained=True, **args)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+            args.pop("img_size")
+            model = timm.create_model(name, pretrained=True, **args)
+    except Exception as exc:  # noqa: BLE001 - hub, download and load errors of any type
+        where = found or source.where()
+        raise UserError(f"pretrained weights of {name!r} could not be loaded (looked for {where}): "
+                        f"{_first_line(exc)}") from None
+    found = found or source.cached_file()
+    reinit = ()
+    pretrained_classes = (model.pretrained_cfg or {}).get("num_classes")
+    if num_classes is not None and pretrained_classes is not None and num_classes != pretrained_classes:
+        classifier = find_classifier(model)
+        own = model.state_dict()
+        # What timm dropped: the classifiers' weight and bias.
+        reinit = tuple(k for m in classifier.modules for k in (f"{m}.weight", f"{m}.bias") if k in own)
+    info = WeightsInfo(source.hub_id or source.url, file_sha256(found) if found else None, reinit, found)
+    return model, info
