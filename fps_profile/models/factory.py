@@ -26,6 +26,12 @@ The result is recorded as ``model.pretrained_cfg["input_size"]`` (timm's
 convention, on a copy of any existing cfg), so everything that asks timm's
 question, :func:`fps_profile.models.input_size`, the sim's fake batches and
 timm's ``resolve_data_config``, gets the same answer.
+
+What the selectors need of such a module is what they need of any: ``nn.Linear`` /
+``nn.Conv2d`` weights to rank (:mod:`fps_profile.scope`), a classifier found by
+``get_classifier()`` or a name containing ``head``, and, for GPS's default
+contrastive loss only, timm's ``forward_features`` / ``forward_head(pre_logits=True)``
+(else GPS with ``loss="ce"``).
 """
 
 from __future__ import annotations
