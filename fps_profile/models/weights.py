@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _torch_load(path: Path, spec: str) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it better
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
         text = str(exc)
         needs = re.search(r"Unsupported global: GLOBAL (\S+)", text)
