@@ -142,18 +142,18 @@ def _labels(y: torch.Tensor, n: int, key: str, spec: str) -> torch.Tensor:
 
 def tensor_file(path: Path, spec: str) -> Pool:
     """A ``.npz``, ``.pt`` or ``.pth`` file of images and labels (keys: see the module docstring)."""
-    from fps_profile.models.weights import file_sha256
+    from fps_profile.models.weights import file_sha256, safe_torch_load
 
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as f:
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:  # object arrays (pickles) refused
                 content = {k: f[k] for k in f.files}
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - numpy and torch raise many types for a bad file
-        text = str(exc).strip().splitlines()
-        raise UserError(f"data {spec!r} cannot be read (corrupt, or needs unpickling arbitrary objects): "
-                        f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")) from None
+        except Exception as exc:  # noqa: BLE001 - numpy raises many types for a bad file
+            text = str(exc).strip().splitlines()
+            raise UserError(f"data {spec!r} cannot be read (corrupt, or holds pickled objects): "
+                            f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")) from None
+    else:
+        content = safe_torch_load(path, spec, "data")
     if not isinstance(content, dict):
         raise UserError(f"data {spec!r} holds a {type(content).__name__}, not a dict of arrays")
     if {"train_x", "train_y", "val_x", "val_y"} <= content.keys():

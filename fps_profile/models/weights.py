@@ -87,7 +87,18 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _torch_load(path: Path, spec: str) -> object:
+def safe_torch_load(path: str | os.PathLike, spec: str, what: str = "weights") -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+
+    Args:
+        path: The file.
+        spec: The file as the user gave it (for messages).
+        what: What the file is for (``weights``, ``data``), for messages.
+
+    Raises:
+        UserError: A pickle that needs arbitrary code (refused, never run; the message
+            names the callable when torch tells it), or a corrupt file.
+    """
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it better
             warnings.simplefilter("ignore")
@@ -96,12 +107,12 @@ def _torch_load(path: Path, spec: str) -> object:
         text = str(exc)
         needs = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if needs:
-            raise UserError(f"weights {spec!r} refused: loading it would call {needs.group(1)} (arbitrary code); "
-                            "save a plain state dict (torch.save(model.state_dict())) or safetensors") from None
+            raise UserError(f"{what} {spec!r} refused: loading it would call {needs.group(1)} (arbitrary code); "
+                            "save plain tensors (torch.save of a dict of tensors) or safetensors") from None
         if "Weights only load failed" in text:
-            raise UserError(f"weights {spec!r} refused: not a torch.save file that loads without unpickling "
+            raise UserError(f"{what} {spec!r} refused: not a torch.save file that loads without unpickling "
                             "arbitrary objects (a raw pickle, or corrupt)") from None
-        raise UserError(f"weights {spec!r} cannot be read (corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{what} {spec!r} cannot be read (corrupt?): {_first_line(exc)}") from None
 
 
 def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
@@ -141,7 +152,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
         except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError
             raise UserError(f"weights {spec!r} are not a valid safetensors file: {_first_line(exc)}") from None
     else:
-        state = _torch_load(path, spec)
+        state = safe_torch_load(path, spec)
     return _unwrap(state, spec), digest
 
 
