@@ -4,9 +4,11 @@ class subsets, the seeded stratified split, seeded batches, the model's own prep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,7 +198,7 @@ def test_an_npz_of_x_and_y(tmp_path):
     assert data.class_names == ("a", "b", "c") and (len(data.train), len(data.val)) == (24, 6)
     assert torch.equal(data.pool.image(7, 1), torch.from_numpy(x[7]).float()[None] / 255)
     assert torch.equal(data.pool.image(7, 3), (torch.from_numpy(x[7]).float() / 255).expand(3, 6, 6))
-    assert data.provenance()["data_sha256"] == __import__("hashlib").sha256((tmp_path / "d.npz").read_bytes()).hexdigest()
+    assert data.provenance()["data_sha256"] == hashlib.sha256((tmp_path / "d.npz").read_bytes()).hexdigest()
 
 
 def test_a_pt_file_with_its_own_split_channels_last(tmp_path):
@@ -300,8 +302,7 @@ def test_bad_text_fails_in_one_line(tmp_path):
     (tmp_path / "notext.jsonl").write_text('{"body": "x"}\n')
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "short.txt").write_text("tiny")
-    config = json.loads((__import__("pathlib").Path(__file__).parents[1] / "fps_profile/llm/configs/gpt2-tiny.json")
-                        .read_text())
+    config = json.loads((Path(__file__).parents[1] / "fps_profile/llm/configs/gpt2-tiny.json").read_text())
     (tmp_path / "small-vocab.json").write_text(json.dumps({**config, "vocab_size": 64}))
     cases = [
         (lambda: load_data(str(tmp_path / "bad.jsonl")), "line 2 is not JSON"),

@@ -15,8 +15,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import fps_profile
 from fps_profile.errors import UserError
-from fps_profile.models.weights import (WeightsInfo, check_weights_spec, create_pretrained, load_weights_file,
-                                        pretrained_source, read_state_dict)
+from fps_profile.models.pretrained import create_pretrained, pretrained_source
+from fps_profile.models.weights import WeightsInfo, check_weights_spec, load_weights_file, read_state_dict
 
 HUB_ID = "timm/test_vit.r160_in1k"
 

@@ -36,8 +36,11 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
         n_val = min(round(len(idx) * val_fraction), len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
-    cat = (lambda parts: torch.sort(torch.cat(parts)).values if parts else torch.empty(0, dtype=torch.long))
-    return cat(train), cat(val)
+    return _sorted_cat(train), _sorted_cat(val)
+
+
+def _sorted_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.sort(torch.cat(parts)).values if parts else torch.empty(0, dtype=torch.long)
 
 
 def parse_classes(classes, names: tuple[str, ...], what: str) -> list[int]:
