@@ -130,6 +130,26 @@ def test_tied_weights_saved_once_still_fit(tmp_path):
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
+def test_a_meta_model_is_checked_with_the_same_provenance(tmp_path):
+    from fps_profile.models import create_model
+
+    torch.manual_seed(1)
+    gpt2 = tmp_path / "gpt2.safetensors"
+    save_model(create_model("hf:gpt2-tiny"), str(gpt2))  # tied pair saved once
+    vit = _save(_vit(num_classes=7).state_dict(), tmp_path / "vit.pt")
+    from fps_profile.llm.models import build_lm
+
+    with torch.device("meta"):  # as the sim builds models (fps_profile.sim.fake.build_model)
+        meta_lm = build_lm("hf:gpt2-tiny")
+        meta_vit = _vit(num_classes=10)
+    assert load_weights_file(meta_lm, gpt2).reinitialized == ()
+    assert load_weights_file(meta_vit, vit) == load_weights_file(make_tiny_vit(), vit)  # head re-init reported
+    assert all(p.device.type == "meta" for p in [*meta_lm.parameters(), *meta_vit.parameters()])
+    with pytest.raises(UserError) as exc:
+        load_weights_file(meta_vit, _save({"x": torch.zeros(1)}, tmp_path / "x.pt"))
+    assert "missing" in one_line(exc) and "1 unexpected (x)" in str(exc.value)
+
+
 def _unchanged(model, before):
     return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

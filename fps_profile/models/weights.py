@@ -161,12 +161,12 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
-def _aliases(own: dict[str, torch.Tensor]) -> dict[str, set[str]]:
-    """Keys naming the same tensor (tied weights): a file saved without the copy still fits."""
-    groups: dict[tuple, set[str]] = {}
-    for k, t in own.items():
-        if t.device.type != "meta" and t.numel():
-            groups.setdefault((t.data_ptr(), tuple(t.shape), tuple(t.stride())), set()).add(k)
+def _aliases(model: nn.Module) -> dict[str, set[str]]:
+    """Names of one tensor (tied weights: a file saved without the copy still fits), by identity,
+    so it holds on the meta device too."""
+    groups: dict[int, set[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(t), set()).add(name)
     return {k: g for g in groups.values() for k in g}
 
 
@@ -192,7 +192,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: str,
         shapes = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in wrong]
         raise UserError(f"weights {spec!r} do not fit {name}: {len(wrong)} tensor(s) of another shape "
                         f"(file vs model): {_listed(shapes)}")
-    aliases = _aliases(own)
+    aliases = _aliases(model)
     missing = [k for k in own if k not in state and k not in reinit and not (aliases.get(k, set()) & state.keys())]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
@@ -205,7 +205,9 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: str,
 def load_weights_file(model: nn.Module, path: str | os.PathLike, name: str = "the model") -> WeightsInfo:
     """Load a weights file into ``model`` (in place, converted to its dtype and device).
 
-    Nothing is loaded unless every tensor fits (see the module docstring).
+    Nothing is loaded unless every tensor fits (see the module docstring). A model on
+    the ``meta`` device (what the sim builds) is only checked: the same errors and the
+    same :class:`WeightsInfo`, no values copied.
 
     Args:
         model: The model, built with the task's number of classes.
@@ -218,6 +220,8 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, name: str = "th
     spec = str(path)
     state, digest = read_state_dict(path)
     state, reinit = fit_state_dict(model, state, spec, name)
-    with torch.no_grad():
-        model.load_state_dict(state, strict=False)
-    return WeightsInfo(str(Path(spec).expanduser().resolve()), digest, reinit, str(Path(spec).expanduser().resolve()))
+    if not all(t.device.type == "meta" for t in model.state_dict().values()):
+        with torch.no_grad():
+            model.load_state_dict(state, strict=False)
+    where = str(Path(spec).expanduser().resolve())
+    return WeightsInfo(where, digest, reinit, where)
