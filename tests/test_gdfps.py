@@ -414,3 +414,30 @@ def test_save_anchor_failures_leave_nothing_behind(tiny_vit, tmp_path):
     with pytest.raises(UserError, match="a batch must be an image tensor"):
         save_anchor(tiny_vit, [make_batches(1, 2)[0], "not a tensor"], tmp_path / "a.safetensors")
     assert list(tmp_path.iterdir()) == []  # no file, no partial file
+
+
+# ----------------------------------------------------------------------------- memory
+
+def test_anchor_costs_one_statistic_at_a_time_and_sim_predicts_it(tmp_path):
+    """With an anchor: the cpu tracker and sim:cpu agree to the byte, and the peak is at most
+    FPS's plus the largest anchor tensor (read one at a time, 4 bytes per input feature)."""
+    from fps_profile import phases
+    from fps_profile.sim import Simulator
+
+    from test_conformance import _tracked
+
+    model = make_tiny_vit()
+    path = str(save_anchor(model, pretraining_batches(), tmp_path / "a.safetensors"))
+    images, labels = make_batches(1, 4)[0]
+    peaks = {}
+    for selector, options in (("fps", {}), ("gd-fps", {"anchor": path})):
+        _, peaks[selector] = _tracked(model, (images, labels),
+                                      lambda: select(model, [(images, labels)], selector, k=1, **options))
+        fresh = make_tiny_vit()  # timm's initialisers cannot run under the sim's fake mode
+        with Simulator("sim:cpu") as sim:
+            fake = sim.module(fresh)
+            batch = [(torch.empty(images.shape), torch.empty(labels.shape, dtype=torch.long))]
+            run = phases.select_fn(fake, batch, selector, phases.BudgetSpec.parse("k=1"), options=options)
+            assert sim.measure(run).peak_bytes == peaks[selector], selector
+    largest = max(p[0].numel() for n, p in model.named_parameters() if n in RANKED)
+    assert peaks["fps"] <= peaks["gd-fps"] <= peaks["fps"] + 4 * largest
