@@ -165,12 +165,17 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
 
 
 def _mask_fn(model: nn.Module, plan: ShiraPlan):
-    """SHiRA's ``mask_fn(base_layer, r)``: the plan's positions as a 0/1 tensor of the weight's dtype."""
+    """SHiRA's ``mask_fn(base_layer, r)``: the plan's positions as a 0/1 tensor of the weight's dtype.
+
+    Each layer's positions are handed over once and then dropped, so the config PEFT keeps
+    does not hold the mask alive (PEFT keeps its own indices).
+    """
     by_layer = {id(model.get_submodule(n)): e for n, e in plan.targets.items()}
+    plan_r = plan.r
 
     def mask_fn(base_layer: nn.Module, r: int, **_) -> torch.Tensor:
-        entry = by_layer.get(id(base_layer))
-        if entry is None or r != plan.r:  # PEFT matched a module the plan did not ask for
+        entry = by_layer.pop(id(base_layer), None)
+        if entry is None or r != plan_r:  # PEFT matched a module the plan did not ask for
             raise UserError(f"PEFT asked for a SHiRA mask of a layer the mask does not train ({base_layer})")
         w = base_layer.weight
         out = torch.zeros(entry.numel, dtype=w.dtype, device=w.device)
@@ -222,10 +227,30 @@ def to_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], *, partial: boo
     got = {n for n, m in base.named_modules() if isinstance(m, peft.tuners.shira.ShiraLayer)}
     saved = {n for n, m in base.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"}
     if got != set(plan.targets) or saved != set(plan.modules_to_save):
-        pm.unload()
+        _unwrap(base)
         odd = sorted((got ^ set(plan.targets)) | (saved ^ set(plan.modules_to_save)))
         raise UserError(f"PEFT's name matching wrapped other modules than the mask's (e.g. {odd[0]!r})")
     return pm
+
+
+def _unwrap(model: nn.Module) -> None:
+    """Put the original modules back where PEFT wrapped them (in place).
+
+    Not ``peft_model.unload()``: peft 0.21.2's unload puts the *copy* of a ``modules_to_save``
+    module back, so the model would end with new parameter objects.
+    """
+    peft = require_peft()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, peft.tuners.tuners_utils.BaseTunerLayer):
+            original = module.get_base_layer()
+        elif type(module).__name__ == "ModulesToSaveWrapper":
+            original = module.original_module
+        else:
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, original)
+    if "peft_config" in vars(model):
+        del model.peft_config
 
 
 def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: str | os.PathLike, *,
@@ -276,7 +301,7 @@ def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: s
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        pm.unload()  # the original modules back (and the model's peft_config attribute removed)
+        _unwrap(model)
         for p, flag in grads:
             p.requires_grad_(flag)
     return plan
