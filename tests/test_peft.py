@@ -144,8 +144,19 @@ def test_plan_refuses_counts_that_are_not_one_r_times_m_plus_n():
     with pytest.raises(UserError, match="one r for all layers; 'blocks.0.attn.qkv.weight' has r=2, "
                                         "'blocks.0.attn.proj.weight' has r=3"):
         plan_shira(model, Mask(entries))
-    with pytest.raises(UserError, match="no nn.Linear weight in part"):
+    with pytest.raises(UserError, match="no nn.Linear weight in part; SHiRA"):
         plan_shira(model, Mask({n: MaskEntry.all(p.shape) for n, p in model.named_parameters()}))
+
+
+def test_gpt2_conv1d_layers_are_not_shira_targets():
+    from fps_profile.llm.models import build_lm
+
+    model = build_lm("hf:gpt2-tiny")
+    mask = fps_profile.select(model, None, "magnitude", budget="shira:1")
+    with pytest.raises(UserError, match=r"no nn.Linear weight in part \('transformer.h.0.attn.c_attn.weight' "
+                                        r"is in a Conv1D\); SHiRA adapts nn.Linear layers only") as exc:
+        plan_shira(model, mask)
+    _one_line(exc)
 
 
 # -- training through PEFT -----------------------------------------------------------------------
@@ -160,10 +171,10 @@ def _peft_steps(model, batch, mask, steps=3, **kw):
 
 
 @needs_peft
-@pytest.mark.parametrize("family", ["vit", "llama"])
-def test_adamw_steps_under_peft_change_exactly_the_selected_entries(family):
+@pytest.mark.parametrize("family,scope", [("vit", SHIRA_SCOPE), ("llama", "gps"),
+                                          ("llama", "gps+lm-head")])  # lm_head in modules_to_save
+def test_adamw_steps_under_peft_change_exactly_the_selected_entries(family, scope):
     model, batches = MODELS[family]()
-    scope = SHIRA_SCOPE if family == "vit" else "gps"
     mask = fps_profile.select(model, batches, "fps", budget="shira:2", scope=scope)
     before = copy.deepcopy(model)
     step = _peft_steps(model, batches[0], mask)

@@ -125,7 +125,9 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
                             f"r={entry.count // (m + n)}; select with budget 'shira:R'")
         r, first = entry.count // (m + n), first or name
     if r is None:
-        raise UserError("the mask trains no nn.Linear weight in part, so there is no SHiRA adapter to make")
+        other = next((n for n, e in mask._entries.items() if e.index is not None), None)
+        example = f" ({other!r} is in a {type(owner[other][1]).__name__})" if other else ""
+        raise UserError(f"the mask trains no nn.Linear weight in part{example}; SHiRA adapts nn.Linear layers only")
 
     all_whole = {}
     for mod_name, module in modules.items():
