@@ -16,8 +16,10 @@ What PEFT cannot hold: partly trainable convolutions, GPT-2's ``Conv1D`` (SHiRA
 takes ``nn.Linear`` only), embeddings or layer scales; a bias trained whole
 beside a weight that is not (``modules_to_save`` would train the weight too); a
 module without a ``weight`` such as a LayerScale (peft 0.21.2 can train it in
-``modules_to_save`` but not unload or merge it); parameters of the model's root module. :func:`plan_shira` lists them; the
-conversion refuses such a mask unless told to leave them out (``partial=True``).
+``modules_to_save`` but not unload or merge it); parameters of the model's root
+module. :func:`plan_shira` lists them; the conversion refuses such a mask unless
+told to leave them out (``partial=True``). :func:`mask_from_adapter`
+(:mod:`fps_profile.integrations.peft_read`) reads an adapter back.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.integrations.peft_read import META_FILE, check_plain, mask_from_adapter
 from fps_profile.mask import Mask, MaskEntry
+
+__all__ = ["ShiraPlan", "mask_from_adapter", "plan_shira", "require_peft", "shira_config", "to_shira",
+           "write_adapter"]
 
 #: ``mask_type`` written to ``adapter_config.json`` (PEFT keeps the indices; the name is a label).
 MASK_TYPE = "fps-profile"
-#: The mask's metadata, written beside PEFT's files (PEFT ignores it).
-META_FILE = "fps_profile_mask.json"
-_PREFIX = "base_model.model."  # PEFT's key prefix in adapter_model.safetensors
 
 
 def require_peft():
@@ -78,11 +81,6 @@ class ShiraPlan:
         return sum(e.count for e in self.targets.values()) + sum(params[n].numel() for n in self.whole)
 
 
-def _check_plain(model: nn.Module) -> None:
-    if any(type(m).__module__.startswith("peft.") for m in model.modules()):
-        raise UserError("the model has PEFT adapters already; pass the plain model (before get_peft_model)")
-
-
 def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool = False) -> ShiraPlan:
     """Decide how ``mask`` becomes a SHiRA adapter on ``model`` (nothing is changed).
 
@@ -96,7 +94,7 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
             ``r * (m + n)`` entries for one ``r``; it trains no Linear weight in part; or
             (without ``partial``) it trains something PEFT cannot express.
     """
-    _check_plain(model)
+    check_plain(model)
     mask = mask if isinstance(mask, Mask) else Mask(mask)
     mask.check(model)
     modules = dict(model.named_modules())
@@ -111,7 +109,8 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
 
     # One r for every partly trainable Linear weight.
     r = first = None
-    for name, entry in mask._entries.items():
+    for name in mask:
+        entry = mask.entry(name)
         mod_name, module, attr = owner[name]
         if entry.index is None or not (isinstance(module, nn.Linear) and attr == "weight"):
             continue
@@ -125,7 +124,7 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
                             f"r={entry.count // (m + n)}; select with budget 'shira:R'")
         r, first = entry.count // (m + n), first or name
     if r is None:
-        other = next((n for n, e in mask._entries.items() if e.index is not None), None)
+        other = next((n for n in mask if mask.entry(n).index is not None), None)
         example = f" ({other!r} is in a {type(owner[other][1]).__name__})" if other else ""
         raise UserError(f"the mask trains no nn.Linear weight in part{example}; SHiRA adapts nn.Linear layers only")
 
@@ -141,7 +140,8 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
     whole = {names[id(p)] for s in saved for p in modules[s].parameters()}
 
     targets, left_out = {}, []
-    for name, entry in mask._entries.items():
+    for name in mask:
+        entry = mask.entry(name)
         mod_name, module, attr = owner[name]
         if entry.count == 0 or name in whole:
             continue
@@ -307,78 +307,3 @@ def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: s
         for p, flag in grads:
             p.requires_grad_(flag)
     return plan
-
-
-def mask_from_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> Mask:
-    """Read a saved SHiRA adapter's trainable entries back as a :class:`Mask` over ``model``.
-
-    SHiRA's indices give the trainable entries of each adapted Linear weight; the
-    tensors saved for ``modules_to_save`` are trainable whole; everything else is
-    frozen. Needs ``safetensors`` only, not ``peft``.
-
-    Args:
-        model: The plain base model the adapter was made for.
-        adapter_dir: A directory written by PEFT's ``save_pretrained`` (or :func:`write_adapter`).
-
-    Raises:
-        UserError: Not a SHiRA adapter directory, or one that does not fit ``model``.
-    """
-    from safetensors import safe_open
-
-    _check_plain(model)
-    d = Path(adapter_dir)
-    config_path, weights = d / "adapter_config.json", d / "adapter_model.safetensors"
-    if not config_path.is_file() or not weights.is_file():
-        raise UserError(f"{str(d)!r} is not a PEFT adapter directory (needs adapter_config.json and "
-                        "adapter_model.safetensors)")
-    try:
-        config = json.loads(config_path.read_text())
-        kind = config.get("peft_type")
-    except (ValueError, AttributeError):
-        raise UserError(f"{str(config_path)!r} is not a PEFT adapter config (not a JSON object)") from None
-    if kind != "SHIRA":
-        raise UserError(f"{str(d)!r} holds a {kind} adapter, not SHiRA")
-    params = dict(model.named_parameters())
-    buffers = {n for n, _ in model.named_buffers()}
-    entries: dict[str, MaskEntry] = {}
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            for key in f.keys():
-                name = key.removeprefix(_PREFIX)
-                if name.endswith(".shira_weight") or name in buffers:
-                    continue
-                if name.endswith(".shira_indices"):
-                    pname = name.removesuffix(".shira_indices") + ".weight"
-                    entries[pname] = _indices_entry(d, pname, params.get(pname), f.get_tensor(key))
-                elif name in params and tuple(f.get_slice(key).get_shape()) == tuple(params[name].shape):
-                    entries[name] = MaskEntry.all(params[name].shape, params[name].device)
-                else:
-                    raise UserError(f"adapter {str(d)!r} holds {name!r}, which the model lacks or shapes differently")
-    except UserError:
-        raise
-    except Exception as exc:  # safetensors reports a corrupt file as SafetensorError
-        raise UserError(f"cannot read {str(weights)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
-    if not entries:
-        raise UserError(f"adapter {str(d)!r} trains nothing")
-    meta = {"source": f"peft shira adapter {d}"}
-    if (d / META_FILE).is_file():
-        try:
-            meta |= {k: str(v) for k, v in json.loads((d / META_FILE).read_text()).get("mask", {}).items()}
-        except (ValueError, AttributeError):
-            pass  # provenance only; the adapter itself was read
-    return Mask({n: entries.get(n) or MaskEntry.none(p.shape, p.device) for n, p in params.items()}, meta)
-
-
-def _indices_entry(d: Path, pname: str, weight: torch.Tensor | None, idx: torch.Tensor) -> MaskEntry:
-    """SHiRA's ``[2, N]`` (row, column) indices of ``pname`` as sorted flat positions."""
-    if weight is None or weight.dim() != 2:
-        raise UserError(f"adapter {str(d)!r} adapts {pname!r}, which the model lacks (or is not 2-D)")
-    m, n = weight.shape
-    idx = idx.round().long() if idx.is_floating_point() else idx.long()  # float on Windows (PEFT's note)
-    if idx.dim() != 2 or idx.shape[0] != 2 or (idx.numel() and (idx.min() < 0 or idx[0].max() >= m
-                                                                  or idx[1].max() >= n)):
-        raise UserError(f"adapter {str(d)!r}: the SHiRA indices of {pname!r} do not fit its {m}x{n} weight")
-    flat = (idx[0] * n + idx[1]).sort().values
-    if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
-        raise UserError(f"adapter {str(d)!r}: the SHiRA indices of {pname!r} repeat a position")
-    return MaskEntry.from_positions((m, n), flat.to(weight.device))
