@@ -198,8 +198,17 @@ def _cuts(order: torch.Tensor, sizes: list[int]) -> list[int]:
     return torch.searchsorted(order, ends).tolist()
 
 
-def make_budget(k: int | None = None, fraction: float | None = None) -> Budget:
-    """The budget for exactly one of ``k`` (per-row top-K) or ``fraction`` (global)."""
+def make_budget(k: int | None = None, fraction: float | None = None, budget: Budget | str | None = None) -> Budget:
+    """The budget for exactly one of ``k`` (per-row top-K), ``fraction`` (global) or ``budget``:
+    a :class:`Budget`, or ``"shira:R"`` (:class:`fps_profile.integrations.peft_budget.ShiraRank`)."""
+    if budget is not None:
+        if k is not None or fraction is not None:
+            raise UserError("give exactly one of k, fraction or budget")
+        if isinstance(budget, Budget):
+            return budget
+        from fps_profile.integrations.peft_budget import ShiraRank
+
+        return ShiraRank.parse(budget)
     if (k is None) == (fraction is None):
         raise UserError("give exactly one of k (per-row top-K) or fraction (global top fraction)")
     return PerRowTopK(k) if k is not None else GlobalFraction(fraction)

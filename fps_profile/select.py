@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fps_profile import knobs
-from fps_profile.budget import make_budget
+from fps_profile.budget import Budget, make_budget
 from fps_profile.errors import UserError
 from fps_profile.mask import Mask, MaskEntry
 from fps_profile.scope import Role, Scope, assign_roles, get_scope
@@ -84,7 +84,7 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
            amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
-           **options) -> Mask:
+           budget: Budget | str | None = None, **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
@@ -94,7 +94,10 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             Selectors that need no data (``magnitude``, ``random``) accept None.
         selector: A registered selector name (see :func:`list_selectors`).
         k: Per-output-row top-K budget (GPS's policy).
-        fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction.
+        fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction / budget.
+        budget: Any :class:`~fps_profile.budget.Budget`, or ``"shira:R"``: the ``R*(m+n)``
+            best entries of every ranked ``m x n`` tensor (PEFT SHiRA's size,
+            :class:`~fps_profile.integrations.peft_budget.ShiraRank`).
         scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
             (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
         amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
@@ -119,7 +122,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         UserError: Unknown selector or option, bad budget, no batches, missing labels,
             nothing eligible in the model.
     """
-    budget = make_budget(k, fraction)
+    budget = make_budget(k, fraction, budget)
     if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
         options["amp"], amp = amp, None
     amp, micro_batch = knobs.parse_amp(amp), knobs.parse_micro_batch(micro_batch)
