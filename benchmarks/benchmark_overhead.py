@@ -1,8 +1,8 @@
 """Harness overhead: the time the profiler records for a selection, against a bare loop.
 
 Both run in this one process on the same model and batch: the profiler's
-:func:`fps_profile.runner.measure` (warm-up, a memory-tracked run, timed repeats,
-median) and a plain ``perf_counter`` loop over :func:`fps_profile.phases.select_fn`.
+:func:`fps_profile.measure.runner.measure` (warm-up, a memory-tracked run, timed repeats,
+median) and a plain ``perf_counter`` loop over :func:`fps_profile.measure.phases.select_fn`.
 They are interleaved over several rounds so that drift hits both alike. The
 tracked number is median(recorded) / median(bare): 1.00 means the harness adds
 nothing; the target is within 3%.
@@ -25,7 +25,8 @@ REPEATS = 5
 def recorded_and_bare(selector: str = "fps", model: str = MODEL, batch: int = 1, rounds: int = ROUNDS,
                       repeats: int = REPEATS) -> tuple[list[float], list[float]]:
     """Per round, the profiler's recorded median and the bare loop's median (seconds)."""
-    from fps_profile.runner import Cell, measure
+    from fps_profile.rows.cell import Cell
+    from fps_profile.measure.runner import measure
 
     from .common import select_callable
 
@@ -57,7 +58,7 @@ class HarnessOverhead:
 
     def setup(self):
         try:
-            from fps_profile.runner import measure  # noqa: F401
+            from fps_profile.measure.runner import measure  # noqa: F401
         except ImportError:
             skip("no runner in this commit")
         torch.set_num_threads(1)

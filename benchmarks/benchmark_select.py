@@ -1,6 +1,6 @@
 """Selection on small models on the CPU: wall time, and the process's peak RSS.
 
-The timed work is the runner's ``select`` phase (:func:`fps_profile.phases.select_fn`);
+The timed work is the runner's ``select`` phase (:func:`fps_profile.measure.phases.select_fn`);
 model and batch are built in ``setup``, outside the timing. ``peakmem_`` figures
 are the benchmark process's RSS high-water mark, imports and setup included:
 ``peakmem_reference`` (which does nothing) shows that floor.

@@ -42,7 +42,8 @@ def _require_sim() -> None:
 
 def sim_row(model: str, batch: int, what: str, device: str = "sim:h100"):
     """One measured row of ``what`` (a key of :data:`WHAT`); fails unless its status is ``ok``."""
-    from fps_profile.runner import Cell, measure
+    from fps_profile.rows.cell import Cell
+    from fps_profile.measure.runner import measure
 
     row = measure(Cell(model=model, batch_size=batch, device=device, **WHAT[what]))
     if row.status != "ok":
@@ -117,7 +118,7 @@ class SimAccuracy:
         _require_sim()
         if not torch.cuda.is_available():
             _skip("no CUDA GPU")
-        from fps_profile.sim.targets import target_for_device_name
+        from fps_profile.measure.targets import target_for_device_name
 
         target = target_for_device_name(torch.cuda.get_device_name())
         if target is None:
@@ -125,8 +126,8 @@ class SimAccuracy:
         self.sim_device = target.device_name()
 
     def track_error_percent(self, model, batch_size, what):
-        from fps_profile.isolation import run_isolated
-        from fps_profile.runner import Cell
+        from fps_profile.run.isolation import run_isolated
+        from fps_profile.rows.cell import Cell
 
         real = run_isolated(Cell(model=model, batch_size=batch_size, device="cuda", repeats=1, **WHAT[what]))
         if real.status != "ok":

@@ -10,13 +10,13 @@ Quick start::
 
 __version__ = "0.1.0"
 
-from fps_profile.budget import GlobalFraction, PerRowTopK
+from fps_profile.selection.budget import GlobalFraction, PerRowTopK
 from fps_profile.errors import UserError
-from fps_profile.mask import Mask, MaskStats
-from fps_profile.scope import Role, Scope
-from fps_profile.select import select
-from fps_profile.selectors import Selector, Target, get as get_selector, list_selectors, register as register_selector
-from fps_profile.sparse import make_sparse_trainable, merge_sparse
+from fps_profile.selection.mask import Mask, MaskStats
+from fps_profile.selection.scope import Role, Scope
+from fps_profile.selection.select import select
+from fps_profile.selection.selectors import Selector, Target, get as get_selector, list_selectors, register as register_selector
+from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse
 
 __all__ = [
     "GlobalFraction", "Mask", "MaskStats", "PerRowTopK", "Role", "Scope", "Selector", "Target",

@@ -26,9 +26,11 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
+from fps_profile.rows.schema import AMP_CHOICES, knob_label, parse_amp, parse_checkpointing, parse_micro_batch
 
-AMP_CHOICES = ("fp16", "bf16", "fp16-nocache", "bf16-nocache")
-_OFF = ("", "none", "off", "no", "false", "fp32", "float32")
+__all__ = ["AMP_CHOICES", "Knobs", "amp_dtype", "autocast", "checkpointing", "chunks", "cpu_amp_problem",
+           "enable_checkpointing", "grad_scaler", "note", "parse_amp", "parse_checkpointing", "parse_micro_batch",
+           "weighted"]
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -47,57 +49,8 @@ class Knobs:
                    parse_micro_batch(getattr(cell, "micro_batch", None)))
 
     def label(self) -> str:
-        """:func:`label` of these settings."""
-        return label(self.amp, self.checkpointing, self.micro_batch)
-
-
-def parse_amp(value) -> str | None:
-    """``None``/``"none"``/``"off"`` -> None; ``"fp16"``, ``"bf16"`` and their ``-nocache`` forms as they are.
-
-    Raises:
-        UserError: Anything else.
-    """
-    if value is None or value is False:
-        return None
-    text = str(value).strip().lower()
-    if text in _OFF:
-        return None
-    if text not in AMP_CHOICES:
-        raise UserError(f"amp must be one of {', '.join(AMP_CHOICES)} or none, not {value!r}")
-    return text
-
-
-def parse_micro_batch(value) -> int | None:
-    """``None``/``"none"``/``"off"`` -> None; else an integer >= 1.
-
-    Raises:
-        UserError: Anything else.
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() in _OFF):
-        return None
-    try:
-        m = int(value)
-    except (TypeError, ValueError):
-        m = 0
-    if isinstance(value, bool) or m < 1 or (isinstance(value, float) and m != value):
-        raise UserError(f"micro_batch must be an integer >= 1 or none, not {value!r}")
-    return m
-
-
-def parse_checkpointing(value) -> bool:
-    """``on``/``true``/``1`` -> True, ``off``/``none``/``false``/``0`` -> False.
-
-    Raises:
-        UserError: Anything else.
-    """
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("on", "true", "yes", "1", "checkpointing"):
-        return True
-    if text in _OFF + ("0",):
-        return False
-    raise UserError(f"checkpointing must be on or off, not {value!r}")
+        """These settings as a label suffix: ``""`` or ``" +bf16 +ckpt +mb8"``."""
+        return knob_label(self.amp, self.checkpointing, self.micro_batch)
 
 
 def amp_dtype(amp: str | None) -> torch.dtype | None:
@@ -228,13 +181,6 @@ def chunks(inputs: torch.Tensor, labels: torch.Tensor | None,
 def weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:
     """``loss * weight``, without an op when the weight is 1."""
     return loss if weight == 1.0 else loss * weight
-
-
-def label(amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None) -> str:
-    """The knobs of a row as a label suffix: ``""``, ``" +bf16"``, ``" +bf16 +ckpt +mb8"``."""
-    parts = ([f"+{amp}"] if amp else []) + (["+ckpt"] if checkpointing else []) + \
-        ([f"+mb{micro_batch}"] if micro_batch else [])
-    return "".join(" " + p for p in parts)
 
 
 def note(cell) -> str | None:

@@ -24,6 +24,6 @@ esac
 "$fps" sweep "${grid[@]}" --device "$target" --out "$out/sim.jsonl" --no-progress > /dev/null
 "$fps" plot "$out/cuda.jsonl" --out "$out/plots"
 "$fps" report "$out/cuda.jsonl" --out "$out/report.md"
-"$py" -m fps_profile.sim.compare "$out/cuda.jsonl" "$out/sim.jsonl" > "$out/sim-vs-cuda.md"
+"$py" -m fps_profile.analysis.compare "$out/cuda.jsonl" "$out/sim.jsonl" > "$out/sim-vs-cuda.md"
 tail -n 1 "$out/sim-vs-cuda.md"
 echo "rows: $out/cuda.jsonl (measured), $out/sim.jsonl (predicted for $target); report: $out/report.md; sim vs cuda: $out/sim-vs-cuda.md"

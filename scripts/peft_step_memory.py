@@ -19,7 +19,9 @@ import argparse
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from fps_profile import phases, select
+from fps_profile import select
+
+from fps_profile.measure import phases
 from fps_profile.integrations.peft_budget import SHIRA_SCOPE
 from fps_profile.integrations.peft_step import peft_train_step_fn
 from fps_profile.trackers import LiveTensorBytes

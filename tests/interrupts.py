@@ -17,15 +17,15 @@ import textwrap
 import time
 from pathlib import Path
 
-from fps_profile import _proc
-from fps_profile.results import read_results
+from fps_profile.run import _proc
+from fps_profile.rows.store import read_results
 
 MODEL = "test_vit"
 GONE_WITHIN_S = 10.0  # the guarantee the README states
 
 PLUGIN = '''
 import os, time
-from fps_profile.selectors.base import Selector
+from fps_profile.selection.selectors.base import Selector
 
 
 class Hang(Selector):
@@ -65,7 +65,7 @@ def hung_pids(where: Path) -> list[int]:
 def fps_processes(root: int) -> list[int]:
     """Fork servers, their children and spawned workers below ``root``."""
     return [pid for pid in _proc.descendants(root)
-            if any(m in _proc.cmdline(pid) for m in (b"fps_profile.forkserver", b"fps_profile.worker"))]
+            if any(m in _proc.cmdline(pid) for m in (b"fps_profile.run.forkserver", b"fps_profile.run.worker"))]
 
 
 def measurements(root: int) -> list[int]:
@@ -74,7 +74,7 @@ def measurements(root: int) -> list[int]:
     for pid in fps_processes(root):
         stat = _proc._stat(pid)
         parent = int(stat[1]) if stat else 0
-        if b"fps_profile.worker" in _proc.cmdline(pid) or b"fps_profile.forkserver" in _proc.cmdline(parent):
+        if b"fps_profile.run.worker" in _proc.cmdline(pid) or b"fps_profile.run.forkserver" in _proc.cmdline(parent):
             out.append(pid)
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 
 MiB = 1024**2
 BATCHES = (1, 2, 4, 8)
@@ -66,3 +66,10 @@ def grid(**kw) -> list[Result]:
 def find(rows, *, model, selector, batch, phase="select") -> Result:
     return next(r for r in rows if r.model == model and r.selector == selector and r.batch_size == batch
                 and r.phase == phase)
+
+
+def write_results(path, rows) -> None:
+    """Write ``rows`` as a results file (tests only; sweeps append row by row)."""
+    from pathlib import Path
+
+    Path(path).write_text("".join(r.to_json() + "\n" for r in rows))

@@ -60,7 +60,7 @@ def test_benchmarked_names_exist():
     import timm
 
     from benchmarks import common
-    from fps_profile.selectors import list_selectors
+    from fps_profile.selection.selectors import list_selectors
 
     known = set(list_selectors())
     assert set(common.SELECTORS) <= known and set(common.CPU_SELECTORS) <= known
@@ -81,7 +81,7 @@ def test_cuda_benchmarks_skip_without_a_gpu():
 
 def test_select_callable_runs_the_selection():
     from benchmarks.common import select_callable
-    from fps_profile.mask import Mask
+    from fps_profile.selection.mask import Mask
 
     mask = select_callable("magnitude", "test_vit", 1)()
     assert isinstance(mask, Mask) and mask.stats().trainable > 0

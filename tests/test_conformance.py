@@ -30,12 +30,14 @@ import timm
 import torch
 from torch import nn
 
-from fps_profile import phases, select
-from fps_profile.isolation import run_isolated
-from fps_profile.runner import Cell
-from fps_profile.selectors import list_selectors
+from fps_profile import select
+
+from fps_profile.measure import phases
+from fps_profile.run.isolation import run_isolated
+from fps_profile.rows.cell import Cell
+from fps_profile.selection.selectors import list_selectors
 from fps_profile.sim import Simulator
-from fps_profile.sparse import merge_sparse
+from fps_profile.selection.sparse import merge_sparse
 from fps_profile.trackers import LiveTensorBytes
 
 from test_scope_families import NORM_CLASSES

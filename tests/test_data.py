@@ -18,12 +18,13 @@ from conftest import make_tiny_vit
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from fps_profile import phases
+from fps_profile.measure import phases
 from fps_profile.data import check_data_spec, data_batches, load_data, parse_data_spec
 from fps_profile.data.split import draw, parse_classes, stratified_split
 from fps_profile.errors import UserError
 from fps_profile.models import create_model
-from fps_profile.runner import Cell, _DeviceBackend
+from fps_profile.rows.cell import Cell
+from fps_profile.measure.runner import _DeviceBackend
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")  # the [data] / [test] extra
 MEAN, STD = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)

@@ -10,10 +10,10 @@ import pytest
 from plotrows import MiB, row
 
 from fps_profile.cli import main
-from fps_profile.frontier import (GiB, Point, Setting, choices, envelope, fastest_fitting, markdown, panels,
+from fps_profile.analysis.frontier import (GiB, Point, Setting, choices, envelope, fastest_fitting, markdown, panels,
                                   selection_time, setting_of)
 from fps_profile.plots.frontier import frontier_figure
-from fps_profile.results import write_results
+from plotrows import write_results
 
 SIM_ENV = {"device_name": "NVIDIA H100 (simulated)", "device_memory_bytes": 80 * GiB}
 
@@ -179,7 +179,8 @@ def test_cli_says_what_is_missing(tmp_path, capsys):
 
 def test_select_rows_record_their_batches():
     """A select row over two batches records it, and its time floor covers both: the same time per image."""
-    from fps_profile.runner import Cell, measure
+    from fps_profile.rows.cell import Cell
+    from fps_profile.measure.runner import measure
 
     one, two = (measure(Cell(model="test_vit", batch_size=2, phase="select", selector="fps", device="sim:h100",
                              num_batches=n, warmup=0, repeats=1)) for n in (1, 2))

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from fps_profile.cli import main
-from fps_profile.gate import DEFAULT_TOLERANCES, compare, parse_tolerance, select_metrics
-from fps_profile.results import Result, write_results
+from fps_profile.analysis.gate import DEFAULT_TOLERANCES, compare, parse_tolerance, select_metrics
+from fps_profile.rows.result import Result
+from plotrows import write_results
 
 
 def _rows() -> list[Result]:
@@ -89,7 +90,7 @@ def test_five_percent_on_one_sim_metric_fails_and_names_the_cell(tmp_path, capsy
     cur = _changed(rows, 0, peak_allocated_bytes=10_500_000)
     code, out, _ = _gate(capsys, _write(tmp_path / "b.jsonl", rows), _write(tmp_path / "c.jsonl", cur))
     assert code == 1
-    assert "| fps vit_tiny_patch16_224 b=1 float32 sim select k=1 | peak_allocated_bytes |" in out
+    assert "| vit_tiny_patch16_224 b=1 float32 sim fps | peak_allocated_bytes |" in out
     assert "1.0500" in out and "+5.0% > 0%" in out
 
 
@@ -129,8 +130,8 @@ def test_cells_in_one_file_are_listed(tmp_path, capsys):
     c = _write(tmp_path / "c.jsonl", rows[1:] + [extra])
     code, out, _ = _gate(capsys, b, c)
     assert code == 0
-    assert "Cells only in BASELINE (not measured in CURRENT): 1\n- fps vit_tiny_patch16_224 b=1" in out
-    assert "Cells only in CURRENT (not in BASELINE): 1\n- random vit_tiny_patch16_224 b=1" in out
+    assert "Cells only in BASELINE (not measured in CURRENT): 1\n- vit_tiny_patch16_224 b=1 float32 sim fps\n" in out
+    assert "Cells only in CURRENT (not in BASELINE): 1\n- vit_tiny_patch16_224 b=1 float32 sim random\n" in out
     code, out, _ = _gate(capsys, b, c, "--strict")
     assert code == 1 and "gate: FAIL" in out
 
@@ -243,7 +244,7 @@ def test_rows_written_by_json_roundtrip_compare_equal(tmp_path):
 def _baseline():
     from pathlib import Path
 
-    from fps_profile.results import read_results
+    from fps_profile.rows.store import read_results
 
     root = Path(__file__).resolve().parents[1]
     return root, read_results(root / "benchmarks" / "baseline.jsonl")
@@ -253,7 +254,7 @@ def test_baseline_matches_its_grids():
     """benchmarks/baseline.jsonl holds exactly the cells of benchmarks/baseline*.toml, as gate.sh sweeps them."""
     import tomllib
 
-    from fps_profile.sweep import Grid
+    from fps_profile.run.grid import Grid
 
     root, rows = _baseline()
     grids = [Grid(**tomllib.loads(p.read_text())) for p in sorted((root / "benchmarks").glob("baseline*.toml"))]
@@ -275,13 +276,14 @@ def test_baseline_gates_an_injected_regression(tmp_path, capsys):
     base = str(root / "benchmarks" / "baseline.jsonl")
     assert _gate(capsys, base, base, "--strict")[0] == 0
     code, out, _ = _gate(capsys, base, _write(tmp_path / "cur.jsonl", worse), "--strict")
-    assert code == 1 and out.count("**WORSE**") == 1 and "gps vit_" in out
+    assert code == 1 and out.count("**WORSE**") == 1 and " sim gps |" in out
 
 
 @pytest.mark.slow
 def test_sim_measurement_reproduces_the_baseline(tmp_path, capsys):
     """What CI's gate does, on one cell: measure it now and compare with the committed row."""
-    from fps_profile.runner import Cell, measure
+    from fps_profile.rows.cell import Cell
+    from fps_profile.measure.runner import measure
 
     _, rows = _baseline()
     old = next(r for r in rows if r.selector == "fps" and r.phase == "select" and r.batch_size == 1

@@ -4,7 +4,7 @@ The references take every linear/convolution input with plain forward hooks (con
 unfolded with ``F.unfold``, as in test_conv_stats), once on "pre-training" batches (the
 anchor ``a0``) and once on the downstream batches (``a``), and score
 ``|w| * a / (a0 + eps)`` (``growth="ratio"``) or ``|w| * (a - a0) / (a0 + eps)``
-(``growth="change"``) in float64. They share no code with ``fps_profile.selectors``.
+(``growth="change"``) in float64. They share no code with ``fps_profile.selection.selectors``.
 
 Tolerance of the score values (float32 against float64). The activations are the same
 float32 values in both (the same model on the same batch shapes). A mean of ``n``
@@ -30,10 +30,10 @@ from torch import nn
 
 from fps_profile import UserError, select
 from fps_profile.cli import main
-from fps_profile.scope import Role, assign_roles
-from fps_profile.selectors import Target, create, get, list_selectors
-from fps_profile.selectors._anchor import FORMAT, FORMAT_VERSION
-from fps_profile.selectors.gdfps import anchor_stats, save_anchor
+from fps_profile.selection.scope import Role, assign_roles
+from fps_profile.selection.selectors import Target, create, get, list_selectors
+from fps_profile.selection.selectors._anchor import FORMAT, FORMAT_VERSION
+from fps_profile.selection.selectors.gdfps import anchor_stats, save_anchor
 
 from conftest import make_batches, make_tiny_vit
 from test_conv_stats import expand_groups, ref_unfolded_sums
@@ -294,7 +294,7 @@ def test_scores_equal_the_reference_on_tiny_language_models(tmp_path, name):
     pytest.importorskip("transformers")
     from transformers.pytorch_utils import Conv1D
 
-    from fps_profile.llm.models import token_batches
+    from fps_profile.models.hf import token_batches
     from fps_profile.models import create_model
 
     torch.manual_seed(0)
@@ -425,7 +425,7 @@ def test_save_anchor_failures_leave_nothing_behind(tiny_vit, tmp_path):
 def test_anchor_costs_one_statistic_at_a_time_and_sim_predicts_it(tmp_path):
     """With an anchor: the cpu tracker and sim:cpu agree to the byte, and the peak is at most
     FPS's plus the largest anchor tensor (read one at a time, 4 bytes per input feature)."""
-    from fps_profile import phases
+    from fps_profile.measure import phases
     from fps_profile.sim import Simulator
 
     from test_conformance import _tracked

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fps_profile.results import read_results
-from fps_profile.sim.compare import match_key
+from fps_profile.rows.store import read_results
+from fps_profile.analysis.compare import match_key
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"measured.jsonl", "sim.jsonl", "report.md", "env.json", "probes.json", "pytest.log", "figure.png",

@@ -12,8 +12,10 @@ from fps_profile import UserError
 from fps_profile.cli import build_parser
 from fps_profile.cli.sweep_cmd import build_grid
 from fps_profile.models import build_timm, input_size, synthetic_batches
-from fps_profile.results import Result, read_results
-from fps_profile.runner import Cell, measure
+from fps_profile.rows.result import Result
+from fps_profile.rows.store import read_results
+from fps_profile.rows.cell import Cell
+from fps_profile.measure.runner import measure
 
 
 def meta(name: str, **kwargs):
@@ -61,7 +63,7 @@ def test_key_has_image_size_only_when_set_and_old_rows_load(tmp_path):
     assert cell.key() == sized.key() and Cell.from_json(cell.to_json()) == cell
     assert Cell(model="m", batch_size=2, selector="fps").key() == row.key()
     assert "96px" in cell.label()
-    from fps_profile.summary import summarize
+    from fps_profile.analysis.summary import summarize
 
     lines = summarize([row, sized])  # the same model at two sizes: two groups, told apart
     assert [s.model for s in lines] == ["m", "m @96px"]

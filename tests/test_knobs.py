@@ -23,13 +23,15 @@ from numerics import deep_atol, mask_mismatches, sum_rtol
 from torch import nn
 
 import fps_profile
-from fps_profile import knobs, phases
+from fps_profile import knobs
+from fps_profile.measure import phases
 from fps_profile.errors import UserError
 from fps_profile.knobs import Knobs
-from fps_profile.results import Result, cell_key
-from fps_profile.runner import Cell, measure
-from fps_profile.scope import Role, assign_roles
-from fps_profile.selectors import Target, create
+from fps_profile.rows.result import Result
+from fps_profile.rows.cell import Cell
+from fps_profile.measure.runner import measure
+from fps_profile.selection.scope import Role, assign_roles
+from fps_profile.selection.selectors import Target, create
 
 CE = {"loss": "ce", "views": 1}
 
@@ -44,7 +46,7 @@ def _scores(model, batches, selector, micro_batch, **options):
     sel = create(selector, **options)
     sel.micro_batch = micro_batch
     targets = _targets(model)
-    from fps_profile.select import left_as_found
+    from fps_profile.selection.select import left_as_found
 
     with left_as_found(model):
         sel.prepare(model, batches, targets)
@@ -278,7 +280,7 @@ def test_bad_knob_values(bad):
 
 
 def test_knobs_join_the_key_only_when_set():
-    plain = cell_key("gps", "m", 8, "float32", "cpu", "select", "k=1", "gps")
+    plain = ("gps", "m", 8, "float32", "cpu", "select", "k=1", "gps")  # the key rows written before knobs have
     assert Cell(model="m", batch_size=8, selector="gps").key() == plain
     old = Result.from_dict({"selector": "gps", "model": "m", "batch_size": 8, "dtype": "float32", "device": "cpu",
                             "phase": "select", "budget": "k=1", "scope": "gps"})
@@ -290,22 +292,22 @@ def test_knobs_join_the_key_only_when_set():
     cell = Cell(model="m", batch_size=8, selector="gps", amp="bf16", checkpointing=True, micro_batch=4)
     row = cell.empty_row()
     assert row.key() == cell.key() and Result.from_dict(__import__("json").loads(row.to_json())).key() == cell.key()
-    assert cell.label().endswith("select:gps +bf16 +ckpt +mb4") and row.knobs == " +bf16 +ckpt +mb4"
+    assert cell.label().endswith(" gps +bf16 +ckpt +mb4") and row.knobs == " +bf16 +ckpt +mb4"
 
 
 def test_grid_crosses_knobs_and_drops_those_that_change_nothing():
-    from fps_profile.sweep import Grid
+    from fps_profile.run.grid import Grid
 
     grid = Grid(selectors=["fps", "gps", "magnitude"], models=["m"], batch_sizes=[4, 64],
                 phases=["inference", "select"], amp=["none", "bf16"], checkpointing=["off", "on"],
                 micro_batch=[None, 8])
     labels = [c.label().split(" ", 4)[-1] for c in grid.cells() if c.batch_size == 64]
     assert labels == [
-        "inference:-", "inference:- +mb8", "inference:- +bf16", "inference:- +bf16 +mb8",
-        "select:fps", "select:fps +mb8", "select:fps +bf16", "select:fps +bf16 +mb8",
-        "select:gps", "select:gps +mb8", "select:gps +ckpt", "select:gps +ckpt +mb8",
-        "select:gps +bf16", "select:gps +bf16 +mb8", "select:gps +bf16 +ckpt", "select:gps +bf16 +ckpt +mb8",
-        "select:magnitude"]
+        "floor", "floor +mb8", "floor +bf16", "floor +bf16 +mb8",
+        "fps", "fps +mb8", "fps +bf16", "fps +bf16 +mb8",
+        "gps", "gps +mb8", "gps +ckpt", "gps +ckpt +mb8",
+        "gps +bf16", "gps +bf16 +mb8", "gps +bf16 +ckpt", "gps +bf16 +ckpt +mb8",
+        "magnitude"]
     assert not any(c.micro_batch for c in grid.cells() if c.batch_size == 4)  # 8 >= 4: whole batches
     with pytest.raises(UserError, match="amp"):
         Grid(amp=["fp9"]).validate()
@@ -331,7 +333,7 @@ def test_cli_and_toml_knob_axes(tmp_path):
 
 
 def test_summary_labels_show_the_knobs():
-    from fps_profile.summary import summarize
+    from fps_profile.analysis.summary import summarize
 
     rows = [Cell(model="m", batch_size=8, selector="gps", **kw).empty_row(peak_allocated_bytes=p, wall_time_s=1.0)
             for kw, p in (({}, 100), ({"checkpointing": True}, 40))]
@@ -340,7 +342,7 @@ def test_summary_labels_show_the_knobs():
 
 
 def test_summary_orders_sequence_lengths_as_numbers_and_shows_batch_counts():
-    from fps_profile.summary import summarize
+    from fps_profile.analysis.summary import summarize
 
     rows = [Cell(model="hf:m", batch_size=1, selector="fps", seq_len=n).empty_row(peak_allocated_bytes=n)
             for n in (8192, 512, 2048)]
@@ -399,26 +401,28 @@ def test_done_when_on_sim_h100_vit_base():
     assert micro.peak_allocated_bytes <= 1.05 * (one8.peak_allocated_bytes + grads)
 
 
-def test_gate_labels_show_the_knobs_and_image_size():
-    from fps_profile.gate import cell_label
+def test_labels_show_the_knobs_and_image_size():
+    from fps_profile.rows.label import describe
 
-    key = Cell(model="m", batch_size=2, selector="gps", image_size=96, amp="bf16", checkpointing=True,
-               micro_batch=4).key()
-    assert cell_label(key) == "gps m 96px b=2 float32 cpu select k=1 +bf16 +ckpt +mb4"
-    assert cell_label(Cell(model="m", batch_size=2, selector="gps").key()) == "gps m b=2 float32 cpu select k=1"
+    cell = Cell(model="m", batch_size=2, selector="gps", image_size=96, amp="bf16", checkpointing=True, micro_batch=4)
+    assert describe(cell) == describe(cell.empty_row()) == "m @96px b=2 float32 cpu gps +bf16 +ckpt +mb4"
+    assert describe(Cell(model="m", batch_size=2, selector="gps")) == "m b=2 float32 cpu gps"
+    assert describe(Cell(model="m", batch_size=2, selector="gps", budget="k=4", scope="attention")) == \
+        "m b=2 float32 cpu gps k=4 scope=attention"
 
 
 def test_gate_labels_language_model_and_many_batch_cells():
     """A changed hf: row (its key holds the sequence length) or multi-batch row must be labelled, not crash the gate."""
-    from fps_profile.gate import cell_label, compare, to_markdown
+    from fps_profile.analysis.gate import compare, to_markdown
+    from fps_profile.rows.label import describe
 
-    key = Cell(model="hf:llama-tiny", batch_size=1, selector="gps", seq_len=64, amp="bf16", num_batches=4).key()
-    assert cell_label(key) == "gps hf:llama-tiny seq=64 b=1 x4 batches float32 cpu select k=1 +bf16"
+    cell = Cell(model="hf:llama-tiny", batch_size=1, selector="gps", seq_len=64, amp="bf16", num_batches=4)
+    assert describe(cell) == "hf:llama-tiny seq=64 b=1 float32 cpu gps x4 batches +bf16"
     old = Result(selector="fps", model="hf:llama-tiny", batch_size=1, dtype="bfloat16", device="sim",
                  phase="select", budget="k=1", seq_len=64, peak_allocated_bytes=1000, flops=10)
     new = Result.from_dict({**old.__dict__, "peak_allocated_bytes": 1001})
     report = compare([old], [new])
-    assert report.failed() and "| fps hf:llama-tiny seq=64 b=1 bfloat16 sim select k=1 |" in to_markdown(report)
+    assert report.failed() and "| hf:llama-tiny seq=64 b=1 bfloat16 sim fps |" in to_markdown(report)
 
 
 def test_num_batches_joins_a_select_key_only_above_one():

@@ -15,11 +15,13 @@ from torch import nn
 pytest.importorskip("transformers")
 
 from fps_profile.errors import UserError  # noqa: E402
-from fps_profile.llm.models import DEFAULT_SEQ_LEN, build_lm, shipped, token_batches  # noqa: E402
+from fps_profile.models.hf import DEFAULT_SEQ_LEN, build_lm, shipped, token_batches  # noqa: E402
 from fps_profile.models import check_model_name, create_model, synthetic_batches  # noqa: E402
-from fps_profile.results import Result, cell_key  # noqa: E402
-from fps_profile.runner import Cell, measure  # noqa: E402
-from fps_profile.sweep import Grid  # noqa: E402
+from fps_profile.rows.result import Result  # noqa: E402
+from fps_profile.rows.cell import cell_key
+from fps_profile.rows.cell import Cell  # noqa: E402
+from fps_profile.measure.runner import measure
+from fps_profile.run.grid import Grid  # noqa: E402
 from numerics import sum_rtol  # noqa: E402
 
 LLAMA, GPT2 = "hf:llama-tiny", "hf:gpt2-tiny"
@@ -145,8 +147,8 @@ def _reference_input_stats(model: nn.Module, batches) -> dict[str, tuple[torch.T
 
 @pytest.mark.parametrize("selector,which", [("fps", 0), ("wanda", 1)])
 def test_fps_and_wanda_statistics_on_tiny_llama(selector, which):
-    from fps_profile.scope import Role, assign_roles
-    from fps_profile.selectors import Target, create
+    from fps_profile.selection.scope import Role, assign_roles
+    from fps_profile.selection.selectors import Target, create
 
     torch.manual_seed(0)
     model = create_model(LLAMA)
@@ -175,7 +177,7 @@ def test_fps_and_wanda_statistics_on_tiny_llama(selector, which):
 
 def test_gqa_takes_flash_on_the_sim_with_the_flash_bytes():
     from fps_profile.sim import Simulator
-    from fps_profile.sim.allocator import round_size
+    from fps_profile.trackers.cuda import round_size
     from fps_profile.sim.attention import choose_kernel
 
     b, hq, hkv, t, d = 2, 8, 2, 256, 64

@@ -1,6 +1,6 @@
 """Every selector and the scope on decoder language models (tiny Llama, tiny GPT-2).
 
-References are computed independently of ``fps_profile.selectors``: activation
+References are computed independently of ``fps_profile.selection.selectors``: activation
 statistics from forward hooks on a float64 copy of the model (the selectors watch
 ``F.linear``/``addmm`` calls instead), gradients from the model's own loss with a
 plain ``backward()``, per-output-neuron top-K with ``argsort`` along the axis the
@@ -18,15 +18,15 @@ transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from fps_profile import UserError, select  # noqa: E402
-from fps_profile.budget import PerRowTopK  # noqa: E402
-from fps_profile.llm import task_loss  # noqa: E402
-from fps_profile.mask import Mask, rows_cols  # noqa: E402
-from fps_profile.phases import BudgetSpec  # noqa: E402
-from fps_profile.scope import Role, assign_roles  # noqa: E402
-from fps_profile.scope_report import scope_report  # noqa: E402
-from fps_profile.selectors import Target, create  # noqa: E402
+from fps_profile.selection.budget import PerRowTopK  # noqa: E402
+from fps_profile.models.task import task_loss  # noqa: E402
+from fps_profile.selection.mask import Mask, rows_cols  # noqa: E402
+from fps_profile.measure.phases import BudgetSpec  # noqa: E402
+from fps_profile.selection.scope import Role, assign_roles  # noqa: E402
+from fps_profile.selection.scope_report import scope_report  # noqa: E402
+from fps_profile.selection.selectors import Target, create  # noqa: E402
 from fps_profile.sim.masks import synthetic_mask, trainable_counts  # noqa: E402
-from fps_profile.sparse import make_sparse_trainable, merge_sparse  # noqa: E402
+from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse  # noqa: E402
 from numerics import deep_atol, mask_mismatches, sum_rtol  # noqa: E402
 
 VOCAB, SEQ = 64, 8

@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import fps_profile
 from fps_profile.models import synthetic_batches
-from fps_profile.phases import inference_fn
+from fps_profile.measure.phases import inference_fn
 from fps_profile.trackers import LiveTensorBytes
 
 

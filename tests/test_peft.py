@@ -19,9 +19,9 @@ from conftest import make_batches, make_tiny_vit
 from fps_profile.errors import UserError
 from fps_profile.integrations.peft import mask_from_adapter, plan_shira, write_adapter
 from fps_profile.integrations.peft_budget import SHIRA_SCOPE, ShiraRank
-from fps_profile.mask import Mask, MaskEntry
-from fps_profile.phases import train_step_fn
-from fps_profile.sparse import make_sparse_trainable, merge_sparse
+from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.measure.phases import train_step_fn
+from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse
 
 def _has_peft() -> bool:
     try:
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWar
 
 
 def _llama():
-    from fps_profile.llm.models import build_lm, token_batches
+    from fps_profile.models.hf import build_lm, token_batches
 
     torch.manual_seed(0)
     model = build_lm("hf:llama-tiny")
@@ -98,7 +98,7 @@ def test_shira_budget_refuses_bad_r_and_mixing_with_k():
     with pytest.raises(UserError, match=r"'blocks.0.attn.proj.weight' \(32x32\).*r <= 16") as exc:
         fps_profile.select(model, None, "magnitude", budget="shira:17")
     _one_line(exc)
-    assert isinstance(fps_profile.budget.make_budget(budget=ShiraRank(3)), ShiraRank)
+    assert isinstance(fps_profile.selection.budget.make_budget(budget=ShiraRank(3)), ShiraRank)
 
 
 # -- what SHiRA can express --------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_plan_refuses_counts_that_are_not_one_r_times_m_plus_n():
 
 
 def test_gpt2_conv1d_layers_are_not_shira_targets():
-    from fps_profile.llm.models import build_lm
+    from fps_profile.models.hf import build_lm
 
     model = build_lm("hf:gpt2-tiny")
     mask = fps_profile.select(model, None, "magnitude", budget="shira:1")

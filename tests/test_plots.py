@@ -79,7 +79,7 @@ def test_device_memory_line_when_known_and_near_the_data():
 
 
 def test_sim_rows_get_the_target_memory():
-    targets = pytest.importorskip("fps_profile.sim.targets")
+    targets = pytest.importorskip("fps_profile.measure.targets")
     rows = [row("gps", "small_vit", b, "select", b * 16 * 1024**3, device="sim:h100", env={}) for b in (1, 2)]
     assert device_memory_bytes(rows) == targets.get_target("sim:h100").memory_bytes
     assert device_memory_bytes([row("gps", "small_vit", 1, "select", MiB, device="sim:nope")]) is None
@@ -245,7 +245,7 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
 
 def test_mixed_gpu_models_are_separate_groups():
     from fps_profile.plots.data import by_group
-    from fps_profile.results import Result
+    from fps_profile.rows.result import Result
 
     def row(name, b):
         return Result(selector="fps", model="m", batch_size=b, dtype="float32", device="cuda", phase="select",

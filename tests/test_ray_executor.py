@@ -19,9 +19,9 @@ import time
 import pytest
 
 from fps_profile.cli import main
-from fps_profile.results import read_results
-from fps_profile.runner import Cell
-from fps_profile import _proc
+from fps_profile.rows.store import read_results
+from fps_profile.rows.cell import Cell
+from fps_profile.run import _proc
 from interrupts import (GONE_WITHIN_S, all_gone, assert_no_measurements, describe, fps_processes, hung_pids,
                         measurements, wait_until)
 
@@ -30,7 +30,7 @@ SMALL = ["--model", MODEL, "--batch-size", "1", "--repeats", "1", "--warmup", "0
 
 PLUGIN = '''
 import os, time
-from fps_profile.selectors.base import Selector
+from fps_profile.selection.selectors.base import Selector
 
 
 def _ray_worker():
@@ -83,7 +83,7 @@ def ray_cluster(tmp_path_factory):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ray-test-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[fps_profile.selectors]\n" + "".join(
         f"{name} = ray_test_plugin:{cls}\n" for name, cls in PLUGINS.items()))
-    from fps_profile.selectors import SELECTORS
+    from fps_profile.selection.selectors import SELECTORS
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -104,7 +104,7 @@ def ray_cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_thread():
     """Local sweeps with one torch thread, as in a Ray CPU slot (fresh fork server before and after)."""
-    from fps_profile.isolation import client
+    from fps_profile.run.isolation import client
 
     client().close()
     with pytest.MonkeyPatch.context() as mp:
@@ -153,7 +153,7 @@ def test_an_address_where_nothing_listens_fails_fast():
     import socket
 
     from fps_profile.errors import UserError
-    from fps_profile.executors.ray_executor import _probe
+    from fps_profile.run.executors.ray_executor import _probe
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -168,7 +168,7 @@ def test_cells_the_cluster_cannot_run_fail_before_submitting(ray_cluster, monkey
     import ray
 
     from fps_profile.errors import UserError
-    from fps_profile.executors import get_executor
+    from fps_profile.run.executors import get_executor
 
     with pytest.raises(UserError, match="retries must be an integer >= 0"):
         get_executor("ray", retries=-1)
@@ -221,8 +221,9 @@ def test_sim_sweep_same_bytes_as_local(ray_cluster, tmp_path, capsys, one_thread
 
 def interrupt_ray_sweep(site, out) -> None:
     """A Ray sweep interrupted while a measurement hangs: every measurement is gone within 10 s, then it resumes."""
-    from fps_profile.executors import get_executor
-    from fps_profile.sweep import Grid, run_sweep
+    from fps_profile.run.executors import get_executor
+    from fps_profile.run.grid import Grid
+    from fps_profile.run.sweep import run_sweep
 
     _arm_hang(site)
     grid = Grid(selectors=["ray_hang", "magnitude", "random"], models=[MODEL], batch_sizes=[1, 2],
@@ -275,7 +276,7 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
     """A task deaf to the plain cancel (as when Ray's interrupt misses it) is force-cancelled after the grace."""
     import ray
 
-    from fps_profile.executors import ray_executor
+    from fps_profile.run.executors import ray_executor
 
     _arm_hang(ray_cluster)
     monkeypatch.setattr(ray_executor, "CANCEL_GRACE_S", 2.0)
@@ -285,8 +286,8 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
         import signal as sig
 
         sig.signal(sig.SIGINT, sig.SIG_IGN)  # Ray's KeyboardInterrupt never arrives
-        from fps_profile.isolation import run_isolated
-        from fps_profile.runner import Cell
+        from fps_profile.run.isolation import run_isolated
+        from fps_profile.rows.cell import Cell
 
         while True:
             try:
@@ -312,7 +313,7 @@ def test_a_task_the_cancel_misses_stops_when_its_sweep_token_dies(ray_cluster):
     ends its measurement by itself once the sweep's token actor is dead."""
     import ray
 
-    from fps_profile.executors import ray_executor
+    from fps_profile.run.executors import ray_executor
 
     _arm_hang(ray_cluster)
     token = ray.remote(num_cpus=0, max_restarts=0)(ray_executor.SweepToken).remote()

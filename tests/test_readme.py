@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import fps_profile
-from fps_profile.selectors import SELECTORS
+from fps_profile.selection.selectors import SELECTORS
 from numerics import mask_mismatches, sum_rtol
 
 README = Path(__file__).resolve().parent.parent / "README.md"

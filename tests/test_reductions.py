@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fps_profile.selectors._conv_stats import chunked_norm
+from fps_profile.selection.selectors._conv_stats import chunked_norm
 from fps_profile.sim.reductions import GpuShape, staging_bytes, tensor_staging
 from numerics import sum_rtol
 
@@ -91,7 +91,7 @@ def test_sim_counts_reduction_scratch():
     assert run(True) - run(False) == segment + 512
     # what the GPU check's probe predicts for its measurement on an H100
     from fps_profile.gpucheck.probes import OPS, predicted_scratch
-    from fps_profile.sim.targets import TARGETS
+    from fps_profile.measure.targets import TARGETS
 
     assert predicted_scratch((64, 197, 768), torch.float32, OPS["norm1"], TARGETS["h100"]) == segment + 512
     assert predicted_scratch((64, 197, 768), torch.float32, OPS["sum"], TARGETS["h100"]) == segment + 512

@@ -6,7 +6,7 @@ import pytest
 from plotrows import BATCHES, MiB, find, grid, row
 
 from fps_profile.cli import main
-from fps_profile.report import HEADLINE_HEAD, build_report, headline, model_tables, write_report
+from fps_profile.plots.report import HEADLINE_HEAD, build_report, headline, model_tables, write_report
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 

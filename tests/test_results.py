@@ -7,7 +7,8 @@ import json
 import pytest
 
 from fps_profile.errors import UserError
-from fps_profile.results import SCHEMA, Result, append_result, read_results, write_results
+from fps_profile.rows.result import SCHEMA, Result
+from fps_profile.rows.store import append_result, read_results
 
 
 def _row(**kw) -> Result:
@@ -57,17 +58,10 @@ def test_missing_file(tmp_path):
     assert read_results(tmp_path / "nope.jsonl", missing_ok=True) == []
 
 
-def test_write_results_is_atomic_and_complete(tmp_path):
-    path = tmp_path / "r.jsonl"
-    write_results(path, [_row(batch_size=b) for b in (1, 2, 3)])
-    assert [r.batch_size for r in read_results(path)] == [1, 2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
-
-
 def test_selector_options_are_part_of_the_cell():
     """GPS with cross-entropy is another cell than GPS as published, in the same results file."""
-    from fps_profile.runner import Cell
-    from fps_profile.summary import summarize
+    from fps_profile.rows.cell import Cell
+    from fps_profile.analysis.summary import summarize
 
     ce = Cell(model="m", batch_size=2, selector="gps", options=(("loss", "ce"), ("views", 1)))
     plain = Cell(model="m", batch_size=2, selector="gps")

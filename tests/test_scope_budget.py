@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from fps_profile import GlobalFraction, PerRowTopK, Role, Scope, UserError, select
-from fps_profile.budget import make_budget
-from fps_profile.scope import assign_roles, get_scope
+from fps_profile.selection.budget import make_budget
+from fps_profile.selection.scope import assign_roles, get_scope
 
 from conftest import make_tiny_vit
 

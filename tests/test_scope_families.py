@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from fps_profile import Role, Scope, UserError
-from fps_profile.parts import find_classifier
-from fps_profile.scope import assign_roles, explain_roles
+from fps_profile.models.parts import find_classifier
+from fps_profile.selection.scope import assign_roles, explain_roles
 
 # Classifier module names per family, as the timm source defines them.
 CLASSIFIERS = {
@@ -29,7 +29,7 @@ CLASSIFIERS = {
     "coatnet_nano_rw_224": ["head.fc"],
     "inception_v3": ["fc"],
 }
-# Norm classes by hand (torch's and timm's), independent of fps_profile.parts.
+# Norm classes by hand (torch's and timm's), independent of fps_profile.models.parts.
 NORM_CLASSES = {"BatchNorm1d", "BatchNorm2d", "BatchNormAct2d", "LayerNorm", "LayerNorm2d", "GroupNorm",
                 "GroupNorm1", "GlobalResponseNorm", "RmsNorm"}
 

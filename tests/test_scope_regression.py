@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from fps_profile import select
-from fps_profile.scope import Role, assign_roles
-from fps_profile.selectors import Target, create
+from fps_profile.selection.scope import Role, assign_roles
+from fps_profile.selection.selectors import Target, create
 
 from conftest import make_batches, make_tiny_vit
 from numerics import deep_atol, mask_mismatches, sum_rtol

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fps_profile import select
-from fps_profile.selectors import list_selectors
+from fps_profile.selection.selectors import list_selectors
 
 IMG = 64
 

@@ -1,7 +1,7 @@
 """Every built-in selector against an independent reference computed by hand.
 
 The references below use plain forward hooks, ``F.unfold`` and explicit loss
-formulas in float64; they share no code with ``fps_profile.selectors``.
+formulas in float64; they share no code with ``fps_profile.selection.selectors``.
 
 Masks are compared entry by entry with :func:`numerics.mask_mismatches`: every entry must
 agree with the reference's top-K (or global top fraction), except entries whose
@@ -27,7 +27,7 @@ from torch import nn
 
 import fps_profile
 from fps_profile import UserError, select
-from fps_profile.selectors import SELECTORS, create, list_selectors
+from fps_profile.selection.selectors import SELECTORS, create, list_selectors
 
 from conftest import make_batches, make_tiny_vit
 from numerics import assert_mask_matches, deep_atol, mask_mismatches, ref_global_masks, ref_topk_mask, sum_rtol
@@ -209,8 +209,8 @@ def test_fps_reference_is_discriminating(tiny_vit):
 
 
 def test_fps_scores_equal_reference_values(tiny_vit, batches):
-    from fps_profile.scope import Role, assign_roles
-    from fps_profile.selectors import Target
+    from fps_profile.selection.scope import Role, assign_roles
+    from fps_profile.selection.selectors import Target
 
     ref = ref_fps_scores(tiny_vit, batches)
     sel = create("fps")
@@ -316,8 +316,8 @@ def test_gps_default_matches_supcon_reference(tiny_vit, batches):
 
 
 def test_gps_scores_equal_reference_values(tiny_vit, batches):
-    from fps_profile.scope import Role, assign_roles
-    from fps_profile.selectors import Target
+    from fps_profile.selection.scope import Role, assign_roles
+    from fps_profile.selection.selectors import Target
 
     model, batches = as_float64(tiny_vit, batches)
     grads = ref_gradients(model, batches)
@@ -346,7 +346,7 @@ def test_gps_reference_is_discriminating(tiny_vit, batches):
 
 
 def test_gps_supcon_loss_equals_khosla_formula():
-    from fps_profile.selectors._gradients import supcon_loss
+    from fps_profile.selection.selectors._gradients import supcon_loss
 
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(5, 2, 8, generator=gen, dtype=torch.float64)  # [b, views, d]

@@ -10,14 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from fps_profile import phases
+from fps_profile.measure import phases
 from fps_profile.errors import UserError
-from fps_profile.isolation import run_isolated
-from fps_profile.runner import Cell, measure
-from fps_profile.sim import Simulator, check_sim_device, get_target
-from fps_profile.sim.allocator import CachingAllocator, round_size
+from fps_profile.run.isolation import run_isolated
+from fps_profile.rows.cell import Cell
+from fps_profile.measure.runner import measure
+from fps_profile.measure.backends import check_device
+from fps_profile.sim import Simulator, get_target
+from fps_profile.sim.allocator import CachingAllocator
+from fps_profile.trackers.cuda import round_size
 from fps_profile.sim.attention import choose_kernel
-from fps_profile.sim.flops import FlopCount, time_floor
+from fps_profile.trackers.flops import FlopCount, time_floor
 from fps_profile.trackers import LiveTensorBytes
 from conftest import make_tiny_vit
 
@@ -295,7 +298,7 @@ def test_sim_row_has_peak_flops_and_floor_but_no_time():
 
 
 def test_memory_budget_gives_oom_and_max_batch_search_works():
-    from fps_profile.maxbatch import find_max_batch
+    from fps_profile.run.maxbatch import find_max_batch
 
     budget = 36 * MIB
 
@@ -311,10 +314,10 @@ def test_memory_budget_gives_oom_and_max_batch_search_works():
 
 
 def test_check_sim_device():
-    check_sim_device("sim")
-    check_sim_device("sim:a100")
+    check_device("sim")
+    check_device("sim:a100")
     with pytest.raises(UserError, match="did you mean 'h200'"):
-        check_sim_device("sim:h20")
+        check_device("sim:h20")
     assert get_target("sim").name == "h100"
 
 
@@ -388,8 +391,9 @@ def test_cli_sweep_and_max_batch_on_sim(tmp_path):
 
 
 def test_compare_predicted_with_measured(tmp_path, capsys):
-    from fps_profile.results import Result, write_results
-    from fps_profile.sim.compare import main
+    from fps_profile.rows.result import Result
+    from plotrows import write_results
+    from fps_profile.analysis.compare import main
 
     def row(device, peak, batch=8, selector="fps"):
         return Result(selector=selector, model="m", batch_size=batch, dtype="float32", device=device,

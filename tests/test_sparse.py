@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from fps_profile import Mask, UserError, make_sparse_trainable, merge_sparse, select
-from fps_profile.sparse import SparseValues, trainable_count
+from fps_profile.selection.sparse import SparseValues, trainable_count
 
 from conftest import make_batches
 
@@ -186,7 +186,7 @@ def test_sparse_step_peak_is_the_train_floor_plus_its_trainable_state():
     """The bound of issue 11: <= 1.03 x train_floor + 20 B per trainable entry. Rebuilding each
     partly trainable weight per forward (the former path) exceeded it here by 6%."""
     from fps_profile.models import create_model, synthetic_batches
-    from fps_profile.phases import train_floor_fn, train_step_fn
+    from fps_profile.measure.phases import train_floor_fn, train_step_fn
 
     def model_and_batch():
         torch.manual_seed(0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fps_profile.cli import main
-from fps_profile.results import read_results
+from fps_profile.rows.store import read_results
 
 MODEL = "test_vit"  # a small real timm model (6 blocks, width 64, 160 px)
 
@@ -31,7 +31,7 @@ def plugin_env(tmp_path):
     site.mkdir()
     (site / "crashy_plugin.py").write_text(textwrap.dedent('''
         import os, time
-        from fps_profile.selectors.base import Selector
+        from fps_profile.selection.selectors.base import Selector
 
         class Crash(Selector):
             """Dies in the middle of a measurement."""
@@ -148,7 +148,7 @@ def test_max_batch_bisects_to_the_budget(tmp_path, capsys):
         fails = [r.batch_size for r in rows if r.selector == sel and r.status == "oom"]
         best[sel] = max(fits)
         assert min(fails) == best[sel] + 1  # bisection closed the gap
-        assert f"select:{sel} | {best[sel]} " in table.replace("  ", " ") or str(best[sel]) in table
+        assert f"| {sel} | {best[sel]} " in table.replace("  ", " ") or str(best[sel]) in table
     assert best["gps"] < best["fps"]
 
 
@@ -161,7 +161,7 @@ def test_max_batch_searches_every_knob_setting(tmp_path, capsys):
                "--checkpointing", "off,on", "--out", str(out)])
     assert rc == 0
     whats = [line.split("|")[4].strip() for line in capsys.readouterr().out.splitlines()[2:]]
-    assert whats == ["select:fps", "select:gps", "select:gps +ckpt"]
+    assert whats == ["fps", "gps", "gps +ckpt"]
     rows = read_results(out)
     best = {c: max(r.batch_size for r in rows if r.selector == "gps" and r.checkpointing is c and r.status == "ok")
             for c in (False, True)}
@@ -230,15 +230,15 @@ def test_toml_config_and_flag_override(tmp_path):
 
 
 def test_train_floor_phase_on_sim_with_the_sparse_step_next_to_it():
-    from fps_profile.runner import measure
-    from fps_profile.summary import format_summary
-    from fps_profile.sweep import Grid
+    from fps_profile.measure.runner import measure
+    from fps_profile.analysis.summary import format_summary
+    from fps_profile.run.grid import Grid
 
     grid = Grid(selectors=["fps"], models=[MODEL], batch_sizes=[2], devices=["sim:cpu"],
                 phases=["train_step", "train_floor"], warmup=1, repeats=1)
     grid.validate()
     cells = grid.cells()
-    assert [(c.phase, c.selector) for c in cells] == [("train_step", None), ("train_step", "fps"), ("train_floor", None)]
+    assert [(c.phase, c.selector) for c in cells] == [("train_floor", None), ("train_step", None), ("train_step", "fps")]
     rows = {(r.phase, r.selector): r for r in map(measure, cells)}
     floor, sparse, full = rows["train_floor", None], rows["train_step", "fps"], rows["train_step", None]
     assert floor.status == "ok" and floor.budget is None and floor.params_trainable == 0

@@ -12,13 +12,14 @@ import textwrap
 import pytest
 import torch
 
-from fps_profile import phases
+from fps_profile.measure import phases
 from fps_profile.errors import UserError
-from fps_profile.mask import Mask
+from fps_profile.selection.mask import Mask
 from fps_profile.models import input_size, synthetic_batches
 from fps_profile.models.factory import (build_factory_model, check_factory_name, is_factory_name,
                                         parse_factory_name, resolve_input_size)
-from fps_profile.runner import Cell, _DeviceBackend
+from fps_profile.rows.cell import Cell
+from fps_profile.measure.runner import _DeviceBackend
 from fps_profile.sim import Simulator
 from fps_profile.sim.run import _SimBackend
 from fps_profile.trackers import LiveTensorBytes

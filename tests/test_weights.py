@@ -137,7 +137,7 @@ def test_a_meta_model_is_checked_with_the_same_provenance(tmp_path):
     gpt2 = tmp_path / "gpt2.safetensors"
     save_model(create_model("hf:gpt2-tiny"), str(gpt2))  # tied pair saved once
     vit = _save(_vit(num_classes=7).state_dict(), tmp_path / "vit.pt")
-    from fps_profile.llm.models import build_lm
+    from fps_profile.models.hf import build_lm
 
     with torch.device("meta"):  # as the sim builds models (fps_profile.sim.fake.build_model)
         meta_lm = build_lm("hf:gpt2-tiny")

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fps_profile.cli.plot_cmd import load_rows
-    from fps_profile.explain import explain, find_rows, overview
+    from fps_profile.analysis.explain import explain, find_rows, overview
 
     rows = load_rows(args.results)
     if not args.cell:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     from fps_profile.cli.plot_cmd import load_rows
-    from fps_profile.frontier import choices, markdown, notes, panels
+    from fps_profile.analysis.frontier import choices, markdown, notes, panels
     from fps_profile.plots import RC, figure_folder, save
     from fps_profile.plots.frontier import frontier_figure
 

@@ -41,8 +41,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fps_profile.gate import DEFAULT_TOLERANCES, compare, parse_tolerance, select_metrics, to_markdown
-    from fps_profile.results import read_results
+    from fps_profile.analysis.gate import DEFAULT_TOLERANCES, compare, parse_tolerance, select_metrics, to_markdown
+    from fps_profile.rows.store import read_results
 
     tolerances = dict(DEFAULT_TOLERANCES)
     for spec in args.tolerance:

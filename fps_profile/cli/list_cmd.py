@@ -18,14 +18,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "selectors":
-        from fps_profile.selectors import get, list_selectors
+        from fps_profile.selection.selectors import get, list_selectors
 
         for name in list_selectors(args.pattern):
             cls = get(name)
             needs = "backward" if cls.needs_backward else ("forward" if cls.needs_data else "no data")
             print(f"{name:<12} {needs:<9} {cls.describe()}")
     elif args.what == "scopes":
-        from fps_profile.scope import SCOPES
+        from fps_profile.selection.scope import SCOPES
 
         for name in SCOPES.names(args.pattern):
             print(f"{name:<12} {SCOPES.get(name).about}")
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
         import timm
 
-        from fps_profile.llm.models import PREFIX, shipped
+        from fps_profile.models.hf import PREFIX, shipped
 
         for name, source in shipped().items():
             if fnmatch.fnmatch(PREFIX + name, args.pattern):

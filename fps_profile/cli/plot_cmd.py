@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def load_rows(path: str):
     """The rows of a results file; a clear error if it has none."""
-    from fps_profile.results import read_results
+    from fps_profile.rows.store import read_results
 
     rows = read_results(path)
     if not rows:

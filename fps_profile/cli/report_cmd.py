@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fps_profile.cli.plot_cmd import load_rows, warn_missing_reference
-    from fps_profile.report import write_report
+    from fps_profile.plots.report import write_report
 
     rows = load_rows(args.results)
     warn_missing_reference(rows, args.reference)

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fps_profile.models import build_timm
-    from fps_profile.scope import get_scope
-    from fps_profile.scope_report import scope_report
+    from fps_profile.selection.scope import get_scope
+    from fps_profile.selection.scope_report import scope_report
 
     scope = get_scope(args.scope)  # an unknown scope fails before the model is built
     with torch.device("meta"):

@@ -51,8 +51,8 @@ def add_parser(sub) -> None:
 def _breakdown(model, mask, scope: str) -> str:
     """Ranked entries vs whole trainable tensors, and the count without the classifier
     head (the figure GPS and FPS papers quote, e.g. 0.195% of ViT-B/16 at k=1)."""
-    from fps_profile.parts import find_classifier
-    from fps_profile.scope import Role, assign_roles
+    from fps_profile.models.parts import find_classifier
+    from fps_profile.selection.scope import Role, assign_roles
 
     roles = assign_roles(model, scope)
     ranked = sum(mask.count(n) for n, (r, _, _) in roles.items() if r is Role.RANKED)
@@ -66,9 +66,9 @@ def _breakdown(model, mask, scope: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import fps_profile
-    from fps_profile.devices import resolve_device
+    from fps_profile.measure.backends import backend_for
     from fps_profile.models import create_model, parse_dtype, synthetic_batches
-    from fps_profile.selectors import create
+    from fps_profile.selection.selectors import create
 
     options = dict(parse_option(o) for o in args.option)
     create(args.selector, **options)  # fail on a bad selector or option before building anything
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     parse_amp(args.amp)
     if args.out and not Path(args.out).parent.is_dir():  # ... and on an --out that cannot be written
         raise UserError(f"cannot write mask to {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist")
-    device = resolve_device(args.device)
+    device = _torch_device(args.device, backend_for)
     dtype = parse_dtype(args.dtype)
     if args.fraction is None and args.k is None:
         args.k = 1
@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
                           "out": args.out, "stats": stats.to_dict()}))
     else:
-        from fps_profile.knobs import label
+        from fps_profile.rows.schema import knob_label
 
-        knobs = label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
+        knobs = knob_label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
               f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
         print(stats.format(per_tensor=args.per_tensor))
@@ -105,3 +105,13 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"mask written to {args.out}")
     return 0
+
+
+def _torch_device(name: str, backend_for):
+    """The torch device ``select`` runs on (a real one: the sim predicts memory, it computes no mask)."""
+    from fps_profile.errors import UserError
+
+    backend = backend_for(name)
+    if not hasattr(backend, "torch_device"):
+        raise UserError(f"select needs a real device to compute a mask, not {name!r} (use cpu or cuda)")
+    return backend.torch_device(name)

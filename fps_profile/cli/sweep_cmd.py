@@ -9,8 +9,9 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-from fps_profile.cli._args import comma_list, int_list, parse_bytes, parse_option
+from fps_profile.cli._args import comma_list, parse_bytes, parse_option
 from fps_profile.errors import UserError
+from fps_profile.rows.schema import AXES, BY_NAME as AXES_BY_NAME
 
 DEFAULT_OUT = "results/sweep-cpu.jsonl"
 #: ``sweep --frontier``: plain / bf16 / checkpointing / micro-batches and their combinations.
@@ -31,51 +32,31 @@ def add_parser(sub) -> None:
         "--batch-size 1,8,32,64 --dtype float32,bfloat16 --device cuda --out gpu.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", help="TOML file holding the grid (keys as the flags: selectors, models, "
-                   "batch_sizes, seq_lens, dtypes, devices, phases, budget, scope, image_size, amp, checkpointing, "
-                   "micro_batch, frontier, repeats, ..., [options.<selector>]); "
+    p.add_argument("--config", help="TOML file holding the grid (keys: "
+                   + ", ".join(a.grid for a in AXES if a.grid and a.name != "options")
+                   + ", frontier, out, ..., [options.<selector>]; a single value for a list is a one-item list); "
                    "flags given on the command line override it")
-    p.add_argument("--selector", help="comma list of selectors (default fps,gps,magnitude,random)")
-    p.add_argument("--model", help="comma list of timm models, or language models hf:<name> / hf:<config.json> "
-                   "('fps-profile list models hf:*'; default vit_tiny_patch16_224,vit_small_patch16_224)")
-    p.add_argument("--batch-size", help="comma list of batch sizes (default 1,4,16)")
-    p.add_argument("--dtype", help="comma list of float32, bfloat16, float16 (default float32)")
-    p.add_argument("--device", help="comma list of cpu, cuda[:N], sim[:target] (default cpu)")
-    p.add_argument("--phase", help="comma list of select, inference, train_step, train_floor "
-                   "(default the first three)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--k", type=int, help="per-row top-K budget of every selection (default 1)")
-    budget.add_argument("--fraction", type=float, help="global top-fraction budget instead of --k")
-    p.add_argument("--scope", help="parameter scope (default gps)")
+    grid_flags = p.add_argument_group(
+        "the grid (each comma list is an axis crossed with the others; rows carry every value)")
+    for a in AXES:
+        if a.flag is None:
+            continue
+        kwargs = {"nargs": "?", "const": "on"} if isinstance(a.default, bool) else {}
+        shown = a.grid_value()
+        default = ",".join(map(str, shown)) if isinstance(shown, list) else shown
+        meta = "LIST" if a.swept else "VALUE"
+        grid_flags.add_argument(a.flag, dest=a.name, metavar=meta, help=f"{a.doc} ({'comma list, ' if a.swept else ''}"
+                                f"default {default if default not in (None, '') else 'none'})", **kwargs)
+    grid_flags.add_argument("--k", metavar="LIST", help="per-row top-K budgets of every selection, e.g. 1,2,4,8 "
+                        "(default 1)")
+    grid_flags.add_argument("--fraction", metavar="LIST", help="global top-fraction budgets, e.g. 0.01,0.001 "
+                        "(with --k, both kinds are crossed with the grid)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="SELECTOR:KEY=VALUE",
                    help="selector option, e.g. -o gps:loss=ce -o random:seed=1 (repeatable)")
-    p.add_argument("--num-batches", type=int, help="batches of selection data (default 1)")
-    p.add_argument("--image-size", type=int, help="input height and width for every model, built for it "
-                   "(default: each model's own, e.g. 224, FastViT 256, Inception 299)")
-    p.add_argument("--seq-len", help="comma list of sequence lengths (tokens) of the language models (hf:...), "
-                   "an axis like --batch-size (default 512); not for image models")
-    knobs = p.add_argument_group(
-        "knobs (each a comma list crossed with the grid; none/off is the plain setting; rows carry "
-        "amp, checkpointing, micro_batch)")
-    knobs.add_argument("--amp", metavar="LIST", help="autocast around every phase's passes: fp16, bf16 (a "
-                       "GradScaler for fp16 training), or fp16-nocache/bf16-nocache, which turn off autocast's "
-                       "cache of cast weight copies (kept for the whole autocast region, it can make a "
-                       "forward-only pass such as FPS need more memory than float32); e.g. --amp none,bf16")
-    knobs.add_argument("--checkpointing", nargs="?", const="on", metavar="LIST",
-                       help="activation checkpointing (timm's set_grad_checkpointing) for GPS, SNIP, the "
-                       "train step and the train floor: block activations are recomputed in the backward "
-                       "pass; alone it means on, or a list such as off,on")
-    knobs.add_argument("--micro-batch", metavar="LIST", help="process every batch in chunks of M samples: "
-                       "FPS/Wanda statistics and GPS(CE)/SNIP gradients add up to the whole batch's (GPS's "
-                       "SupCon then pairs samples only inside a chunk, and its rows say so); the train step "
-                       "accumulates gradients over the chunks, inference is a chunked forward; "
-                       "e.g. --micro-batch none,8,32")
-    knobs.add_argument("--frontier", action="store_true", help="the preset behind the memory-time frontier: "
-                       + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in FRONTIER.items())
-                       + " and every combination, phase select, for the chosen "
-                       "selectors (default fps,gps,snip); knob flags given override it")
-    p.add_argument("--warmup", type=int, help="untimed runs before measuring (default 1)")
-    p.add_argument("--repeats", type=int, help="timed runs; the median is reported (default 3)")
+    p.add_argument("--frontier", action="store_true", help="the preset behind the memory-time frontier: "
+                   + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in FRONTIER.items())
+                   + " and every combination, phase select, for the chosen "
+                   "selectors (default fps,gps,snip); knob flags given override it")
     p.add_argument("--memory-budget", help="e.g. 8GiB: a run that needs more is recorded as 'oom' "
                    "(simulated on cpu/sim, enforced by the allocator on cuda)")
     p.add_argument("--max-batch", action="store_true", help="find, per selector and model, the largest "
@@ -106,54 +87,65 @@ def _load_config(path: str) -> dict:
     return data.get("sweep", data)
 
 
+def _grid_value(a, value, source: str):
+    """One axis's value from a flag or TOML, parsed: a list for a swept axis (a single value becomes a
+    one-item list), a single value otherwise."""
+    if a.swept:
+        items = comma_list(value) if isinstance(value, str) else value if isinstance(value, list) else [value]
+        if a.name == "checkpointing" and isinstance(value, str) and not items:
+            items = ["on"]
+        return [a.parse(v) for v in items] or [a.default]
+    if isinstance(value, list):
+        raise UserError(f"{source}: {a.grid} takes one value, not a list ({value!r})")
+    return a.parse(value)
+
+
 def build_grid(args: argparse.Namespace):
-    """The :class:`~fps_profile.sweep.Grid` from a TOML config and flags (flags win)."""
-    from fps_profile.sweep import Grid
+    """The :class:`~fps_profile.run.grid.Grid` from a TOML config and flags (flags win).
+
+    Every axis of the cell schema is read the same way: the flag, else the TOML key (the
+    Grid field), else the default; values are parsed by the axis, so a bad one fails here.
+    """
+    from fps_profile.run.grid import Grid
 
     conf = _load_config(args.config) if args.config else {}
-    known = {f.name for f in fields(Grid)} | {"out", "timeout", "max_batch", "executor", "address", "retries",
-                                               "frontier"}
+    by_grid = {a.grid: a for a in AXES if a.grid}
+    known = set(by_grid) | {"out", "timeout", "max_batch", "executor", "address", "retries", "frontier"}
     unknown = sorted(set(conf) - known)
     if unknown:
         raise UserError(f"unknown key {unknown[0]!r} in config {args.config!r} (known: {', '.join(sorted(known))})")
-    grid = Grid(**{k: v for k, v in conf.items() if k in {f.name for f in fields(Grid)}})
-    for key in ("amp", "checkpointing", "micro_batch"):  # a scalar in TOML is a one-setting axis
-        if key in conf and not isinstance(conf[key], list):
-            setattr(grid, key, [conf[key]])
-    if isinstance(grid.memory_budget, str):
-        grid.memory_budget = parse_bytes(grid.memory_budget)
-    if isinstance(grid.batch_sizes, (str, int)):
-        grid.batch_sizes = int_list(str(grid.batch_sizes))
-    for flag, attr in (("selector", "selectors"), ("model", "models"), ("dtype", "dtypes"),
-                       ("device", "devices"), ("phase", "phases")):
-        if getattr(args, flag):
-            setattr(grid, attr, comma_list(getattr(args, flag)))
-    if isinstance(grid.seq_lens, (str, int)):
-        grid.seq_lens = int_list(str(grid.seq_lens), "sequence length")
-    if args.batch_size:
-        grid.batch_sizes = int_list(args.batch_size)
-    if args.seq_len:
-        grid.seq_lens = int_list(args.seq_len, "sequence length")
-    if args.k is not None:
-        grid.budget = f"k={args.k}"
-    elif args.fraction is not None:
-        grid.budget = f"fraction={args.fraction}"
-    for flag in ("scope", "num_batches", "warmup", "repeats", "image_size"):
-        if getattr(args, flag) is not None:
-            setattr(grid, flag, getattr(args, flag))
-    if args.memory_budget:
-        grid.memory_budget = parse_bytes(args.memory_budget)
+    grid = Grid()
+    where = f"config {args.config!r}"
+    for key, value in conf.items():
+        a = by_grid.get(key)
+        if a is None:
+            continue
+        if a.name == "options":
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: options must be a table [options.<selector>], not {value!r}")
+            grid.options = {sel: dict(opts) for sel, opts in value.items()}
+        elif a.name == "memory_budget":
+            grid.memory_budget = parse_bytes(value)
+        else:
+            setattr(grid, key, _grid_value(a, value, where))
     if args.frontier or conf.get("frontier"):
         for key, values in FRONTIER.items():
             if key not in conf:
-                setattr(grid, key, list(values))
+                setattr(grid, key, _grid_value(by_grid[key], list(values), "--frontier"))
         if "phases" not in conf and not args.phase:
             grid.phases = ["select"]
         if "selectors" not in conf and not args.selector:
             grid.selectors = ["fps", "gps", "snip"]
-    for flag in ("amp", "checkpointing", "micro_batch"):
-        if getattr(args, flag) is not None:
-            setattr(grid, flag, comma_list(getattr(args, flag)) or [None])
+    for a in AXES:
+        value = getattr(args, a.name, None) if a.flag else None
+        if value is not None:
+            setattr(grid, a.grid, _grid_value(a, value, a.flag))
+    budgets = [f"k={k}" for k in (comma_list(args.k) if args.k else [])]
+    budgets += [f"fraction={f}" for f in (comma_list(args.fraction) if args.fraction else [])]
+    if budgets:
+        grid.budget = [AXES_BY_NAME["budget"].parse(b) for b in budgets]
+    if args.memory_budget:
+        grid.memory_budget = parse_bytes(args.memory_budget)
     for text in args.option:
         sel, sep, kv = text.partition(":")
         if not sep:
@@ -169,9 +161,9 @@ def build_grid(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fps_profile.executors import get_executor
-    from fps_profile.summary import format_summary, summarize
-    from fps_profile.sweep import run_sweep
+    from fps_profile.run.executors import get_executor
+    from fps_profile.analysis.summary import format_summary, summarize
+    from fps_profile.run.sweep import run_sweep
 
     grid = build_grid(args)
     out = Path(args.out or DEFAULT_OUT)

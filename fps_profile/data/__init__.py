@@ -138,7 +138,7 @@ def data_batches(data: ImageData | TextData, model: nn.Module, batch_size: int, 
         UserError: Text data for an image model or the reverse, a bad batch size or count,
             and the data's own errors.
     """
-    from fps_profile.llm import is_causal_lm
+    from fps_profile.models.task import is_causal_lm
     from fps_profile.models import check_batch_size, check_image_size
 
     check_batch_size(batch_size)

@@ -12,7 +12,7 @@ whose ``text`` field is a document. Tokens:
 The token stream is cut into consecutive sequences of ``seq_len`` tokens (the
 remainder dropped); a seeded shuffle of the sequences puts ``val_fraction`` of them
 (at least one sequence stays for training) into validation. A batch is
-``(ids, ids)``, ``[batch, seq_len]`` int64, as :func:`fps_profile.llm.models.token_batches` gives.
+``(ids, ids)``, ``[batch, seq_len]`` int64, as :func:`fps_profile.models.hf.token_batches` gives.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def tokenize(docs: list[str], tokenizer: str | None, spec: str) -> tuple[torch.T
         data = "\n".join(docs).encode("utf-8")
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else \
             torch.empty(0, dtype=torch.long), BYTES
-    from fps_profile.llm.models import _require_transformers
+    from fps_profile.models.hf import _require_transformers
 
     transformers = _require_transformers()
     if not Path(tokenizer).is_dir():
@@ -123,7 +123,7 @@ class TextData:
             UserError: A sequence length the model does not allow, token ids beyond its
                 vocabulary, or too little text for one sequence.
         """
-        from fps_profile.llm.models import DEFAULT_SEQ_LEN, check_seq_len, vocab_size
+        from fps_profile.models.hf import DEFAULT_SEQ_LEN, check_seq_len, vocab_size
 
         seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
         check_seq_len(model, seq_len)

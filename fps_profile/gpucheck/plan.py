@@ -57,7 +57,7 @@ def environment(device: str, problems: Sequence[str]) -> dict:
     """The environment of the check: the rows' ``env`` plus the GPU's properties and the check's findings."""
     import torch
 
-    from fps_profile import env
+    from fps_profile.measure import env
 
     out = env.collect(device) | {"python_executable": sys.executable, "platform": platform.platform(),
                                  "requirements": problems or "all met"}
@@ -80,7 +80,7 @@ def sim_target(device: str) -> str:
         return "sim:cpu"
     import torch
 
-    from fps_profile.sim.targets import DEFAULT_TARGET, target_for_device_name
+    from fps_profile.measure.targets import DEFAULT_TARGET, target_for_device_name
 
     target = target_for_device_name(torch.cuda.get_device_name(0))
     if target is None:
@@ -102,7 +102,7 @@ def parse_grid(text: str) -> list[tuple[str, list[str]]]:
 
 def grids(device: str, grid: Sequence[tuple[str, list[str]]], batches: Sequence[int], repeats: int = 3):
     """The sweeps of the check, in the order they run (float32 first when it comes first)."""
-    from fps_profile.sweep import Grid
+    from fps_profile.run.grid import Grid
 
     for dtype, models in grid:
         common = dict(models=list(models), batch_sizes=list(batches), dtypes=[dtype], devices=[device],
@@ -125,7 +125,7 @@ class DeadlineExecutor:
         self.deadline, self.part, self._seen = deadline, part, 0
 
     def run(self, cells, timeout_s) -> Iterator:
-        from fps_profile.isolation import run_isolated
+        from fps_profile.run.isolation import run_isolated
 
         for cell in cells:
             mine = self._seen % self.part[1] == self.part[0]
@@ -144,8 +144,8 @@ def measure(device: str, grid, batches, out: Path, seconds: float, repeats: int 
     Returns:
         Rows in ``out`` and cells planned (all parts).
     """
-    from fps_profile.results import read_results
-    from fps_profile.sweep import run_sweep
+    from fps_profile.rows.store import read_results
+    from fps_profile.run.sweep import run_sweep
 
     executor = DeadlineExecutor(time.monotonic() + seconds, part)
     planned = 0

@@ -6,7 +6,7 @@ buffer :mod:`fps_profile.sim.reductions` predicts for this GPU, for
 
 * ``norm1``: ``torch.linalg.vector_norm(x, 1, dim=(0, 1))``, as FPS reduces a linear input;
 * ``sum``: ``x.sum((0, 1))``, as autograd reduces a linear layer's bias gradient;
-* ``chunked``: :func:`~fps_profile.selectors._conv_stats.chunked_norm`, as FPS and Wanda
+* ``chunked``: :func:`~fps_profile.selection.selectors._conv_stats.chunked_norm`, as FPS and Wanda
   reduce a contiguous linear input: two steps, no global-memory staging buffer
   (docs/sim.md, "Reductions on CUDA").
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from fps_profile.selectors._conv_stats import chunked_norm
-from fps_profile.sim.allocator import round_size
+from fps_profile.selection.selectors._conv_stats import chunked_norm
+from fps_profile.trackers.cuda import round_size
 from fps_profile.sim.reductions import GpuShape
 
 CUDA_SHAPES = [(b, 197, c) for c in (192, 384, 768, 1024, 3072, 4096) for b in (16, 64)]
@@ -49,7 +49,7 @@ def card_target(gpu: GpuShape):
     """The sim target of this machine's first GPU, with its real SM count."""
     import dataclasses
 
-    from fps_profile.sim.targets import get_target, target_for_device_name
+    from fps_profile.measure.targets import get_target, target_for_device_name
 
     base = target_for_device_name(torch.cuda.get_device_name()) or get_target("sim")
     return dataclasses.replace(base, sm_count=gpu.sm_count)

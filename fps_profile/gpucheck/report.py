@@ -1,7 +1,7 @@
 """The GPU check's report: verdict, headline, FPS and GPS on the card, sim vs measured, NVML, reductions.
 
 Built from the files the check wrote (``measured.jsonl``, ``sim.jsonl``, ``probes.json``,
-``env.json``, ``pytest.log``); reuses :func:`fps_profile.sim.compare.compare` for the
+``env.json``, ``pytest.log``); reuses :func:`fps_profile.analysis.compare.compare` for the
 per-cell table and :func:`fps_profile.plots.memory_vs_batch` for the figure.
 """
 
@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fps_profile.gpucheck.plan import GPS_CE
-from fps_profile.results import Result, read_results, selector_variant
+from fps_profile.rows.result import Result
+from fps_profile.rows.schema import selector_variant
+from fps_profile.rows.store import read_results
 from fps_profile.errors import UserError
-from fps_profile.sim.compare import compare, match_key
-from fps_profile.summary import markdown_table
+from fps_profile.analysis.compare import compare, match_key
+from fps_profile.analysis.summary import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 MEDIAN_GOAL, WORST_GOAL = 3.0, 8.0

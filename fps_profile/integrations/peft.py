@@ -1,4 +1,4 @@
-"""A :class:`~fps_profile.mask.Mask` as a Hugging Face PEFT SHiRA adapter, and back.
+"""A :class:`~fps_profile.selection.mask.Mask` as a Hugging Face PEFT SHiRA adapter, and back.
 
 SHiRA (``peft.tuners.shira``, tested with peft 0.21.2) wraps ``nn.Linear`` layers;
 in each it trains a vector ``shira_weight`` of ``r * (m + n)`` values added to the
@@ -38,7 +38,7 @@ from torch import nn
 
 from fps_profile.errors import UserError
 from fps_profile.integrations.peft_read import META_FILE, check_plain, mask_from_adapter
-from fps_profile.mask import Mask, MaskEntry
+from fps_profile.selection.mask import Mask, MaskEntry
 
 __all__ = ["ShiraPlan", "mask_from_adapter", "plan_shira", "require_peft", "shira_config", "to_shira",
            "write_adapter"]

@@ -19,10 +19,10 @@ import operator
 
 from torch import nn
 
-from fps_profile.budget import Budget
+from fps_profile.selection.budget import Budget
 from fps_profile.errors import UserError
-from fps_profile.mask import MaskEntry, rows_cols
-from fps_profile.scope import Scope
+from fps_profile.selection.mask import MaskEntry, rows_cols
+from fps_profile.selection.scope import Scope
 
 #: Linear weights ranked; the classifier trained whole; everything else frozen.
 SHIRA_SCOPE = Scope("shira", trainable=("head",), rank_modules=(nn.Linear,),

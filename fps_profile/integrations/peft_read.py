@@ -1,4 +1,4 @@
-"""A saved PEFT SHiRA adapter's trainable entries as a :class:`~fps_profile.mask.Mask`.
+"""A saved PEFT SHiRA adapter's trainable entries as a :class:`~fps_profile.selection.mask.Mask`.
 
 Reads PEFT's files directly (``adapter_config.json`` and ``adapter_model.safetensors``,
 as peft 0.21.2 writes them), so it needs ``safetensors`` but not ``peft``. Writing
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.mask import Mask, MaskEntry
+from fps_profile.selection.mask import Mask, MaskEntry
 
 #: The mask's metadata, written beside PEFT's files by :func:`fps_profile.integrations.peft.write_adapter`.
 META_FILE = "fps_profile_mask.json"

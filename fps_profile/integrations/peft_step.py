@@ -1,4 +1,4 @@
-"""The ``train_step`` phase through PEFT SHiRA: the twin of :func:`fps_profile.phases.train_step_fn`.
+"""The ``train_step`` phase through PEFT SHiRA: the twin of :func:`fps_profile.measure.phases.train_step_fn`.
 
 Same loss, backward, gradient clipping and AdamW (learning rate, weight decay) as
 fps-profile's in-place sparse step; only the way the mask's entries are trained
@@ -7,7 +7,7 @@ forward builds ``weight.clone() + sparse(delta)`` in every adapted layer, so a
 dense copy of each adapted weight lives from that layer's forward until its
 backward (autograd saves it for the input gradient). fps-profile's step writes
 the trained entries into the weight in place and hands the layer the weight
-itself (:mod:`fps_profile.sparse`).
+itself (:mod:`fps_profile.selection.sparse`).
 
 One difference in the optimisation itself: AdamW's weight decay here shrinks the
 *delta* towards zero (the adapted entries towards their pretrained values), where
@@ -25,13 +25,13 @@ from torch import nn
 
 from fps_profile import knobs as _knobs
 from fps_profile.knobs import Knobs
-from fps_profile.mask import Mask
-from fps_profile.phases import TrainStep
+from fps_profile.selection.mask import Mask
+from fps_profile.measure.phases import TrainStep
 
 
 @dataclass
 class PeftTrainStep(TrainStep):
-    """A :class:`~fps_profile.phases.TrainStep` whose model carries a SHiRA adapter.
+    """A :class:`~fps_profile.measure.phases.TrainStep` whose model carries a SHiRA adapter.
 
     Attributes:
         peft_model: The ``peft.PeftModel`` (``model`` is its base model, whose Linear

@@ -1,5 +1,5 @@
 """Building models (randomly initialised) and synthetic inputs for them: timm image models, and
-causal language models named ``hf:...`` (:mod:`fps_profile.llm.models`)."""
+causal language models named ``hf:...`` (:mod:`fps_profile.models.hf`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def check_model_name(name: str) -> None:
     """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it)."""
     import timm
 
-    from fps_profile.llm.models import check_hf_name, is_hf_name
+    from fps_profile.models.hf import check_hf_name, is_hf_name
 
     if is_hf_name(name):
         check_hf_name(name)
@@ -90,13 +90,13 @@ def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dty
 
     Args:
         name: A timm model name (``timm.list_models()``), or ``hf:<name>`` / ``hf:<path>.json``
-            (:mod:`fps_profile.llm.models`).
+            (:mod:`fps_profile.models.hf`).
         device: Where to build it.
         dtype: Parameter dtype.
         image_size: Input size to build it for (see :func:`build_timm`); default the model's own.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``).
     """
-    from fps_profile.llm.models import build_lm, is_hf_name
+    from fps_profile.models.hf import build_lm, is_hf_name
 
     if is_hf_name(name):
         if image_size is not None:
@@ -147,15 +147,15 @@ def synthetic_batches(model: nn.Module, batch_size: int, num_batches: int = 1, s
         device: Defaults to the model's device.
         dtype: Defaults to the model's parameter dtype.
         image_size: Height and width; defaults to the model's own (:func:`input_size`).
-        seq_len: Tokens per sequence of a language model (:func:`fps_profile.llm.models.token_batches`).
+        seq_len: Tokens per sequence of a language model (:func:`fps_profile.models.hf.token_batches`).
     """
-    from fps_profile.llm import is_causal_lm
+    from fps_profile.models.task import is_causal_lm
 
     check_batch_size(batch_size)
     if num_batches < 1:
         raise UserError(f"num_batches must be >= 1, not {num_batches}")
     if is_causal_lm(model):
-        from fps_profile.llm.models import token_batches
+        from fps_profile.models.hf import token_batches
 
         return token_batches(model, batch_size, seq_len, num_batches, seed, device)
     if seq_len is not None:

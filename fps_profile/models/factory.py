@@ -28,7 +28,7 @@ question, :func:`fps_profile.models.input_size`, the sim's fake batches and
 timm's ``resolve_data_config``, gets the same answer.
 
 What the selectors need of such a module is what they need of any: ``nn.Linear`` /
-``nn.Conv2d`` weights to rank (:mod:`fps_profile.scope`), a classifier found by
+``nn.Conv2d`` weights to rank (:mod:`fps_profile.selection.scope`), a classifier found by
 ``get_classifier()`` or a name containing ``head``, and, for GPS's default
 contrastive loss only, timm's ``forward_features`` / ``forward_head(pre_logits=True)``
 (else GPS with ``loss="ce"``).
@@ -80,7 +80,7 @@ def _dotted(text: str) -> bool:
 
 def parse_factory_name(name: str) -> FactorySpec | None:
     """``name`` split into module or file and attribute; None unless it has the factory form."""
-    from fps_profile.llm.models import is_hf_name
+    from fps_profile.models.hf import is_hf_name
 
     if not isinstance(name, str) or is_hf_name(name):
         return None

@@ -127,7 +127,7 @@ def create_pretrained(name: str, *, image_size: int | None = None, num_classes: 
     """
     import timm
 
-    from fps_profile.parts import find_classifier
+    from fps_profile.models.parts import find_classifier
 
     source = pretrained_source(name, cache_dir)
     found = source.cached_file()

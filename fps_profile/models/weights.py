@@ -11,7 +11,7 @@ checkpoint that keeps its state dict under ``state_dict``, ``model_state_dict``,
 Every tensor must fit: a missing or unexpected key, or a shape that differs, is a
 one-line error, and the model is left untouched. One exception, as timm makes it
 for pretrained weights of another ``num_classes``: classifier tensors (the
-classifier :func:`fps_profile.parts.find_classifier` finds) whose shape differs
+classifier :func:`fps_profile.models.parts.find_classifier` finds) whose shape differs
 keep the model's random initialisation, and :class:`WeightsInfo` says which.
 """
 
@@ -180,7 +180,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: str,
     Raises:
         UserError: Missing or unexpected keys, or a non-classifier shape that differs.
     """
-    from fps_profile.parts import find_classifier
+    from fps_profile.models.parts import find_classifier
 
     own = model.state_dict()
     classifier = find_classifier(model)

@@ -24,7 +24,7 @@ from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs
 from fps_profile.plots.seqlen import memory_vs_seq_len
 from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 
 __all__ = ["FIGURES", "SEQ_LEN_FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
            "memory_vs_params", "memory_vs_seq_len", "plot_all", "ratio_vs_batch", "time_vs_batch"]

@@ -11,7 +11,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from fps_profile.plots import style as st
 from fps_profile.plots.data import device_memory_bytes, env_value
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 from fps_profile.units import fmt_bytes
 
 # Data stay below this fraction of a panel's height when it has out-of-memory marks above them.

@@ -16,7 +16,8 @@ from matplotlib.patches import Patch
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
 from fps_profile.plots.data import models, series
-from fps_profile.results import BREAKDOWN_CATEGORIES, PEAK_PHASES, Result
+from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES, PEAK_PHASES
+from fps_profile.rows.result import Result
 from fps_profile.units import bytes_scale
 
 # Okabe-Ito for what the study is about, greys for what every run holds anyway.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from fps_profile.plots.style import FLOOR, FULL, TRAIN_FLOOR, sort_names
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 
 
 def series_name(row: Result) -> str:
@@ -178,7 +178,7 @@ def device_memory_bytes(rows: Iterable[Result]) -> int | None:
 
 def _sim_target_memory(device: str) -> int | None:
     try:
-        from fps_profile.sim.targets import get_target
+        from fps_profile.measure.targets import get_target
 
         return get_target(device).memory_bytes
     except Exception:  # no sim package here, or a target this version does not know: no memory line

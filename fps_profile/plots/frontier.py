@@ -1,6 +1,6 @@
 """The memory-time frontier figure: peak memory against selection time on N images, per selector and knob setting.
 
-One figure per (device, dtype[, budget]) group of :func:`fps_profile.frontier.panels`, one panel per model.
+One figure per (device, dtype[, budget]) group of :func:`fps_profile.analysis.frontier.panels`, one panel per model.
 Every ``ok`` selection row is a hollow marker (colour: the selector; shape: its knobs; ``gid``
 ``"points:<selector>:<knobs>"``), each selector's lower-left envelope a step line through its points, filled
 (``gid`` ``"envelope:<selector>"``; its last x is the panel's right edge), out-of-memory rows crosses at the
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fps_profile.frontier import DEFAULT_IMAGES, Panel, Setting, envelope, selection_time, setting_of
+from fps_profile.analysis.frontier import DEFAULT_IMAGES, Panel, Setting, envelope, selection_time, setting_of
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
 from fps_profile.plots.data import device_memory_bytes
@@ -45,7 +45,7 @@ def frontier_figure(panels: Sequence[Panel], images: int = DEFAULT_IMAGES) -> Fi
     """The frontier of one (device, dtype[, budget]) group: a panel per model with at least one point.
 
     Args:
-        panels: Panels of one group (:func:`fps_profile.frontier.panels`).
+        panels: Panels of one group (:func:`fps_profile.analysis.frontier.panels`).
         images: N of "selection time for N images" (the x axis).
 
     Returns:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
 from fps_profile.plots.data import device_memory_bytes, models, peak, ratios, series
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 from fps_profile.units import bytes_scale, fmt_bytes
 
 # A device-memory line further above the data than this factor would flatten every curve: it is noted instead.

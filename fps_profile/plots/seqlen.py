@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from fps_profile.plots import _layout as lay
 from fps_profile.plots.data import device_memory_bytes, models, series
 from fps_profile.plots.memory import _memory_scale, peak_lines
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 
 
 def seq_len_batch(rows: Sequence[Result], model: str) -> int | None:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
 from fps_profile.plots.data import models, ratios, series
-from fps_profile.results import Result
+from fps_profile.rows.result import Result
 
 
 def wall(r: Result) -> float | None:

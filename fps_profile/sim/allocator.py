@@ -25,19 +25,12 @@ from __future__ import annotations
 
 import bisect
 
-MIN_BLOCK = 512
+from fps_profile.trackers.cuda import MIN_BLOCK, round_size  # noqa: F401 (round_size: the allocator's rule)
 SMALL_SIZE = 1 << 20
 SMALL_BUFFER = 2 << 20
 LARGE_BUFFER = 20 << 20
 MIN_LARGE_ALLOC = 10 << 20
 ROUND_LARGE = 2 << 20
-
-
-def round_size(nbytes: int) -> int:
-    """Bytes of the block a request of ``nbytes`` asks the allocator for (0 stays 0)."""
-    if nbytes <= 0:
-        return 0
-    return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
 
 
 def segment_size(size: int) -> int:

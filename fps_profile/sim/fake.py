@@ -28,7 +28,7 @@ def new_fake_mode() -> ft.FakeTensorMode:
 def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) -> nn.Module:
     """Create timm model or ``hf:`` language model ``name`` on the meta device, in ``dtype``;
     call :func:`materialize` next."""
-    from fps_profile.llm.models import build_lm, is_hf_name
+    from fps_profile.models.hf import build_lm, is_hf_name
     from fps_profile.models import build_timm, check_model_name
 
     check_model_name(name)
@@ -85,12 +85,12 @@ def batch(model: nn.Module, batch_size: int, dtype: torch.dtype,
           image_size: int | None = None, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and labels (token ids and labels for a language model) shaped as
     :func:`fps_profile.models.synthetic_batches` makes them."""
-    from fps_profile.llm import is_causal_lm
+    from fps_profile.models.task import is_causal_lm
     from fps_profile.models import check_batch_size, check_image_size, input_size
 
     check_batch_size(batch_size)
     if is_causal_lm(model):
-        from fps_profile.llm.models import empty_token_batch
+        from fps_profile.models.hf import empty_token_batch
 
         return empty_token_batch(model, batch_size, seq_len)
     if seq_len is not None:

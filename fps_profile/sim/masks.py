@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from fps_profile.mask import Mask, MaskEntry, rows_cols
-from fps_profile.parts import output_axis
-from fps_profile.phases import BudgetSpec
-from fps_profile.scope import Role, assign_roles
+from fps_profile.selection.mask import Mask, MaskEntry, rows_cols
+from fps_profile.models.parts import output_axis
+from fps_profile.measure.phases import BudgetSpec
+from fps_profile.selection.scope import Role, assign_roles
 
 
 def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[str, int]:
     """Trainable entries per parameter for ``budget`` in ``scope``.
 
     Raises:
-        UserError: As :mod:`fps_profile.budget` would (``k`` longer than a row, bad fraction).
+        UserError: As :mod:`fps_profile.selection.budget` would (``k`` longer than a row, bad fraction).
     """
-    from fps_profile.budget import make_budget, proportional_split
+    from fps_profile.selection.budget import make_budget, proportional_split
 
     policy = make_budget(budget.k, budget.fraction)
     roles = assign_roles(model, scope)

@@ -26,10 +26,10 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from fps_profile.sim import fake
 from fps_profile.sim.allocator import CachingAllocator
-from fps_profile.sim.flops import FlopCount, time_floor
+from fps_profile.trackers.flops import FlopCount, time_floor
 from fps_profile.sim.policy import cuda_behaviour
 from fps_profile.sim.reductions import GpuShape
-from fps_profile.sim.targets import Target, get_target
+from fps_profile.measure.targets import Target, get_target
 from fps_profile.sim.tracker import WORKSPACE, SimTensorBytes
 from fps_profile.trackers.breakdown import PeakBreakdown
 
@@ -106,7 +106,7 @@ class Simulator:
     def model(self, name: str, dtype: torch.dtype = torch.float32, image_size: int | None = None) -> nn.Module:
         """A randomly initialised timm model ``name`` (built for ``image_size``) or ``hf:`` language
         model, in fake storage."""
-        from fps_profile.llm.models import is_hf_name
+        from fps_profile.models.hf import is_hf_name
 
         with _disable_current_modes():
             meta = fake.build_model(name, dtype, image_size)

@@ -36,7 +36,7 @@ one copy of them, taken lazily at the first free after it (reclassifications
 in between, such as autograd saving an op's output, are included).
 
 Phases: ``backward`` while autograd's engine runs, otherwise the innermost
-:func:`~fps_profile.trackers.labels.phase` mark (``forward`` by default; :mod:`fps_profile.phases` marks
+:func:`~fps_profile.trackers.labels.phase` mark (``forward`` by default; :mod:`fps_profile.measure.phases` marks
 ``optimizer``, :func:`fps_profile.select` marks ``scoring``). Each phase
 keeps its own peak and breakdown.
 
@@ -96,7 +96,7 @@ class PeakBreakdown:
 
     # -- what is known upfront -------------------------------------------------
     def _known(self) -> dict[int, tuple[str, str]]:
-        from fps_profile.sparse import SparseValues
+        from fps_profile.selection.sparse import SparseValues
 
         known: dict[int, tuple[str, str]] = {}
 
@@ -183,7 +183,7 @@ class PeakBreakdown:
         return self.phases[name] if name else None
 
     def fill(self, row, run: str = "measured") -> None:
-        """Set the breakdown fields of a result row (see :mod:`fps_profile.results`)."""
+        """Set the breakdown fields of a result row (see :mod:`fps_profile.rows.result`)."""
         snap = self.peak
         if snap is None:
             return

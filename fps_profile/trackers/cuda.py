@@ -6,6 +6,16 @@ import gc
 
 import torch
 
+#: The caching allocator rounds every request up to a multiple of this (c10/cuda/CUDACachingAllocator.cpp).
+MIN_BLOCK = 512
+
+
+def round_size(nbytes: int) -> int:
+    """Bytes of the block a request of ``nbytes`` gets from the CUDA caching allocator (0 stays 0)."""
+    if nbytes <= 0:
+        return 0
+    return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
+
 
 class CudaAllocatorPeak:
     """``max_memory_allocated`` / ``max_memory_reserved`` over a region.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fps_profile.results import BREAKDOWN_CATEGORIES
+from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES
 
 CATEGORIES = BREAKDOWN_CATEGORIES
 # Shown only where a backend has them (sim, the cuda extra run).

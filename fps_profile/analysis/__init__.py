@@ -1,0 +1,1 @@
+"""Reading rows: summaries, explanations, the gate, the frontier, comparisons."""

@@ -1,0 +1,124 @@
+"""The end-of-sweep table: each selector's peak and time against GPS and the floor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fps_profile.rows.result import Result
+from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
+
+
+@dataclass(frozen=True)
+class SummaryLine:
+    """One selector (or the floor / a train step) at one (device, dtype, model, batch)."""
+
+    device: str
+    dtype: str
+    model: str
+    batch_size: int
+    what: str  # selector name, "floor" (inference), "train:floor", "train:full" or "train:<selector>"
+    status: str
+    peak_bytes: int | None
+    time_s: float | None
+    peak_vs_floor: float | None
+    peak_vs_gps: float | None
+    time_vs_gps: float | None
+    mostly: str | None = None  # the peak's largest category and its share, e.g. "activations 90%"
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLine]:
+    """Lines for every select / inference / train_step row, grouped by cell.
+
+    Groups are ordered by device, dtype, model size (``params_total``) and batch;
+    within a group: the floor, the selectors, full fine-tuning, sparse steps.
+    """
+    groups: dict[tuple, list[Result]] = {}
+    size: dict[str, int] = {}
+    for r in rows:  # image size and sequence length as numbers, so that seq=512 sorts before seq=2048
+        groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
+        size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
+    from fps_profile.analysis.explain import mostly
+
+    out = []
+    order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
+    for (device, dtype, name, image_size, seq_len, batch), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
+        model = f"{name} @{image_size}px" if image_size else name
+        model += f" seq={seq_len}" if seq_len else ""
+        ok = [r for r in rs if r.status == "ok"]
+        # The plain floor and reference (no knobs, one batch) where there is one: the others are compared with them.
+        plain = sorted(ok, key=lambda r: (r.knobs != "", (r.num_batches or 1) > 1))
+        floor = next((r for r in plain if r.phase == "inference"), None)
+        ref = next((r for r in plain if r.phase == "select" and r.variant == reference), None)
+        for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "", r.knobs,
+                                           r.num_batches or 1)):
+            if r.phase == "inference":
+                what = "floor"
+            elif r.phase == "select":
+                what = r.variant + (f" x{r.num_batches} batches" if (r.num_batches or 1) > 1 else "")
+            elif r.phase == "train_floor":
+                what = "train:floor"
+            else:
+                what = f"train:{r.variant or 'full'}"
+            what += r.knobs
+            is_sel = r.phase == "select"
+            out.append(SummaryLine(
+                device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,
+                _ratio(r.peak_allocated_bytes, floor.peak_allocated_bytes if floor else None),
+                _ratio(r.peak_allocated_bytes, ref.peak_allocated_bytes if ref and is_sel else None),
+                _ratio(r.wall_time_s, ref.wall_time_s if ref and is_sel else None),
+                mostly(r.peak_breakdown_bytes) if r.peak_breakdown_bytes else None,
+            ))
+    return out
+
+
+def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
+    """Markdown tables of :func:`summarize`: selections (with the floor), then train steps.
+
+    Columns that hold one value throughout (device, dtype) become a heading instead; the
+    "peak is mostly" column (the peak's largest category) appears where rows have a breakdown.
+    """
+    lines = summarize(rows, reference)
+    if not lines:
+        return "(no rows)"
+    constant = [c for c in ("device", "dtype") if len({getattr(s, c) for s in lines}) == 1]
+    keys = [c for c in ("device", "dtype", "model", "batch_size") if c not in constant]
+    heading = " · ".join(str(getattr(lines[0], c)) for c in constant)
+
+    def cells(s: SummaryLine, values: list[str]) -> list[str]:
+        lead = [str(getattr(s, k)) for k in keys] + [s.what]
+        return lead + (values if s.status == "ok" else [s.status.upper()] + [""] * (len(values) - 1))
+
+    head = [k.replace("_size", "") for k in keys] + ["what"]
+    explained = any(s.mostly for s in lines)
+    tail = (lambda s: [s.mostly or "-"]) if explained else (lambda s: [])  # noqa: E731
+    sel = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps),
+                     fmt_seconds(s.time_s), fmt_ratio(s.time_vs_gps), *tail(s)])
+           for s in lines if not s.what.startswith("train:")]
+    train = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_seconds(s.time_s), *tail(s)])
+             for s in lines if s.what.startswith("train:")]
+    extra = ["peak is mostly"] if explained else []
+    out = []
+    if sel:
+        out += [f"Selection{' (' + heading + ')' if heading else ''}: peak memory and time, against the "
+                f"inference floor and {reference}", "",
+                markdown_table(head + ["peak", "peak/floor", f"peak/{reference}", "time", f"time/{reference}", *extra],
+                               sel)]
+    if train:
+        out += ["" if out else None, f"Fine-tuning step{' (' + heading + ')' if heading else ''}: "
+                "full, and sparse with each selector's mask", "",
+                markdown_table(head + ["peak", "peak/floor", "time", *extra], train)]
+    return "\n".join(x for x in out if x is not None)
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    """A padded markdown table (numbers right-aligned by the caller's strings)."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(head), sep, *(fmt(r) for r in body)])

@@ -1,0 +1,1 @@
+"""One measurement in this process: the phase table's builders and the backend table."""

@@ -1,0 +1,1 @@
+"""What a measurement is and how it is stored: the cell schema, the row, its key and label."""

@@ -1,0 +1,1 @@
+"""Driving many measurements: grids, isolated workers, executors, the max-batch search."""

@@ -1,0 +1,135 @@
+"""Largest batch that fits a memory budget: doubling, then bisection.
+
+Each probe is an ordinary measurement (a row in the results file, reused on
+resume). A probe fits when its status is ``ok`` and its peak allocated bytes
+are within the budget; an ``oom`` row does not fit; any other failure stops
+that search with the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fps_profile.rows.result import Result
+
+
+@dataclass
+class MaxBatch:
+    """Outcome of one search.
+
+    Attributes:
+        max_batch: Largest fitting batch (None: not even the first probe fits).
+        peak_bytes: Peak allocated at ``max_batch``.
+        first_oom: Smallest batch known not to fit (None: the cap was reached).
+        error: Message if a probe failed for another reason than memory.
+        probes: Batch sizes tried, in order.
+    """
+
+    max_batch: int | None = None
+    peak_bytes: int | None = None
+    first_oom: int | None = None
+    error: str | None = None
+    probes: list[int] | None = None
+
+
+def find_max_batch(measure: Callable[[int], Result], budget_bytes: int, start: int = 1,
+                   cap: int = 1 << 16) -> MaxBatch:
+    """Search the largest batch in ``[start, cap]`` for which ``measure(batch)`` fits.
+
+    Args:
+        measure: Measures one batch size and returns its row.
+        budget_bytes: Memory budget the peak must stay within.
+        start: First batch size tried.
+        cap: Never probe beyond this batch size.
+    """
+    result = MaxBatch(probes=[])
+    peaks: dict[int, int | None] = {}
+
+    def fits(batch: int) -> bool | None:
+        row = measure(batch)
+        result.probes.append(batch)
+        if row.status == "ok":
+            peaks[batch] = row.peak_allocated_bytes
+            return row.peak_allocated_bytes is None or row.peak_allocated_bytes <= budget_bytes
+        if row.status == "oom":
+            return False
+        result.error = f"batch {batch}: {row.status}: {row.error}"
+        return None
+
+    lo, hi, b = 0, None, start
+    while b <= cap:
+        ok = fits(b)
+        if ok is None:
+            return result
+        if not ok:
+            hi = b
+            break
+        lo, b = b, b * 2
+    if hi is not None:
+        while hi - lo > 1 and lo >= start:
+            mid = (lo + hi) // 2
+            ok = fits(mid)
+            if ok is None:
+                return result
+            lo, hi = (mid, hi) if ok else (lo, mid)
+    result.max_batch = lo or None
+    result.peak_bytes = peaks.get(lo)
+    result.first_oom = hi
+    return result
+
+
+@dataclass
+class Search:
+    """One max-batch search of a grid: where, what, and what it found."""
+
+    device: str
+    dtype: str
+    model_label: str
+    series: str
+    budget_bytes: int
+    result: MaxBatch
+
+
+def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_failed: bool = False,
+                on_new=None) -> list[Search]:
+    """Search the largest batch of every series of ``grid`` that fits the memory budget.
+
+    The budget is the grid's ``memory_budget``, else the device's memory (the simulated card's
+    on ``sim``, the GPU's on ``cuda``). Every knob setting that changes a series gets its own
+    search (``--checkpointing off,on`` searches GPS twice and FPS once: FPS has no backward to
+    checkpoint). Probes are ordinary rows of ``out``, reused on resume.
+
+    Raises:
+        UserError: A bad grid, or a device whose memory is unknown and no budget given.
+    """
+    import dataclasses
+
+    from fps_profile.errors import UserError
+    from fps_profile.measure.backends import backend_for
+    from fps_profile.rows.label import model_label, series
+    from fps_profile.run.grid import effective
+    from fps_profile.run.sweep import ResultsFile
+
+    grid.validate(local_devices=not getattr(executor, "remote", False))
+    results = ResultsFile(out, executor, timeout_s, retry_failed)
+    found = []
+    for device in grid.devices:
+        budget = grid.memory_budget or backend_for(device).memory_bytes(device)
+        if budget is None:
+            raise UserError(f"--max-batch on {device} needs --memory-budget (e.g. 8GiB)")
+        plans = [(phase, s, k) for phase, s in grid.series() if phase != "train_floor"
+                 for k in {tuple(effective(k, phase, s, 1 << 62).items()): effective(k, phase, s, 1 << 62)
+                           for k in grid.settings()}.values()]
+        proto = dataclasses.replace(grid, devices=[device], memory_budget=budget, repeats=1)
+        for dtype in grid.dtypes:
+            for model, seq in ((m, n) for m in grid.models for n in grid.seq_lens_for(m)):
+                for phase, selector, setting in plans:
+                    def probe(batch: int, phase=phase, selector=selector, setting=setting, seq=seq, model=model):
+                        return results.row(proto.cell(model, batch, dtype, device, phase, selector, setting, seq),
+                                           on_new)
+
+                    first = proto.cell(model, 1, dtype, device, phase, selector, setting, seq)
+                    res = find_max_batch(probe, budget, start=min(grid.batch_sizes))
+                    found.append(Search(device, dtype, model_label(first), series(first), budget, res))
+    return found

@@ -1,0 +1,176 @@
+"""``select()``: a selector's scores, a scope and a budget put together into a mask."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from fps_profile import knobs
+from fps_profile.selection.budget import Budget, make_budget
+from fps_profile.errors import UserError
+from fps_profile.rows.schema import parse_amp, parse_micro_batch
+from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.scope import Role, Scope, assign_roles, get_scope
+from fps_profile.selection.selectors import Batch, Target, create
+from fps_profile.trackers import labels as breakdown_marks
+
+
+_EMPTY = object()
+
+
+class _Batches:
+    """Normalises user batches to ``(images, labels)`` on the model's device and dtype."""
+
+    def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype,
+                 split: int | None = None) -> None:
+        self._batches, self.device, self.dtype, self.split = batches, device, dtype, split
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self._batches:
+            if isinstance(item, torch.Tensor):
+                images, labels = item, None
+            elif isinstance(item, (tuple, list)) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
+                images, labels = item[0], (item[1] if len(item) > 1 else None)
+            else:
+                raise UserError(
+                    f"a batch must be an image tensor or an (images, labels) tuple, not {type(item).__name__}"
+                )
+            images = images.to(device=self.device, dtype=self.dtype if images.is_floating_point() else None)
+            if labels is not None:
+                labels = torch.as_tensor(labels).to(self.device)
+            for x, y, _ in knobs.chunks(images, labels, self.split):
+                yield x, y
+
+
+@contextlib.contextmanager
+def left_as_found(model: nn.Module) -> Iterator[None]:
+    """Whatever runs inside leaves ``model`` as it was: every parameter's ``requires_grad``
+    and ``.grad`` (the same objects), every submodule's train/eval flag, every buffer.
+
+    Selectors may run the model in train mode (GPS does, as its code does), which
+    would update BatchNorm running statistics. Inside the block BatchNorm layers
+    keep train-mode semantics (batch statistics) without updating anything: their
+    ``track_running_stats`` is off, which costs no memory. Running statistics of
+    other layers (e.g. EvoNorm's ``running_var``, InstanceNorm's) are copied before
+    and written back after; they are a few numbers per channel. Parameters are
+    never copied.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    stats = [(b, b.detach().clone()) for m in model.modules() if not isinstance(m, _BatchNorm)
+             for n, b in m.named_buffers(recurse=False) if n.startswith("running_") or n == "num_batches_tracked"]
+    try:
+        for m in batchnorms:
+            m.track_running_stats = False
+        yield
+    finally:
+        for m in batchnorms:
+            m.track_running_stats = True
+        with torch.no_grad():
+            for b, value in stats:
+                b.copy_(value)
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.grad = grad
+            p.requires_grad_(requires_grad)
+
+
+def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
+           k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
+           amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
+           budget: Budget | str | None = None, **options) -> Mask:
+    """Choose which entries of ``model`` to fine-tune.
+
+    Args:
+        model: Any ``nn.Module``; on a timm model the scope also finds the classifier,
+            normalisation layers, position tables and layer scales from the model itself.
+        batches: Iterable of image tensors or ``(images, labels)`` tuples; read once.
+            Selectors that need no data (``magnitude``, ``random``) accept None.
+        selector: A registered selector name (see :func:`list_selectors`).
+        k: Per-output-row top-K budget (GPS's policy).
+        fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction / budget.
+        budget: Any :class:`~fps_profile.selection.budget.Budget`, or ``"shira:R"``: the ``R*(m+n)``
+            best entries of every ranked ``m x n`` tensor (PEFT SHiRA's size,
+            :class:`~fps_profile.integrations.peft_budget.ShiraRank`).
+        scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
+            (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
+        amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
+            ``"fp16-nocache"``/``"bf16-nocache"`` without autocast's weight-copy cache
+            (:mod:`fps_profile.knobs`). ``amp=True`` is GPS's old option (autocast around
+            its gradient passes, fp16 on CUDA, bf16 elsewhere) and goes to the selector.
+        checkpointing: Activation checkpointing during the passes (timm's
+            ``set_grad_checkpointing``); changes only selectors with a backward pass.
+        micro_batch: Process every batch in chunks of this many samples. Statistics
+            (FPS, Wanda) and gradients (GPS, SNIP: chunk losses weighted by their share
+            of the batch) add up to the whole batch's, so the mask is the same up to
+            float rounding, except GPS's SupCon loss, whose pairs then stay inside a
+            chunk. A plugin selector that does not handle micro-batches itself
+            (``handles_micro_batch``) sees each chunk as a batch.
+        **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
+
+    Returns:
+        A :class:`Mask` over every parameter of ``model``, True = trainable. The model
+        is left exactly as found (:func:`left_as_found`), even when selection fails.
+
+    Raises:
+        UserError: Unknown selector or option, bad budget, no batches, missing labels,
+            nothing eligible in the model.
+    """
+    budget = make_budget(k, fraction, budget)
+    if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
+        options["amp"], amp = amp, None
+    amp, micro_batch = parse_amp(amp), parse_micro_batch(micro_batch)
+    sel = create(selector, **options)
+    sel.micro_batch = micro_batch if sel.handles_micro_batch else None
+    scope = get_scope(scope)
+    roles = assign_roles(model, scope)
+    params = dict(model.named_parameters())
+    targets = [Target(n, params[n], mod, attr) for n, (role, mod, attr) in roles.items() if role is Role.RANKED]
+
+    data: Iterable = ()
+    if sel.needs_data:
+        if batches is None:
+            raise UserError(f"selector {selector!r} needs batches of data")
+        # Fail before any pass: a gradient selector given no batches would otherwise
+        # report a misleading "received no gradient". Peeking keeps one-shot iterators whole.
+        try:
+            it = iter(batches)
+        except TypeError:
+            raise UserError(f"batches must be an iterable of batches, not {type(batches).__name__}") from None
+        head = next(it, _EMPTY)
+        if head is _EMPTY:
+            raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
+        first = next(iter(params.values()))
+        data = _Batches(itertools.chain([head], it), first.device, first.dtype,
+                        split=None if sel.handles_micro_batch else micro_batch)
+
+    out: dict[str, MaskEntry] = {}
+    device = next(iter(params.values())).device if params else torch.device("cpu")
+    with left_as_found(model):
+        try:
+            with knobs.checkpointing(model, checkpointing and sel.needs_backward), knobs.autocast(amp, device):
+                sel.prepare(model, data, targets)
+            with breakdown_marks.phase("scoring"):
+                scored = ((t.name, sel.score(t)) for t in targets)
+                out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
+                for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets),
+                                                  out_axes=out_axes):
+                    out[name] = entry
+                    if entry.index is not None:
+                        breakdown_marks.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
+        finally:
+            sel.release()
+    for name, (role, _, _) in roles.items():
+        if role is not Role.RANKED:
+            whole = MaskEntry.all if role is Role.TRAINABLE else MaskEntry.none
+            out[name] = whole(params[name].shape, device=params[name].device)
+    meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
+            "model": type(model).__name__, "options": repr(sorted(options.items()))}
+    return Mask({n: out[n] for n in params}, meta)

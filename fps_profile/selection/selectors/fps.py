@@ -1,0 +1,44 @@
+"""FPS: Feedforward-based Parameter Selection (arXiv 2510.27359 v1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from fps_profile.selection.selectors._activations import InputStats, scale_rows
+from fps_profile.selection.selectors.base import Batch, Selector, Target
+from fps_profile.selection.selectors.registry import register
+
+
+@register("fps")
+class FPS(Selector):
+    """|w_ij| x mean |x_j| over all tokens of all samples; one forward pass, no gradients.
+
+    The statistic is the mean absolute input activation per input feature, taken
+    over every token position of every selection sample and every use of the
+    weight. For a convolution (grouped and depthwise included) weight entry
+    ``[o, i, a, b]`` gets the mean ``|x|`` of the input channel it reads (channel
+    ``i`` of its group) at kernel offset ``(a, b)``, over every output position,
+    zero padding included. On a language model every token of every sequence
+    counts, and GPT-2's ``Conv1D`` (weight ``[in, out]``, called through
+    ``torch.addmm``) is scored along its input axis, axis 0. Peak memory is that
+    of a ``torch.no_grad()`` forward plus one input-feature statistic per weight
+    and one layer's scores at a time.
+    """
+
+    needs_backward = False
+    handles_micro_batch = True
+
+    def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
+        self._stats = InputStats(targets, ord=1, selector=self.name)
+        self._stats.collect(model, batches, self.micro_batch)
+
+    def score(self, target: Target) -> torch.Tensor:
+        total, count = self._stats.stat(target)
+        w = target.param.detach()
+        return scale_rows(w.abs(), total / count, target.out_axis)
+
+    def release(self) -> None:
+        self._stats = None

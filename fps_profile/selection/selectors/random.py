@@ -1,0 +1,34 @@
+"""Random: seeded uniform scores, the chance baseline."""
+
+from __future__ import annotations
+
+import torch
+
+from fps_profile.selection.selectors.base import Selector, Target
+from fps_profile.selection.selectors.registry import register
+
+
+@register("random")
+class Random(Selector):
+    """Uniform random scores from a seeded generator: same seed, same mask.
+
+    Args:
+        seed: Seed of the generator. Scores are drawn on the CPU, target by target
+            in model order, so a mask depends on the seed and the model alone,
+            not on the device.
+    """
+
+    needs_data = False
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self._gen: torch.Generator | None = None
+
+    def score(self, target: Target) -> torch.Tensor:
+        if self._gen is None:
+            self._gen = torch.Generator().manual_seed(self.seed)
+        p = target.param
+        return torch.rand(p.shape, generator=self._gen).to(p.device)
+
+    def release(self) -> None:
+        self._gen = None
