@@ -26,7 +26,8 @@ from torch.overrides import TorchFunctionMode
 from fps_profile.errors import UserError
 from fps_profile.knobs import chunks
 from fps_profile.selectors._conv_stats import conv_sums, linear_sums
-from fps_profile.selectors._early_stop import Plan, StopForward, forget, plan_for
+from fps_profile.selectors import _early_stop
+from fps_profile.selectors._early_stop import Plan, StopForward
 from fps_profile.selectors.base import Batch, Target
 
 #: Argument names of ``F.convNd`` (``F.linear`` shares the first two).
@@ -157,7 +158,7 @@ class InputStats:
         return n_batches
 
     def _forward(self, model: nn.Module, x: torch.Tensor, stop_early: bool) -> None:
-        plan = plan_for(model, x, self._key, lambda: _Watch(self, record=True)) if stop_early else None
+        plan = _early_stop.plan_for(model, x, self._key, lambda: _Watch(self, record=True)) if stop_early else None
         try:
             with _Watch(self, plan):
                 model(x)
@@ -169,7 +170,7 @@ class InputStats:
             return
         self.full += 1
         if plan is not None:  # the forward departed from its trace: later ones run whole
-            forget(model, x, self._key)
+            _early_stop.forget(model, x, self._key)
 
     def stat(self, target: Target) -> tuple[torch.Tensor, int]:
         """The accumulated sums for ``target`` and the number of tokens they cover.
