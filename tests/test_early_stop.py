@@ -22,6 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import fps_profile
 from fps_profile import phases, select
+from fps_profile.knobs import Knobs
 from fps_profile.scope import Role, assign_roles
 from fps_profile.selectors import SELECTORS, Selector, Target, _early_stop
 from fps_profile.selectors._activations import InputStats, scale_rows
@@ -151,18 +152,23 @@ def test_micro_batches_and_autocast_keep_the_statistics(case, knob):
     make, tail, _, _ = CASES[case]
     model, batches = make()
     kwargs = {"micro_batch": 1} if knob == "micro_batch" else {}
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if knob == "autocast" else contextlib.nullcontext()
-    with context:
-        whole, _ = collect(model, batches, 1, stop=False, **kwargs)
+
+    def context():  # one autocast region per run: its cache of bf16 weight copies lives as long
+        return torch.autocast("cpu", dtype=torch.bfloat16) if knob == "autocast" else contextlib.nullcontext()
+
+    with context():  # first, on a fresh model: the trace must leave no fake weight copy in that cache
         early, calls = collect(model, batches, 1, stop=True, **kwargs)
+    with context():
+        whole, _ = collect(model, batches, 1, stop=False, **kwargs)
     assert_same_statistics(early, whole)
     forwards = sum(b[0].shape[0] for b in batches) if knob == "micro_batch" else len(batches)
     assert (early.stopped, early.full) == (forwards, 0)
     assert all(calls.get(name, 0) == 0 for name in tail)
-    with context:
-        mask = select(model, batches, "fps", k=1, **kwargs)
-        with whole_forward():
-            assert all(torch.equal(mask[n], m) for n, m in select(model, batches, "fps", k=1, **kwargs).items())
+    model, batches = make()
+    amp = {"amp": "bf16"} if knob == "autocast" else kwargs
+    mask = select(model, batches, "fps", k=1, **amp)
+    with whole_forward():
+        assert all(torch.equal(mask[n], m) for n, m in select(model, batches, "fps", k=1, **amp).items())
 
 
 # ----------------------------------------------------------------------------- the order
@@ -329,14 +335,14 @@ def cpu_peak(model: nn.Module, images: torch.Tensor, fn) -> int:
     return live.peak - base
 
 
-def sim_run(classes: int, what: str):
+def sim_run(classes: int, what: str, amp: str | None = None):
     """Predicted peak bytes above the weights and images, and FLOPs, of ``what`` on ``sim:cpu``."""
     real = big_head_vit(classes)  # built outside: timm's initialisers need values
     with Simulator("sim:cpu") as sim:
         model = sim.module(real)
         images, labels = sim.batch(model, B, torch.float32)
         fn = (phases.inference_fn(model, images) if what == "inference"
-              else phases.select_fn(model, [(images, None)], what, phases.BudgetSpec(k=1)))
+              else phases.select_fn(model, [(images, None)], what, phases.BudgetSpec(k=1), knobs=Knobs(amp=amp)))
         stats = sim.measure(fn)
         held = sum(p.nbytes for p in model.parameters()) + images.nbytes + labels.nbytes
         return stats.peak_bytes - held, stats.flops
@@ -370,12 +376,15 @@ def test_fps_peaks_below_the_inference_floor_by_what_the_head_would_hold(classes
     assert floor_flops - fps_flops == 2 * B * D * classes
 
 
+@pytest.mark.parametrize("amp", [None, "bf16"])
 @pytest.mark.parametrize("selector", ["fps", "wanda"])
-def test_sim_equals_cpu_to_the_byte(selector):
+def test_sim_equals_cpu_to_the_byte(selector, amp):
+    # Under autocast the real forward allocates (and caches) bf16 copies of the weights; on the
+    # sim too, which it would not if the trace had left its fake copies in autocast's cache.
     images = torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model = big_head_vit(16_000)
-    real = cpu_peak(model, images, lambda: select(model, [images], selector, k=1))
-    assert sim_run(16_000, selector)[0] == real
+    real = cpu_peak(model, images, lambda: select(model, [images], selector, k=1, amp=amp))
+    assert sim_run(16_000, selector, amp)[0] == real
 
 
 def test_the_stop_leaves_nothing_alive():
@@ -392,3 +401,30 @@ def test_the_stop_leaves_nothing_alive():
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.mark.cuda
+def test_on_a_cuda_gpu_the_stop_holds_and_peaks_below_the_floor():
+    """Real CUDA parameters go through the fake trace (converted on use); autocast as a cell runs it."""
+    from fps_profile.trackers import CudaAllocatorPeak
+
+    dev = torch.device("cuda")
+    model = big_head_vit(64_000).to(dev)
+    images = torch.randn(64, 3, 32, 32, device=dev)
+    for amp in (None, "bf16"):
+        with counting_calls(model) as calls:
+            mask = select(model, [images], "fps", k=1, amp=amp)
+        assert calls.get("head", 0) == 0 and calls["blocks.1.mlp.fc2"] == 1
+        with whole_forward():
+            whole = select(model, [images], "fps", k=1, amp=amp)
+        assert all(torch.equal(mask[n], m) for n, m in whole.items())
+    peaks = {}
+    for what, fn in (("floor", phases.inference_fn(model, images)),
+                     ("fps", lambda: select(model, [images], "fps", k=1))):
+        fn()  # warm-up: the trace, cuBLAS's workspace
+        torch.cuda.synchronize(dev)
+        with CudaAllocatorPeak(dev) as peak:
+            out = fn()
+            del out
+        peaks[what] = peak.peak_allocated - peak.baseline
+    assert peaks["fps"] < peaks["floor"] - 4 * 64 * 64_000 // 2  # the logits, [64, 64000] float32, never exist

@@ -35,7 +35,9 @@ Whatever the trace changes in the model (LeViT caches its attention biases in
 eval mode, a module may count its calls) is put back before the real forward
 (every module's attributes and, one level down, its dict and list attributes,
 by identity), so the real forward starts from the state the trace started
-from. No ``nn.Module`` hook sees the trace. What is assumed: the real forward
+from. No ``nn.Module`` hook sees the trace, and autocast's cache of weight
+copies is off during it (a fake copy cached there would stand in for the real
+one). What is assumed: the real forward
 makes no target use after the trace's last one while agreeing with it up to
 there (control flow past the last scored layer that depends on values while
 everything before did not, or on state deeper than that snapshot).
@@ -127,7 +129,7 @@ def _trace(model: nn.Module, x: torch.Tensor, recorder: Callable[[], object]) ->
     snapshot = _Snapshot(model)
     watch = recorder()
     try:
-        with _no_module_hooks(model), _disable_current_modes(), _fake_mode(model, x), watch:
+        with _no_module_hooks(model), _no_autocast_cache(), _disable_current_modes(), _fake_mode(model, x), watch:
             model(x)
     except Exception:  # noqa: BLE001 - any failure only means "order unknown"
         return None
@@ -156,6 +158,19 @@ def _no_module_hooks(model: nn.Module):
         for table, items in saved:
             table.clear()
             table.update(items)
+
+
+@contextlib.contextmanager
+def _no_autocast_cache():
+    """Autocast's cache of low-precision weight copies is neither read nor written by the trace:
+    a fake copy left there would stand in for the real one in the real forward (and on the sim
+    the real forward would then not allocate it)."""
+    enabled = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        yield
+    finally:
+        torch.set_autocast_cache_enabled(enabled)
 
 
 def _fake_mode(model: nn.Module, x: torch.Tensor) -> FakeTensorMode:
