@@ -136,7 +136,8 @@ class InputStats:
         the last target (:mod:`fps_profile.selectors._early_stop`): the same statistics,
         without computing what comes after (a language model's logits, a classifier).
         ``stopped`` and ``full`` count the forwards that stopped early and those that ran
-        to their end. A selector that also needs the model's output passes False.
+        to their end. ``stop_early=False`` runs every forward whole (for a selector whose
+        own hooks also read what comes after the last target).
 
         Raises:
             UserError: A target no linear or convolution call used as its weight.
