@@ -281,6 +281,26 @@ def test_what_the_trace_changes_in_the_model_is_put_back():
     assert model.cache["scale"].sum().item() == 8.0  # a real tensor, with values
 
 
+class Swallowing(Reuse):
+    """Catches any exception of its last layer and takes a fallback path (as attention kernels do)."""
+
+    def forward(self, x):
+        h = self.block(self.inp(x).tanh()).tanh()
+        try:
+            h = self.mid(h)
+        except Exception:  # noqa: BLE001 - the point of this model
+            h = self.mid(h * 1.0)  # another use of mid: must not count
+        return self.head(h.tanh())
+
+
+def test_a_model_that_catches_the_stop_gets_it_again():
+    model, batches = Swallowing("twice"), row_batches()
+    whole, _ = collect(model, batches, 1, stop=False)
+    early, calls = collect(model, batches, 1, stop=True)
+    assert_same_statistics(early, whole)
+    assert (early.stopped, calls.get("head", 0), calls["mid"]) == (3, 0, 3)
+
+
 # ----------------------------------------------------------------------------- plugins
 
 def test_a_plugin_built_on_input_stats_stops_too():
