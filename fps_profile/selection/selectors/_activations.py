@@ -10,7 +10,9 @@ several times is scored over all its uses. GPT-2's ``Conv1D`` (weight ``[in, out
 computes ``torch.addmm(bias, x, weight)``: an ``addmm`` whose ``mat2`` is such a
 target counts ``mat1`` as the input, its features along the weight's axis 0.
 Each target keeps one small float32 tensor of the weight's input-feature shape,
-so the peak stays that of a ``torch.no_grad()`` forward.
+so the peak stays that of a ``torch.no_grad()`` forward, and each forward stops
+right after the last target use (:mod:`fps_profile.selection.selectors._early_stop`): the
+peak is that of the forward up to the last scored layer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from torch.overrides import TorchFunctionMode
 from fps_profile.errors import UserError
 from fps_profile.knobs import chunks
 from fps_profile.selection.selectors._conv_stats import conv_sums, linear_sums
+from fps_profile.selection.selectors import _early_stop
+from fps_profile.selection.selectors._early_stop import Plan, StopForward
 from fps_profile.selection.selectors.base import Batch, Target
 
 #: Argument names of ``F.convNd`` (``F.linear`` shares the first two).
@@ -42,26 +46,41 @@ def _arg(args: tuple, kwargs: dict, i: int):
 
 
 class _Watch(TorchFunctionMode):
-    """Adds input sums of every linear/conv call whose weight is a target to ``stats``."""
+    """Adds input sums of every linear/conv call whose weight is a target to ``stats``.
 
-    def __init__(self, stats: InputStats) -> None:
+    With a ``plan`` it raises :class:`StopForward` right after the plan's last target
+    use (and at any call after it, should the model have caught the stop). With
+    ``record`` it only lists the target uses (``uses``: weight ids, in order).
+    """
+
+    def __init__(self, stats: InputStats, plan: Plan | None = None, record: bool = False) -> None:
         super().__init__()
-        self.stats = stats
+        self.stats, self.plan = stats, plan
+        self.uses: list[int] | None = [] if record else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.plan is not None and self.plan.stopped:
+            raise StopForward()
         out = func(*args, **kwargs)
         if func is torch.addmm:  # Conv1D: addmm(bias, x, weight[in, out])
             weight = args[2] if len(args) > 2 else kwargs.get("mat2")
             target = self.stats.targets.get(id(weight))
             if target is not None and target.param is weight and target.out_axis == 1:
+                if self.uses is not None:
+                    self.uses.append(id(weight))
+                    return out
                 self.stats.add(target, *linear_sums(args[1] if len(args) > 1 else kwargs["mat1"], self.stats.ord))
+                self._passed(weight)
             return out
         n = _WATCHED.get(func) if type(func) is _BUILTIN else None
         if n is not None:
             weight = _arg(args, kwargs, 1)
             target = self.stats.targets.get(id(weight))
             if target is not None and target.param is weight and target.out_axis == 0:
+                if self.uses is not None:
+                    self.uses.append(id(weight))
+                    return out
                 x = _arg(args, kwargs, 0)
                 if n == 0:
                     sums, count = linear_sums(x, self.stats.ord)
@@ -69,7 +88,12 @@ class _Watch(TorchFunctionMode):
                     sums, count = conv_sums(x, out.shape[-n:], weight.shape[2:], _arg(args, kwargs, 3),
                                             _arg(args, kwargs, 4), _arg(args, kwargs, 5), self.stats.ord)
                 self.stats.add(target, sums, count)
+                self._passed(weight)
         return out
+
+    def _passed(self, weight: torch.Tensor) -> None:
+        if self.plan is not None and self.plan.passed(id(weight)):
+            raise StopForward()
 
 
 class InputStats:
@@ -88,6 +112,8 @@ class InputStats:
         self.targets = {id(t.param): t for t in targets}
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
+        self.stopped = self.full = 0
+        self._key = frozenset(self.targets)  # the target set, as the early stop's cache knows it
 
     def add(self, target: Target, sums: torch.Tensor, count: int) -> None:
         """Add one call's ``sums`` over ``count`` tokens to ``target``'s statistic."""
@@ -101,9 +127,17 @@ class InputStats:
             self.sums[key].add_(sums)
             self.counts[key] += count
 
-    def collect(self, model: nn.Module, batches: Iterable[Batch], micro_batch: int | None = None) -> int:
+    def collect(self, model: nn.Module, batches: Iterable[Batch], micro_batch: int | None = None,
+                stop_early: bool = True) -> int:
         """Run a no-grad, eval-mode forward over ``batches`` (each in chunks of ``micro_batch``
         samples when given: the sums add up the same); returns the batch count.
+
+        With ``stop_early`` (the default) each forward stops right after the last use of
+        the last target (:mod:`fps_profile.selection.selectors._early_stop`): the same statistics,
+        without computing what comes after (a language model's logits, a classifier).
+        ``stopped`` and ``full`` count the forwards that stopped early and those that ran
+        to their end. ``stop_early=False`` runs every forward whole (for a selector whose
+        own hooks also read what comes after the last target).
 
         Raises:
             UserError: A target no linear or convolution call used as its weight.
@@ -112,10 +146,10 @@ class InputStats:
         model.eval()
         n_batches = 0
         try:
-            with torch.no_grad(), _Watch(self):
+            with torch.no_grad():
                 for images, _ in batches:
                     for x, _, _ in chunks(images, None, micro_batch):
-                        model(x)
+                        self._forward(model, x, stop_early)
                     n_batches += 1
         finally:
             model.train(was_training)
@@ -123,6 +157,21 @@ class InputStats:
         if unseen and n_batches:
             raise _unseen_error(model, unseen[0], self.selector)
         return n_batches
+
+    def _forward(self, model: nn.Module, x: torch.Tensor, stop_early: bool) -> None:
+        plan = _early_stop.plan_for(model, x, self._key, lambda: _Watch(self, record=True)) if stop_early else None
+        try:
+            with _Watch(self, plan):
+                model(x)
+        except StopForward:
+            if plan is None or not plan.stopped:
+                raise
+        if plan is not None and plan.stopped:
+            self.stopped += 1
+            return
+        self.full += 1
+        if plan is not None:  # the forward departed from its trace: later ones run whole
+            _early_stop.forget(model, x, self._key)
 
     def stat(self, target: Target) -> tuple[torch.Tensor, int]:
         """The accumulated sums for ``target`` and the number of tokens they cover.

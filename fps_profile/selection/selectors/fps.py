@@ -24,8 +24,9 @@ class FPS(Selector):
     zero padding included. On a language model every token of every sequence
     counts, and GPT-2's ``Conv1D`` (weight ``[in, out]``, called through
     ``torch.addmm``) is scored along its input axis, axis 0. Peak memory is that
-    of a ``torch.no_grad()`` forward plus one input-feature statistic per weight
-    and one layer's scores at a time.
+    of a ``torch.no_grad()`` forward up to the last scored layer (the forward stops
+    there: :mod:`fps_profile.selectors._early_stop`) plus one input-feature statistic
+    per weight and one layer's scores at a time.
     """
 
     needs_backward = False
