@@ -24,7 +24,7 @@ from fps_profile.data.split import draw, parse_classes, stratified_split
 from fps_profile.errors import UserError
 from fps_profile.models import create_model
 from fps_profile.rows.cell import Cell
-from fps_profile.measure.runner import _DeviceBackend
+from fps_profile.measure.backends import backend_for
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")  # the [data] / [test] extra
 MEAN, STD = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
@@ -277,7 +277,7 @@ def test_byte_level_text_batches_are_slices_of_the_file(tmp_path):
                    zip(batches, data_batches(data, model, 4, num_batches=3, seed=3, seq_len=seq_len)))
     # a language model trains on them as on token_batches
     cell = Cell(model="hf:gpt2-tiny", batch_size=4, phase="train_step", seq_len=seq_len)
-    loss = phases.prepare(cell, model, batches, _DeviceBackend(torch.device("cpu"))).fn()
+    loss = phases.prepare(cell, model, batches, backend_for("cpu")).fn()
     assert torch.isfinite(loss) and abs(float(loss) - math.log(256)) < 2  # near uniform over 256 bytes at init
 
 
@@ -389,5 +389,5 @@ def test_digits_feed_every_phase_of_a_model_built_for_them():
     batches = data_batches(data, model, 8, num_batches=2)
     for phase, selector in (("select", "fps"), ("inference", None), ("train_step", "fps")):
         cell = Cell(model="digits-test", batch_size=8, phase=phase, selector=selector)
-        out = phases.prepare(cell, model, batches, _DeviceBackend(torch.device("cpu"))).fn()
+        out = phases.prepare(cell, model, batches, backend_for("cpu")).fn()
         assert out is not None

@@ -19,9 +19,9 @@ from fps_profile.models import input_size, synthetic_batches
 from fps_profile.models.factory import (build_factory_model, check_factory_name, is_factory_name,
                                         parse_factory_name, resolve_input_size)
 from fps_profile.rows.cell import Cell
-from fps_profile.measure.runner import _DeviceBackend
+from fps_profile.measure.backends import backend_for
 from fps_profile.sim import Simulator
-from fps_profile.sim.run import _SimBackend
+from fps_profile.sim.backend import SimPhaseHooks
 from fps_profile.trackers import LiveTensorBytes
 
 USER_MODULE = '''
@@ -287,7 +287,7 @@ def test_a_user_model_runs_every_phase_on_cpu(user_file, phase, selector, option
     model, batches = _cpu_model(user_file)
     assert batches[0][0].shape == (4, 3, 16, 16) and int(batches[0][1].max()) < 5
     cell = Cell(model=f"{user_file}:make", batch_size=4, phase=phase, selector=selector, options=options)
-    prepared = phases.prepare(cell, model, batches, _DeviceBackend(torch.device("cpu")))
+    prepared = phases.prepare(cell, model, batches, backend_for("cpu"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     out = prepared.fn()
     if phase == "select":
@@ -316,7 +316,7 @@ def test_gps_contrastive_loss_asks_a_user_model_for_timm_hooks(user_file):
     model, batches = _cpu_model(user_file)
     cell = Cell(model=f"{user_file}:make", batch_size=4, phase="select", selector="gps")
     with pytest.raises(UserError) as exc:
-        phases.prepare(cell, model, batches, _DeviceBackend(torch.device("cpu"))).fn()
+        phases.prepare(cell, model, batches, backend_for("cpu")).fn()
     assert "forward_features/forward_head" in one_line(exc)
 
 
@@ -344,7 +344,7 @@ def test_a_user_model_on_the_sim_predicts_the_cpu_bytes(user_file, phase, select
     cell = Cell(model=name, batch_size=4, phase=phase, selector=selector)
     warmup = 1 if phase == "train_step" else 0
     model, batches = _cpu_model(user_file)
-    prepared = phases.prepare(cell, model, batches[:1], _DeviceBackend(torch.device("cpu")))
+    prepared = phases.prepare(cell, model, batches[:1], backend_for("cpu"))
     real = _real_peak(prepared.fn, model, batches[:1], warmup)
 
     for target in ("sim:cpu", "sim:h100"):
@@ -355,7 +355,7 @@ def test_a_user_model_on_the_sim_predicts_the_cpu_bytes(user_file, phase, select
             fake = sim.module(meta)
             batch = sim.batch(fake, 4, torch.float32)
             assert batch[0].shape == (4, 3, 16, 16)
-            sim_prepared = phases.prepare(cell, fake, [batch], _SimBackend(sim))
+            sim_prepared = phases.prepare(cell, fake, [batch], SimPhaseHooks(sim))
             # a selection's count is known before it runs on the sim (from the budget), on the cpu from its mask
             assert sim_prepared.params_trainable == (K1_TRAINABLE if phase == "select" else prepared.params_trainable)
             stats = sim.measure(sim_prepared.fn, warmup=warmup, model=fake, inputs=[batch],

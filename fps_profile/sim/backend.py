@@ -52,7 +52,7 @@ class SimBackend(Backend):
             model = sim.model(cell.model, dtype, cell.image_size)
             batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size, cell.seq_len)
                        for _ in range(cell.num_batches)]
-            fn = build_cell(cell, model, batches, _PhaseHooks(sim), row)
+            fn = build_cell(cell, model, batches, SimPhaseHooks(sim), row)
             phase = get_phase(cell.phase)
             warmup = min(cell.warmup, 1) if phase.keeps_state else 0
             passes = phase.passes if phase.passes is not None else _selector_passes(cell.selector)
@@ -77,7 +77,7 @@ def _selector_passes(selector: str) -> tuple[str, ...]:
     return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())
 
 
-class _PhaseHooks(Backend):
+class SimPhaseHooks(Backend):
     """The phase hooks of :class:`~fps_profile.measure.backends.Backend` on a simulated device."""
 
     def __init__(self, sim) -> None:
