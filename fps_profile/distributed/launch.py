@@ -46,11 +46,12 @@ class RankError(RuntimeError):
     Attributes:
         rank: The rank that failed first.
         reason: Its one-line exception or exit status.
+        stderr: The end of that rank's stderr (its traceback), for debugging.
     """
 
-    def __init__(self, rank: int, world_size: int, reason: str) -> None:
+    def __init__(self, rank: int, world_size: int, reason: str, stderr: str = "") -> None:
         super().__init__(f"rank {rank} of {world_size} failed: {reason}")
-        self.rank, self.reason = rank, reason
+        self.rank, self.reason, self.stderr = rank, reason, stderr
 
 
 class RankTimeout(RankError, TimeoutError):
@@ -59,7 +60,7 @@ class RankTimeout(RankError, TimeoutError):
     def __init__(self, ranks: list[int], world_size: int, timeout_s: float) -> None:
         RuntimeError.__init__(self, f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} of "
                                     f"{world_size} did not finish within {timeout_s:g} s")
-        self.rank, self.reason, self.ranks = ranks[0], "timeout", ranks
+        self.rank, self.reason, self.ranks, self.stderr = ranks[0], "timeout", ranks, ""
 
 
 def _check_world_size(world_size) -> int:
@@ -173,9 +174,16 @@ def _failure(failed: list[int], codes: list[int | None], tmp: Path, world_size: 
     kills it); otherwise the earliest report wins: a rank writes its report before it
     leaves the process group, so the peers' "connection closed" reports come later.
     """
+    def tail(rank: int) -> str:
+        try:
+            return (tmp / f"rank{rank}.stderr").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
     killed = [r for r in failed if codes[r] is not None and codes[r] < 0]
     if killed:
-        return RankError(killed[0], world_size, _exit_reason(codes[killed[0]], tmp / f"rank{killed[0]}.stderr"))
+        r = killed[0]
+        return RankError(r, world_size, _exit_reason(codes[r], tmp / f"rank{r}.stderr"), tail(r))
     reports = []
     for rank in range(world_size):
         path = tmp / f"rank{rank}.error"
@@ -187,9 +195,9 @@ def _failure(failed: list[int], codes: list[int | None], tmp: Path, world_size: 
         _, rank, report = min(reports, key=lambda r: r[:2])
         if report.get("user_error"):
             return UserError(f"rank {rank}: {report['message']}")
-        return RankError(rank, world_size, report["line"])
+        return RankError(rank, world_size, report["line"], tail(rank))
     rank = failed[0]
-    return RankError(rank, world_size, _exit_reason(codes[rank], tmp / f"rank{rank}.stderr"))
+    return RankError(rank, world_size, _exit_reason(codes[rank], tmp / f"rank{rank}.stderr"), tail(rank))
 
 
 def _exit_reason(code: int, stderr: Path) -> str:

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from fps_profile.distributed.reduce import local_stat
+from fps_profile.distributed.tensors import local
 from fps_profile.selectors._activations import InputStats, scale_rows
 from fps_profile.selectors.base import Batch, Selector, Target
 from fps_profile.selectors.registry import register
@@ -37,8 +39,8 @@ class FPS(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)
-        w = target.param.detach()
-        return scale_rows(w.abs(), total / count, target.out_axis)
+        w = local(target.param.detach())  # sharded (FSDP2): this rank's shard, statistics of every rank
+        return scale_rows(w.abs(), local_stat(total / count, target.param, target.out_axis), target.out_axis)
 
     def release(self) -> None:
         self._stats = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fps_profile.distributed.tensors import local
 from fps_profile.selectors.base import Selector, Target
 from fps_profile.selectors.registry import register
 
@@ -15,4 +16,4 @@ class Magnitude(Selector):
     needs_data = False
 
     def score(self, target: Target) -> torch.Tensor:
-        return target.param.detach().abs()
+        return local(target.param.detach()).abs()  # sharded (FSDP2): this rank's rows
