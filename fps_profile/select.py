@@ -131,6 +131,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     sel = create(selector, **options)
     sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
+    sharding.reshard(model)  # FSDP2: the sharded parameters on the modules (a no-op otherwise)
     roles = assign_roles(model, scope)
     params = dict(model.named_parameters())
     targets = [Target(n, params[n], mod, attr) for n, (role, mod, attr) in roles.items() if role is Role.RANKED]
@@ -180,6 +181,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
                         breakdown_marks.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
         finally:
             sel.release()
+            if group is not None:
+                sharding.reshard(model)  # the root keeps its all-gathered weights after a forward-only pass
     for name, (role, _, _) in roles.items():
         if role is not Role.RANKED:
             whole = MaskEntry.all if role is Role.TRAINABLE else MaskEntry.none

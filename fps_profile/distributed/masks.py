@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from fps_profile.distributed.tensors import local_shape, shard_range
+from fps_profile.distributed.tensors import local_shape, reshard, shard_range
 from fps_profile.errors import UserError
 from fps_profile.mask import Mask, MaskEntry
 
@@ -51,6 +51,7 @@ def gather_mask(mask: Mask, model: nn.Module, group=None) -> Mask:
     """
     import torch.distributed as dist
 
+    reshard(model)
     params = dict(model.named_parameters())
     mine = {}
     for name, p in params.items():
@@ -78,6 +79,7 @@ def shard_mask(mask: Mask, model: nn.Module) -> Mask:
     Raises:
         UserError: The mask does not match the model's parameters.
     """
+    reshard(model)
     params = dict(model.named_parameters())
     if set(params) != set(mask):
         raise UserError("mask does not match the model (different parameter names)")

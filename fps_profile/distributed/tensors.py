@@ -148,3 +148,19 @@ def tag_unsharded(model: nn.Module) -> None:
             continue
         handle = fsdp.register_forward_pre_hook(_tag)
         fsdp.__dict__[_HOOKED] = (handle, owned)
+
+
+def reshard(model: nn.Module) -> None:
+    """Put the sharded parameters back on every FSDP module of ``model`` (freeing unsharded ones).
+
+    FSDP2 leaves the root's parameters unsharded after a forward pass without a
+    backward (the root does not reshard after forward): ``named_parameters()``
+    would then list plain tensors. A no-op on a model without FSDP modules.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
