@@ -143,6 +143,14 @@ def sparse_case(rank: int, world_size: int, kinds: list[tuple[str, bool]]) -> di
             grads.append({n: p.grad.detach().clone() for n, p in zip(names, step.params)})
 
         step.optimizer.register_step_pre_hook(record)
+        first = {}  # the first step's gradients before clipping
+        def keep_first(name):
+            def hook(t):
+                first.setdefault(name, t.grad.detach().clone())
+            return hook
+
+        for n, p in zip(names, step.params):
+            p.register_post_accumulate_grad_hook(keep_first(n))
         for _ in range(STEPS):
             step()
         merge_sparse(ref)
@@ -163,9 +171,12 @@ def sparse_case(rank: int, world_size: int, kinds: list[tuple[str, bool]]) -> di
         facts = {"frozen_grads": [], "partial_grads": [], "state_numel": 0, "values_numel": 0,
                  "whole_numel": sum(local(p).numel() for p in sharded.sparse.whole)}
         for i in range(STEPS):
-            sharded()
+            sharded.backward()
             if i == 0:
-                facts["state_numel"] = sum(t.numel() for s in sharded.optimizer.state.values()
+                sharded_first = _gather_grads(model, sharded, names, world_size)
+            sharded.update()
+            if i == 0:
+                facts["state_numel"] = sum(local(t).numel() for s in sharded.optimizer.state.values()
                                            for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
         facts["values_numel"] = sum(v.numel() for v in sharded.sparse.values.values())
         # After a backward: no gradient on frozen or partly trainable shards, only on values and whole ones.
@@ -180,9 +191,34 @@ def sparse_case(rank: int, world_size: int, kinds: list[tuple[str, bool]]) -> di
         sharded.optimizer.zero_grad(set_to_none=True)
         sharded.sparse.remove()
         trained = {n: p.full_tensor().detach() for n, p in model.named_parameters()}
-        out[(kind, offload)] = {"initial": initial, "reference": {n: p.detach() for n, p in ref.named_parameters()},
+        first_dense = {n: (g if mask.count(n) == mask.entry(n).numel else
+                           torch.zeros(mask.entry(n).numel).index_put_((mask.entry(n).positions(),), g)
+                           .view(mask.entry(n).shape)) for n, g in first.items()}
+        out[(kind, offload)] = {"first_grads": first_dense, "sharded_first_grads": sharded_first,
+                                "initial": initial, "reference": {n: p.detach() for n, p in ref.named_parameters()},
                                 "trained": trained, "mask": mask, "grads": dense_grads, "facts": facts,
                                 "trainable_local": sharded.trainable}
+    return out
+
+
+def _gather_grads(model, sharded, names, world_size) -> dict[str, torch.Tensor]:
+    """The trained tensors' gradients on the shards (values scattered into their shard), whole."""
+    import torch.distributed as dist
+
+    from fps_profile.distributed.tensors import local, shard_range
+
+    params = dict(model.named_parameters())
+    out = {}
+    for n in names:
+        p = params[n]
+        if n in sharded.sparse.values:
+            v = sharded.sparse.values[n]
+            g = torch.zeros(local(p).numel()).index_put_((sharded.sparse.index[n],), v.grad).view(local(p).shape)
+        else:
+            g = local(p.grad).clone()
+        parts = [None] * world_size
+        dist.all_gather_object(parts, g)
+        out[n] = torch.cat(parts, dim=shard_range(p)[0])
     return out
 
 

@@ -205,12 +205,21 @@ class ShardedTrainStep:
             return self.sparse.trainable
         return sum(local(p).numel() for p in self.params)
 
-    def __call__(self) -> torch.Tensor:
+    def backward(self) -> torch.Tensor:
+        """Forward, loss and backward (gradients reduced over the ranks); returns the loss."""
         from fps_profile.llm import task_loss
 
         loss = task_loss(self.model, self.inputs, self.labels)
         loss.backward()
+        return loss.detach()
+
+    def update(self) -> None:
+        """Clip to the global norm, AdamW step, gradients cleared."""
         clip_grad_norm_sharded(self.params, self.clip, self.group)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+
+    def __call__(self) -> torch.Tensor:
+        loss = self.backward()
+        self.update()
+        return loss
