@@ -179,10 +179,18 @@ def sparse_case(rank: int, world_size: int, kinds: list[tuple[str, bool]]) -> di
                 facts["state_numel"] = sum(local(t).numel() for s in sharded.optimizer.state.values()
                                            for k, t in s.items() if k in ("exp_avg", "exp_avg_sq"))
         facts["values_numel"] = sum(v.numel() for v in sharded.sparse.values.values())
-        # After a backward: no gradient on frozen or partly trainable shards, only on values and whole ones.
-        from fps_profile.llm import task_loss
+        # After a backward: no gradient on frozen or partly trainable shards, only on values and whole
+        # ones, and nothing else left alive by it (FSDP2's buffers freed): live bytes grow by the gradients.
+        from fps_profile.distributed.memory import ShardedLiveBytes
 
-        task_loss(model, *local_batch(batch, rank, world_size)).backward()
+        gc.collect()
+        with ShardedLiveBytes("cpu") as live:
+            before = live.current
+            sharded.backward()
+            gc.collect()
+            facts["backward_leaves_bytes"] = live.current - before
+        facts["grad_bytes"] = (sum(v.grad.numel() * v.grad.element_size() for v in sharded.sparse.values.values())
+                               + sum(local(p.grad).numel() * local(p.grad).element_size() for p in sharded.sparse.whole))
         for n, p in model.named_parameters():
             if n in sharded.sparse.values:
                 facts["partial_grads"].append(p.grad is not None)

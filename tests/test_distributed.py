@@ -260,6 +260,9 @@ def test_sparse_step_keeps_gradients_and_state_for_trainable_entries_only(steppe
         assert facts["values_numel"] + facts["whole_numel"] == r["trainable_local"]
         assert facts["partial_grads"] and not any(facts["partial_grads"])  # dense shard gradients dropped
         assert facts["frozen_grads"] and not any(facts["frozen_grads"])
+        # A backward leaves exactly the trainable entries' gradients alive: no dense shard gradient, and
+        # no group's flat reduce-scatter buffer kept alive by a bias's gradient (a view into it).
+        assert facts["backward_leaves_bytes"] == facts["grad_bytes"]
 
 
 @pytest.mark.parametrize("kind", SPARSE_KINDS, ids=lambda k: k[0] + ("-offload" if k[1] else ""))

@@ -14,7 +14,9 @@ sharded model the same idea is applied to the shards instead:
   entries of *its shard* (possibly empty). A post-accumulate-grad hook on the
   sharded parameter, which FSDP2 calls as soon as it has written the reduced
   shard gradient, gathers it at those positions into ``values.grad`` and drops the
-  dense shard gradient. Before each forward, ``values`` that changed are written
+  dense shard gradient. (FSDP2's shard gradients of one group are views into one
+  flat buffer; the whole tensors' gradients are copied out of it, so that it is
+  freed: :func:`_compact_grad`.) Before each forward, ``values`` that changed are written
   into the shard (in place, under ``no_grad``), and FSDP2 all-gathers from there.
 
 Which tensors are whole, partial or frozen is decided on the global mask (an
@@ -60,6 +62,8 @@ class SparseShards:
         self._handles = [model.register_forward_pre_hook(lambda *_: self.sync(), prepend=True)]
         for name, p in self._params.items():
             self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
+        for p in whole:
+            self._handles.append(p.register_post_accumulate_grad_hook(_compact_grad))
 
     @property
     def param_groups(self) -> list[dict]:
@@ -103,6 +107,23 @@ class SparseShards:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _compact_grad(param: torch.Tensor) -> None:
+    """Give a whole-trainable shard a gradient of its own.
+
+    FSDP2 makes every sharded gradient of a group a view into one flat reduce-scatter
+    output; a bias's gradient would keep the whole group's buffer alive (as large as
+    the group's sharded gradients) although the partly trainable tensors' gradients
+    were dropped. A copy of the bias's gradient frees it.
+    """
+    g = local(param.grad)
+    if g.untyped_storage().nbytes() > g.numel() * g.element_size():
+        from torch.distributed.tensor import DTensor
+
+        grad = param.grad
+        param.grad = DTensor.from_local(g.clone(), grad.device_mesh, grad.placements, run_check=False,
+                                        shape=grad.shape, stride=grad.stride())
 
 
 def make_sparse_trainable_sharded(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> SparseShards:
