@@ -84,19 +84,19 @@ def test_a_crashing_rank_is_named_with_its_one_line_error_and_nothing_is_left():
 def test_a_rank_killed_by_a_signal_is_named_and_a_user_error_stays_one():
     with pytest.raises(RankError, match=r"^rank 0 of 2 failed: killed by SIGKILL"):
         run_ranks(cases.kill_rank_0, WORLD, timeout_s=120)
-    with pytest.raises(UserError, match=r"^rank 0: k must be an integer >= 1, not 0$"):
+    with pytest.raises(UserError, match=r"^rank [01]: k must be an integer >= 1, not 0$"):  # both raise it
         run_ranks(cases.user_error, WORLD, timeout_s=120)
     assert not rank_processes()
 
 
 def test_a_hanging_rank_times_out_and_is_killed(tmp_path):
     start = time.monotonic()
-    with pytest.raises(RankTimeout, match=r"^ranks 0, 1 of 2 did not finish within 8 s$"):
-        run_ranks(cases.hang, WORLD, args=(str(tmp_path),), timeout_s=8)
-    assert time.monotonic() - start < 8 + GONE_WITHIN_S
-    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("rank*")]
-    assert len(pids) == 2  # both had started before the timeout
+    with pytest.raises(RankTimeout, match=r"^ranks 0, 1 of 2 did not finish within 20 s$"):
+        run_ranks(cases.hang, WORLD, args=(str(tmp_path),), timeout_s=20)
+    assert time.monotonic() - start < 20 + GONE_WITHIN_S
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("rank*")]  # those that got as far as the hang
     assert not any(map(_proc.alive, pids))
+    assert not rank_processes()
 
 
 def test_bad_arguments_fail_before_any_rank_starts():
