@@ -274,6 +274,16 @@ def hang(rank: int, world_size: int, where: str, child: bool = False):
     time.sleep(600)
 
 
+def uneven_case(rank: int, world_size: int, sizes: list[int]) -> None:
+    """Select with ``sizes[rank]`` samples per batch on this rank (raises on every rank when they differ)."""
+    from fps_profile import select
+    from fps_profile.distributed import shard_model
+
+    model = make_tiny_vit()
+    shard_model(model)
+    select(model, make_batches(1, sizes[rank]), "gps", k=1)
+
+
 # ----------------------------------------------------------------------------- memory
 
 def memory_case(rank: int, world_size: int) -> dict:

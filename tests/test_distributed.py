@@ -232,6 +232,13 @@ def test_gpt2_conv1d_weights_were_sharded_both_ways(selected):
     assert selected[("conv", True, False)]["placements"]["1.weight"] == 0
 
 
+def test_ranks_with_batches_of_different_sizes_fail_alike():
+    """Unequal slices would make FSDP2's average of the ranks' mean-loss gradients differ from the
+    global batch's gradient: every rank refuses (none is left waiting in a collective)."""
+    with pytest.raises(UserError, match=r"^rank [01]: the ranks got batches of different sizes \(2 to 3 samples\)"):
+        run_ranks(cases.uneven_case, WORLD, args=([2, 3],), timeout_s=300)
+
+
 # ----------------------------------------------------------------------------- sparse step
 
 @pytest.fixture(scope="module")
@@ -316,7 +323,7 @@ def test_per_rank_tracker_counts_fsdp2_all_gathers_and_their_frees():
     not see FSDP2's storage resizes (and counts a DTensor at its global size) cannot say that."""
     for rank in run_ranks(cases.memory_case, WORLD, timeout_s=300):
         good, plain = rank["patched"], rank["plain"]
-        assert good["after"] - good["baseline"] == good["logits"]
-        assert good["peak"] - good["baseline"] >= rank["block_bytes"]  # a block's all-gathered weights, counted
-        assert plain["after"] - plain["baseline"] > plain["logits"] + rank["block_bytes"]
-        assert plain["baseline"] - good["baseline"] == rank["model_bytes"]
+        assert good["after"] - good["baseline"] == good["logits"], rank
+        assert good["peak"] - good["baseline"] >= rank["block_bytes"], rank  # a block's all-gathered weights
+        assert plain["after"] - plain["baseline"] > plain["logits"] + rank["block_bytes"], rank
+        assert plain["baseline"] - good["baseline"] == rank["model_bytes"], rank  # DTensors at their global size

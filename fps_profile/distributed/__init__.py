@@ -24,7 +24,8 @@ _EXPORTS = {
     "run_ranks": "launch", "RankError": "launch", "RankTimeout": "launch",
     "shard_model": "shard", "find_blocks": "shard", "local_batch": "shard", "local_batches": "shard",
     "gather_mask": "masks", "shard_mask": "masks",
-    "make_sparse_trainable_sharded": "sparse", "SparseShards": "sparse",
+    "make_sparse_trainable_sharded": "sparse", "SparseShards": "sparse", "ShardedTrainStep": "sparse",
+    "clip_grad_norm_sharded": "sparse", "measure_cell": "cells",
     "rank_peaks": "memory", "RankPeaks": "memory", "ShardedLiveBytes": "memory",
 }
 
