@@ -17,7 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from fps_profile.run import _proc
+from fps_profile import procs
 from fps_profile.rows.store import read_results
 
 MODEL = "test_vit"
@@ -64,17 +64,17 @@ def hung_pids(where: Path) -> list[int]:
 
 def fps_processes(root: int) -> list[int]:
     """Fork servers, their children and spawned workers below ``root``."""
-    return [pid for pid in _proc.descendants(root)
-            if any(m in _proc.cmdline(pid) for m in (b"fps_profile.run.forkserver", b"fps_profile.run.worker"))]
+    return [pid for pid in procs.descendants(root)
+            if any(m in procs.cmdline(pid) for m in (b"fps_profile.run.forkserver", b"fps_profile.run.worker"))]
 
 
 def measurements(root: int) -> list[int]:
     """Measurement processes below ``root``: fork-server children and spawned workers."""
     out = []
     for pid in fps_processes(root):
-        stat = _proc._stat(pid)
+        stat = procs._stat(pid)
         parent = int(stat[1]) if stat else 0
-        if b"fps_profile.run.worker" in _proc.cmdline(pid) or b"fps_profile.run.forkserver" in _proc.cmdline(parent):
+        if b"fps_profile.run.worker" in procs.cmdline(pid) or b"fps_profile.run.forkserver" in procs.cmdline(parent):
             out.append(pid)
     return out
 
@@ -85,14 +85,14 @@ def describe(pids, hung=()) -> str:
         uptime = float(f.read().split()[0])
     out = []
     for pid in pids:
-        stat = _proc._stat(pid)
+        stat = procs._stat(pid)
         if stat is None:
             out.append(f"{pid} (gone)")
             continue
         parent = int(stat[1])
-        grand = int((_proc._stat(parent) or ["", 0])[1])
+        grand = int((procs._stat(parent) or ["", 0])[1])
         age = uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")
-        name = lambda p: _proc.cmdline(p).split(b"\0")[0:3]  # noqa: E731
+        name = lambda p: procs.cmdline(p).split(b"\0")[0:3]  # noqa: E731
         out.append(f"{pid} state {stat[0]} age {age:.1f}s{' HUNG' if pid in hung else ''} parent {parent} "
                    f"{name(parent)} grandparent {grand} {name(grand)[:1]}")
     return "; ".join(out)
@@ -110,7 +110,7 @@ def assert_no_measurements(root: int, hung=()) -> None:
 
 
 def all_gone(pids) -> bool:
-    return not any(map(_proc.alive, pids))
+    return not any(map(procs.alive, pids))
 
 
 def _default_sigint() -> None:
@@ -151,9 +151,9 @@ def interrupt_local_driver(tmp: Path, sig: int, isolation: str = "fork") -> None
             os.kill(driver.pid, signal.SIGABRT)
             driver.wait(timeout=30)
             raise AssertionError(f"the driver did not exit within 60 s of signal {sig}: {err()}") from None
-        assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), [p for p in started if _proc.alive(p)]
+        assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), [p for p in started if procs.alive(p)]
     finally:
-        _proc.kill([driver.pid, *fps_processes(driver.pid)])
+        procs.kill([driver.pid, *fps_processes(driver.pid)])
         driver.wait()
         errf.close()
     assert code == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[sig], code

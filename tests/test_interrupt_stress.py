@@ -25,7 +25,7 @@ REPEATS = int(os.environ.get("FPS_STRESS_REPEATS", "20"))
 @pytest.fixture(scope="module")
 def cpu_load():
     """One busy loop per CPU, for as long as the module runs (and not longer, even if pytest is killed)."""
-    spin = f"from fps_profile.run._proc import die_with_parent; die_with_parent({os.getpid()})\nwhile True: pass"
+    spin = f"from fps_profile.procs import die_with_parent; die_with_parent({os.getpid()})\nwhile True: pass"
     burners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 2)]
     yield
     for p in burners:

@@ -21,7 +21,7 @@ import pytest
 from fps_profile.cli import main
 from fps_profile.rows.store import read_results
 from fps_profile.rows.cell import Cell
-from fps_profile.run import _proc
+from fps_profile import procs
 from interrupts import (GONE_WITHIN_S, all_gone, assert_no_measurements, describe, fps_processes, hung_pids,
                         measurements, wait_until)
 
@@ -392,4 +392,4 @@ def test_killed_driver_of_a_private_instance_takes_everything_with_it(ray_cluste
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-    assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), describe([p for p in started if _proc.alive(p)])
+    assert wait_until(lambda: all_gone(started), GONE_WITHIN_S), describe([p for p in started if procs.alive(p)])

@@ -16,9 +16,14 @@ from torch import nn
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """True for a ``transformers`` causal language model (one with output embeddings and a config)."""
+    """True for a ``transformers`` causal language model (one with output embeddings and a config).
+
+    The class or one of its bases is from ``transformers``: FSDP2 swaps a sharded
+    model's class for a subclass defined in torch (``FSDPLlamaForCausalLM``).
+    """
     get = getattr(model, "get_output_embeddings", None)
-    return callable(get) and hasattr(model, "config") and type(model).__module__.startswith("transformers.")
+    return callable(get) and hasattr(model, "config") and any(
+        c.__module__.startswith("transformers.") for c in type(model).__mro__)
 
 
 def logits_of(output) -> torch.Tensor:

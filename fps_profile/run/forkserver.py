@@ -9,7 +9,7 @@ new interpreter, minus ~4 s of imports. The driver's side is
 :class:`fps_profile.run.isolation.ForkServerClient`.
 
 The server dies with its starter and each child with the server
-(:func:`fps_profile.run._proc.die_with_parent`); the server also exits when its
+(:func:`fps_profile.procs.die_with_parent`); the server also exits when its
 stdin closes.
 """
 
@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 
-from fps_profile.run._proc import die_with_parent
+from fps_profile.procs import die_with_parent
 
 
 def _serve() -> None:

@@ -6,7 +6,7 @@ status ``error`` or ``timeout``, so a sweep always gets a row back.
 
 Clean-up guarantee: no process started here outlives its starter. The fork
 server and spawned workers die with the thread that started them
-(``PR_SET_PDEATHSIG``, see :mod:`fps_profile.run._proc`), fork-server children die
+(``PR_SET_PDEATHSIG``, see :mod:`fps_profile.procs`), fork-server children die
 with the server, a timeout kills the measurement, and an exception while a
 measurement runs (Ctrl-C, a cancelled Ray task) kills it before propagating.
 """
@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from fps_profile.run import _proc
+from fps_profile import procs
 from fps_profile.errors import UserError
 from fps_profile.rows.result import Result
 from fps_profile.rows.cell import Cell
@@ -46,7 +46,7 @@ class ForkServerClient:
                 self._start()
 
     def _start(self) -> None:
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", _proc.PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", procs.PARENT_ENV: str(os.getpid())}
         self._proc = subprocess.Popen([sys.executable, "-m", "fps_profile.run.forkserver"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         if not self._proc.stdout.readline():
@@ -84,12 +84,12 @@ class ForkServerClient:
         """Kill the measurement the server runs now, if any; the server answers for it and lives on."""
         pid = self.pid
         if pid is not None:
-            _proc.kill(_proc.children(pid))
+            procs.kill(procs.children(pid))
 
     def close(self) -> None:
         """Stop the server and any measurement it runs."""
         if self._proc is not None:
-            _proc.kill(_proc.descendants(self._proc.pid))
+            procs.kill(procs.descendants(self._proc.pid))
             try:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
@@ -116,7 +116,7 @@ def kill_measurements() -> None:
     """Kill every measurement this process runs: fork-server children and spawned workers."""
     if _CLIENT is not None:
         _CLIENT.kill_measurement()
-    _proc.kill(pid for pid in _proc.children(os.getpid()) if b"fps_profile.run.worker" in _proc.cmdline(pid))
+    procs.kill(pid for pid in procs.children(os.getpid()) if b"fps_profile.run.worker" in procs.cmdline(pid))
 
 
 def run_isolated(cell: Cell, timeout_s: float | None = 1800.0, isolation: str | None = None) -> Result:
@@ -148,7 +148,7 @@ def run_isolated(cell: Cell, timeout_s: float | None = 1800.0, isolation: str | 
             cell_file = Path(tmp, "cell.json")
             cell_file.write_text(cell.to_json())
             cmd = [sys.executable, "-m", "fps_profile.run.worker", str(cell_file), str(out_file)]
-            env = {**os.environ, "PYTHONWARNINGS": "ignore", _proc.PARENT_ENV: str(os.getpid())}
+            env = {**os.environ, "PYTHONWARNINGS": "ignore", procs.PARENT_ENV: str(os.getpid())}
             try:
                 with open(err_file, "w") as err:
                     # subprocess.run kills the worker on any exception, a timeout included.

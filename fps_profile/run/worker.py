@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m fps_profile.run.worker CELL_JSON RESULT_JSON", file=sys.stderr)
         return 2
-    from fps_profile.run._proc import die_with_parent
+    from fps_profile.procs import die_with_parent
 
     die_with_parent()
     from fps_profile.measure.runner import measure_to_file

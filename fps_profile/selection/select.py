@@ -12,6 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fps_profile import knobs
 from fps_profile.selection.budget import Budget, make_budget
+from fps_profile.selection.sharding import tensors as sharding
 from fps_profile.errors import UserError
 from fps_profile.rows.schema import parse_amp, parse_micro_batch
 from fps_profile.selection.mask import Mask, MaskEntry
@@ -118,6 +119,10 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     Returns:
         A :class:`Mask` over every parameter of ``model``, True = trainable. The model
         is left exactly as found (:func:`left_as_found`), even when selection fails.
+        On a model sharded with FSDP2 (DTensor parameters; every rank calls ``select``
+        with its own slice of each global batch), the mask of this rank's shards, equal
+        to that part of the single-process mask on the global batches
+        (:mod:`fps_profile.measure.distributed`; :func:`fps_profile.measure.distributed.gather_mask`).
 
     Raises:
         UserError: Unknown selector or option, bad budget, no batches, missing labels,
@@ -130,9 +135,12 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     sel = create(selector, **options)
     sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
+    sharding.reshard(model)  # FSDP2: the sharded parameters on the modules (a no-op otherwise)
     roles = assign_roles(model, scope)
     params = dict(model.named_parameters())
     targets = [Target(n, params[n], mod, attr) for n, (role, mod, attr) in roles.items() if role is Role.RANKED]
+    # FSDP2 (DTensor parameters): each rank scores its shard, the mask it returns is its shard's.
+    group = sharding.group_of(t.param for t in targets)
 
     data: Iterable = ()
     if sel.needs_data:
@@ -148,8 +156,12 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         if head is _EMPTY:
             raise UserError(f"selector {selector!r} got no batches (the iterable was empty)")
         first = next(iter(params.values()))
-        data = _Batches(itertools.chain([head], it), first.device, first.dtype,
-                        split=None if sel.handles_micro_batch else micro_batch)
+        data = itertools.chain([head], it)
+        if group is not None:
+            from fps_profile.selection.sharding.reduce import check_batches
+
+            data = check_batches(data, group)
+        data = _Batches(data, first.device, first.dtype, split=None if sel.handles_micro_batch else micro_batch)
 
     out: dict[str, MaskEntry] = {}
     device = next(iter(params.values())).device if params else torch.device("cpu")
@@ -160,17 +172,29 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             with breakdown_marks.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
                 out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
-                for name, entry in budget.entries(scored, total=sum(t.param.numel() for t in targets),
-                                                  out_axes=out_axes):
+                total = sum(t.param.numel() for t in targets)
+                if group is None:
+                    entries = budget.entries(scored, total=total, out_axes=out_axes)
+                else:
+                    from fps_profile.selection.sharding.budget import sharded_entries
+
+                    entries = sharded_entries(budget, scored, params, total, out_axes, group)
+                for name, entry in entries:
                     out[name] = entry
                     if entry.index is not None:
                         breakdown_marks.label(entry.index, "mask", name.rpartition(".")[0] or "(model)")
         finally:
             sel.release()
+            if group is not None:
+                sharding.reshard(model)  # the root keeps its all-gathered weights after a forward-only pass
     for name, (role, _, _) in roles.items():
         if role is not Role.RANKED:
             whole = MaskEntry.all if role is Role.TRAINABLE else MaskEntry.none
-            out[name] = whole(params[name].shape, device=params[name].device)
+            out[name] = whole(sharding.local_shape(params[name]), device=params[name].device)
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
+    if group is not None:
+        import torch.distributed as dist
+
+        meta |= {"rank": dist.get_rank(group), "world_size": dist.get_world_size(group)}
     return Mask({n: out[n] for n in params}, meta)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from fps_profile.selection.sharding.tensors import group_of, stands_for
 from fps_profile.errors import UserError
 from fps_profile.knobs import chunks
 from fps_profile.selection.selectors._conv_stats import conv_sums, linear_sums
@@ -64,7 +65,7 @@ class _Watch(TorchFunctionMode):
             raise StopForward()
         out = func(*args, **kwargs)
         if func is torch.addmm:  # Conv1D: addmm(bias, x, weight[in, out])
-            weight = args[2] if len(args) > 2 else kwargs.get("mat2")
+            weight = stands_for(args[2] if len(args) > 2 else kwargs.get("mat2"))
             target = self.stats.targets.get(id(weight))
             if target is not None and target.param is weight and target.out_axis == 1:
                 if self.uses is not None:
@@ -76,10 +77,10 @@ class _Watch(TorchFunctionMode):
         n = _WATCHED.get(func) if type(func) is _BUILTIN else None
         if n is not None:
             weight = _arg(args, kwargs, 1)
-            target = self.stats.targets.get(id(weight))
-            if target is not None and target.param is weight and target.out_axis == 0:
+            target = self.stats.targets.get(id(stands_for(weight)))  # FSDP2: the sharded parameter
+            if target is not None and target.param is stands_for(weight) and target.out_axis == 0:
                 if self.uses is not None:
-                    self.uses.append(id(weight))
+                    self.uses.append(id(target.param))
                     return out
                 x = _arg(args, kwargs, 0)
                 if n == 0:
@@ -88,7 +89,7 @@ class _Watch(TorchFunctionMode):
                     sums, count = conv_sums(x, out.shape[-n:], weight.shape[2:], _arg(args, kwargs, 3),
                                             _arg(args, kwargs, 4), _arg(args, kwargs, 5), self.stats.ord)
                 self.stats.add(target, sums, count)
-                self._passed(weight)
+                self._passed(target.param)
         return out
 
     def _passed(self, weight: torch.Tensor) -> None:
@@ -153,6 +154,11 @@ class InputStats:
                     n_batches += 1
         finally:
             model.train(was_training)
+        group = group_of(t.param for t in self.targets.values())
+        if group is not None and n_batches:  # sharded (FSDP2): sums and counts of every rank's tokens
+            from fps_profile.selection.sharding.reduce import reduce_input_stats
+
+            reduce_input_stats(self.sums, self.counts, list(self.targets), group)
         unseen = [t for key, t in self.targets.items() if key not in self.sums]
         if unseen and n_batches:
             raise _unseen_error(model, unseen[0], self.selector)
@@ -193,6 +199,8 @@ def scale_rows(scores: torch.Tensor, stat: torch.Tensor, out_axis: int = 0) -> t
     """
     if out_axis == 1:
         return scores.mul_(stat.reshape(-1, 1).to(scores.dtype))
+    if not scores.numel():  # an empty shard
+        return scores
     groups = stat.shape[0]
     scores.unflatten(0, (groups, -1)).mul_(stat.unsqueeze(1).to(scores.dtype))
     return scores

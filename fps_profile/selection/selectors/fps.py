@@ -10,6 +10,8 @@ from torch import nn
 from fps_profile.selection.selectors._activations import InputStats, scale_rows
 from fps_profile.selection.selectors.base import Batch, Selector, Target
 from fps_profile.selection.selectors.registry import register
+from fps_profile.selection.sharding.reduce import local_stat
+from fps_profile.selection.sharding.tensors import local
 
 
 @register("fps")
@@ -38,8 +40,8 @@ class FPS(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         total, count = self._stats.stat(target)
-        w = target.param.detach()
-        return scale_rows(w.abs(), total / count, target.out_axis)
+        w = local(target.param.detach())  # sharded (FSDP2): this rank's shard, statistics of every rank
+        return scale_rows(w.abs(), local_stat(total / count, target.param, target.out_axis), target.out_axis)
 
     def release(self) -> None:
         self._stats = None

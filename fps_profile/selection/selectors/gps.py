@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from fps_profile.selection.sharding.reduce import gather_samples
+from fps_profile.selection.sharding.tensors import group_of, local
 from fps_profile.errors import UserError
 from fps_profile.knobs import chunks, weighted
 from fps_profile.models.task import is_causal_lm, task_loss
@@ -64,6 +66,7 @@ class GPS(Selector):
     needs_backward = True
     needs_labels = True
     handles_micro_batch = True
+    _group = None  # the process group of a sharded model (set by prepare)
 
     def __init__(self, *, loss: str = "auto", views: int = 2, temperature: float = 0.07,
                  amp: bool = False, augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
@@ -105,10 +108,13 @@ class GPS(Selector):
         if feats.dtype.itemsize < 4:  # the loss in at least float32, as GPS computes it under AMP
             feats = feats.float()
         feats = torch.stack(feats.split(b), dim=1)  # [b, views, dim]
+        # Sharded (FSDP2): the pairs of the global batch, every rank's samples gathered.
+        feats, labels = gather_samples(feats, labels, self._group)
         return supcon_loss(feats, labels, self.temperature)
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         kind = self.resolve_loss(model)
+        self._group = group_of(t.param for t in targets)
         with gradient_pass(model):
             for images, labels in batches:
                 for x, y, share in chunks(images, labels, self.micro_batch):
@@ -127,7 +133,7 @@ class GPS(Selector):
             self._grads = take_grads(targets, self.name, hint)
 
     def score(self, target: Target) -> torch.Tensor:
-        return self._grads.pop(target.name).abs()
+        return local(self._grads.pop(target.name)).abs()  # sharded: the rank's shard of the averaged gradient
 
     def release(self) -> None:
         self._grads = {}

@@ -6,6 +6,7 @@ import torch
 
 from fps_profile.selection.selectors.base import Selector, Target
 from fps_profile.selection.selectors.registry import register
+from fps_profile.selection.sharding.tensors import local
 
 
 @register("magnitude")
@@ -15,4 +16,4 @@ class Magnitude(Selector):
     needs_data = False
 
     def score(self, target: Target) -> torch.Tensor:
-        return target.param.detach().abs()
+        return local(target.param.detach()).abs()  # sharded (FSDP2): this rank's rows

@@ -6,6 +6,7 @@ import torch
 
 from fps_profile.selection.selectors.base import Selector, Target
 from fps_profile.selection.selectors.registry import register
+from fps_profile.selection.sharding.tensors import local_slice
 
 
 @register("random")
@@ -15,7 +16,8 @@ class Random(Selector):
     Args:
         seed: Seed of the generator. Scores are drawn on the CPU, target by target
             in model order, so a mask depends on the seed and the model alone,
-            not on the device.
+            not on the device. On a sharded model (FSDP2) every rank draws every
+        tensor whole, from the same seed, and keeps its shard: the same mask.
     """
 
     needs_data = False
@@ -28,7 +30,7 @@ class Random(Selector):
         if self._gen is None:
             self._gen = torch.Generator().manual_seed(self.seed)
         p = target.param
-        return torch.rand(p.shape, generator=self._gen).to(p.device)
+        return local_slice(torch.rand(p.shape, generator=self._gen), p).to(p.device)
 
     def release(self) -> None:
         self._gen = None

@@ -13,6 +13,7 @@ from fps_profile.models.task import is_causal_lm, task_loss
 from fps_profile.selection.selectors._gradients import cross_entropy, gradient_pass, take_grads
 from fps_profile.selection.selectors.base import Batch, Selector, Target, check_labels
 from fps_profile.selection.selectors.registry import register
+from fps_profile.selection.sharding.tensors import local
 
 
 @register("snip")
@@ -49,8 +50,8 @@ class SNIP(Selector):
             self._grads = take_grads(targets, self.name)
 
     def score(self, target: Target) -> torch.Tensor:
-        g = self._grads.pop(target.name)
-        return g.mul_(target.param.detach()).abs_()
+        g = local(self._grads.pop(target.name))  # sharded (FSDP2): the rank's shard of the averaged gradient
+        return g.mul_(local(target.param.detach())).abs_()
 
     def release(self) -> None:
         self._grads = {}

@@ -10,6 +10,8 @@ from torch import nn
 from fps_profile.selection.selectors._activations import InputStats, scale_rows
 from fps_profile.selection.selectors.base import Batch, Selector, Target
 from fps_profile.selection.selectors.registry import register
+from fps_profile.selection.sharding.reduce import local_stat
+from fps_profile.selection.sharding.tensors import local
 
 
 @register("wanda")
@@ -29,7 +31,8 @@ class Wanda(Selector):
 
     def score(self, target: Target) -> torch.Tensor:
         sumsq, _ = self._stats.stat(target)
-        return scale_rows(target.param.detach().abs(), sumsq.sqrt(), target.out_axis)
+        return scale_rows(local(target.param.detach()).abs(), local_stat(sumsq.sqrt(), target.param, target.out_axis),
+                          target.out_axis)
 
     def release(self) -> None:
         self._stats = None
