@@ -100,12 +100,14 @@ def test_categories_agree_with_torch_memtracker():
     theirs = memtracker_peak(step, model, inputs=(images, labels), optimizer=step.optimizer)
     peak, bd = explained(step, model, inputs=(images, labels), optimizer=step.optimizer)
     ours = bd.peak.breakdown()
-    assert theirs["total"] == peak
+    # Tensors other code keeps alive (a library's import-time constants) count in ours, not in MemTracker's.
+    stray = sum(b for (holder, _), b in bd.peak.holders.items() if holder == BEFORE)
+    assert theirs["total"] == peak - stray
     for name in ("weights", "buffers", "gradients", "optimizer_state"):
         assert ours[name] == theirs[name], name
     assert ours["inputs"] == theirs["external"]
     # MemTracker calls everything made in forward an activation, in backward a temporary
-    made = ours["activations"] + ours["temporaries"]
+    made = ours["activations"] + ours["temporaries"] - stray
     assert made == theirs["made_in_forward"] + theirs["made_in_backward"]
     assert abs(ours["activations"] - theirs["made_in_forward"]) <= 0.01 * ours["activations"]
 

@@ -303,7 +303,7 @@ def test_bad_text_fails_in_one_line(tmp_path):
     (tmp_path / "notext.jsonl").write_text('{"body": "x"}\n')
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     (tmp_path / "short.txt").write_text("tiny")
-    config = json.loads((Path(__file__).parents[1] / "fps_profile/llm/configs/gpt2-tiny.json").read_text())
+    config = json.loads((Path(__file__).parents[1] / "fps_profile/models/configs/gpt2-tiny.json").read_text())
     (tmp_path / "small-vocab.json").write_text(json.dumps({**config, "vocab_size": 64}))
     cases = [
         (lambda: load_data(str(tmp_path / "bad.jsonl")), "line 2 is not JSON"),

@@ -1,6 +1,6 @@
 """``hf:`` models: causal language models built from a config, with random weights, and token batches.
 
-``hf:<name>`` is one of the configs shipped in ``fps_profile/llm/configs/``
+``hf:<name>`` is one of the configs shipped in ``fps_profile/models/configs/``
 (published hyper-parameters of well-known models, and tiny variants for
 tests: :func:`shipped`); ``hf:<path>.json`` is any local ``config.json``.
 Nothing is downloaded: ``transformers.AutoModelForCausalLM.from_config``

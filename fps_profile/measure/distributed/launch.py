@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from fps_profile import procs
+from fps_profile import procs as proc_tree
 from fps_profile.errors import UserError
 
 #: Marker in every rank's command line (tests find leftover ranks by it).
@@ -123,7 +123,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *, args: tuple = (), kwar
         # no window in which another program can take the port.
         store = dist.TCPStore("127.0.0.1", 0, world_size, True, timedelta(seconds=timeout_s),
                               wait_for_workers=False)
-        env = {**os.environ, procs.PARENT_ENV: str(os.getpid()), "FPS_RANK_STORE": f"127.0.0.1:{store.port}",
+        env = {**os.environ, proc_tree.PARENT_ENV: str(os.getpid()), "FPS_RANK_STORE": f"127.0.0.1:{store.port}",
                "FPS_RANK_TIMEOUT": str(float(timeout_s)), "OMP_NUM_THREADS": str(_threads(world_size, threads)),
                "WORLD_SIZE": str(world_size), "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
         procs: list[subprocess.Popen] = []
@@ -220,7 +220,7 @@ def _kill_group(group: int | None, procs: list[subprocess.Popen]) -> None:
             os.killpg(group, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    procs.kill(p.pid for p in procs if p.poll() is None)  # a rank that left the group
+    proc_tree.kill(p.pid for p in procs if p.poll() is None)  # a rank that left the group
     for p in procs:
         try:
             p.wait(timeout=10)
