@@ -138,11 +138,14 @@ class InputStats:
         without computing what comes after (a language model's logits, a classifier).
         ``stopped`` and ``full`` count the forwards that stopped early and those that ran
         to their end. ``stop_early=False`` runs every forward whole (for a selector whose
-        own hooks also read what comes after the last target).
+        own hooks also read what comes after the last target); so do sharded models.
 
         Raises:
             UserError: A target no linear or convolution call used as its weight.
         """
+        group = group_of(t.param for t in self.targets.values())
+        # Sharded (FSDP2) forwards run whole: their all-gathers are collectives every rank must reach.
+        stop_early = stop_early and group is None
         was_training = model.training
         model.eval()
         n_batches = 0
@@ -154,7 +157,6 @@ class InputStats:
                     n_batches += 1
         finally:
             model.train(was_training)
-        group = group_of(t.param for t in self.targets.values())
         if group is not None and n_batches:  # sharded (FSDP2): sums and counts of every rank's tokens
             from fps_profile.selection.sharding.reduce import reduce_input_stats
 
