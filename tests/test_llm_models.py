@@ -18,7 +18,7 @@ from fps_profile.errors import UserError  # noqa: E402
 from fps_profile.models.hf import DEFAULT_SEQ_LEN, build_lm, shipped, token_batches  # noqa: E402
 from fps_profile.models import check_model_name, create_model, synthetic_batches  # noqa: E402
 from fps_profile.rows.result import Result  # noqa: E402
-from fps_profile.rows.cell import cell_key
+from fps_profile.rows.key import cell_key
 from fps_profile.rows.cell import Cell  # noqa: E402
 from fps_profile.measure.runner import measure
 from fps_profile.run.grid import Grid  # noqa: E402

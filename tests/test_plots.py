@@ -10,8 +10,9 @@ from plotrows import BATCHES, MiB, PARAMS, find, grid, row
 from fps_profile.cli import main
 from fps_profile.plots import draw, floor_fraction, memory_vs_batch, memory_vs_params, plot_all, ratio_vs_batch
 from fps_profile.plots import style as st
+from fps_profile.analysis.series import sort_names
 from fps_profile.plots import time_vs_batch
-from fps_profile.plots.data import by_group, device_memory_bytes, series
+from fps_profile.analysis.series import by_group, device_memory_bytes, series
 
 
 def panel(fig, model):
@@ -147,7 +148,7 @@ def test_colours_and_markers_are_the_same_in_every_figure(rows):
         assert seen == {(st.style(name).color, st.style(name).marker)}
     assert st.style("gps").color != st.style("fps").color
     assert st.style("my_selector") == st.style("my_selector")  # unknown names get a stable style
-    assert st.sort_names(["full", "zeta", "gps", "floor", "fps"]) == ["floor", "fps", "gps", "zeta", "full"]
+    assert sort_names(["full", "zeta", "gps", "floor", "fps"]) == ["floor", "fps", "gps", "zeta", "full"]
 
 
 def test_only_oom_and_empty_models_do_not_break(tmp_path):
@@ -244,7 +245,7 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
 
 
 def test_mixed_gpu_models_are_separate_groups():
-    from fps_profile.plots.data import by_group
+    from fps_profile.analysis.series import by_group
     from fps_profile.rows.result import Result
 
     def row(name, b):

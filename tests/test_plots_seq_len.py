@@ -6,7 +6,7 @@ from __future__ import annotations
 from plotrows import MiB, row
 
 from fps_profile.plots import memory_vs_seq_len, plot_all
-from fps_profile.plots.data import by_group
+from fps_profile.analysis.series import by_group
 
 LM = "hf:llama-tiny"
 SEQS = (128, 512, 2048)

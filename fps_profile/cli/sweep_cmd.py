@@ -6,14 +6,15 @@ import argparse
 import json
 import sys
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
-from fps_profile.cli._args import comma_list, parse_bytes, parse_option
+from fps_profile.cli.args import comma_list, parse_bytes, parse_option
 from fps_profile.errors import UserError
-from fps_profile.rows.schema import AXES, BY_NAME as AXES_BY_NAME
+from fps_profile.rows import schema
 
 DEFAULT_OUT = "results/sweep-cpu.jsonl"
+#: How a sweep runs (not what it measures): flag, else the config's key, else this.
+RUN_DEFAULTS = {"out": None, "timeout": 1800.0, "executor": "local", "address": None, "retries": 0}
 #: ``sweep --frontier``: plain / bf16 / checkpointing / micro-batches and their combinations.
 FRONTIER = {"amp": ["none", "bf16"], "checkpointing": ["off", "on"], "micro_batch": ["none", 8, 32, 128]}
 
@@ -33,12 +34,12 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="TOML file holding the grid (keys: "
-                   + ", ".join(a.grid for a in AXES if a.grid and a.name != "options")
+                   + ", ".join(a.grid for a in schema.AXES if a.grid and a.name != "options")
                    + ", frontier, out, ..., [options.<selector>]; a single value for a list is a one-item list); "
                    "flags given on the command line override it")
     grid_flags = p.add_argument_group(
         "the grid (each comma list is an axis crossed with the others; rows carry every value)")
-    for a in AXES:
+    for a in schema.AXES:
         if a.flag is None:
             continue
         kwargs = {"nargs": "?", "const": "on"} if isinstance(a.default, bool) else {}
@@ -61,12 +62,12 @@ def add_parser(sub) -> None:
                    "(simulated on cpu/sim, enforced by the allocator on cuda)")
     p.add_argument("--max-batch", action="store_true", help="find, per selector and model, the largest "
                    "batch that fits --memory-budget (or the GPU's memory), by doubling then bisection")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement before the worker "
+    p.add_argument("--timeout", type=float, help="seconds per measurement before the worker "
                    "is killed and the cell recorded as 'timeout' (default 1800)")
     p.add_argument("--retry-failed", action="store_true", help="re-measure cells recorded as error or timeout")
-    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--executor", help="local (default) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (auto, ray://host:port)")
-    p.add_argument("--retries", type=int, default=0, help="with --executor ray: retries of a task lost with its node")
+    p.add_argument("--retries", type=int, help="with --executor ray: retries of a task lost with its node")
     p.add_argument("--ray-accelerator", default=None, metavar="TYPE",
                    help="with --executor ray: run CUDA cells only on GPUs of this Ray accelerator type (e.g. H100)")
     p.add_argument("--out", help=f"results file, JSON lines (default {DEFAULT_OUT})")
@@ -109,7 +110,7 @@ def build_grid(args: argparse.Namespace):
     from fps_profile.run.grid import Grid
 
     conf = _load_config(args.config) if args.config else {}
-    by_grid = {a.grid: a for a in AXES if a.grid}
+    by_grid = {a.grid: a for a in schema.AXES if a.grid}
     known = set(by_grid) | {"out", "timeout", "max_batch", "executor", "address", "retries", "frontier"}
     unknown = sorted(set(conf) - known)
     if unknown:
@@ -136,14 +137,14 @@ def build_grid(args: argparse.Namespace):
             grid.phases = ["select"]
         if "selectors" not in conf and not args.selector:
             grid.selectors = ["fps", "gps", "snip"]
-    for a in AXES:
+    for a in schema.AXES:
         value = getattr(args, a.name, None) if a.flag else None
         if value is not None:
             setattr(grid, a.grid, _grid_value(a, value, a.flag))
     budgets = [f"k={k}" for k in (comma_list(args.k) if args.k else [])]
     budgets += [f"fraction={f}" for f in (comma_list(args.fraction) if args.fraction else [])]
     if budgets:
-        grid.budget = [AXES_BY_NAME["budget"].parse(b) for b in budgets]
+        grid.budget = [schema.axis("budget").parse(b) for b in budgets]
     if args.memory_budget:
         grid.memory_budget = parse_bytes(args.memory_budget)
     for text in args.option:
@@ -152,9 +153,9 @@ def build_grid(args: argparse.Namespace):
             raise UserError(f"option must look like selector:key=value, not {text!r}")
         key, value = parse_option(kv)
         grid.options.setdefault(sel, {})[key] = value
-    for key in ("out", "timeout", "executor", "address", "retries"):
-        if key in conf and getattr(args, key) in (None, {"timeout": 1800.0, "executor": "local", "retries": 0}.get(key)):
-            setattr(args, key, conf[key])
+    for key, default in RUN_DEFAULTS.items():  # flag, else the config's key, else the default
+        if getattr(args, key) is None:
+            setattr(args, key, conf.get(key, default))
     if conf.get("max_batch"):
         args.max_batch = True
     return grid
