@@ -131,13 +131,17 @@ def series(rows: Sequence[Result], model: str, *, sparse: bool = False) -> dict[
         if r.model != model:
             continue
         name = series_name(r)
-        sparse_step = name.startswith("train:") and name != TRAIN_FLOOR
-        if sparse_step and not sparse:
+        if is_sparse_step(name) and not sparse:
             continue
         found.setdefault(name, {})[r.batch_size] = r
-    plain = sort_names(n for n in found if not n.startswith("train:") or n == TRAIN_FLOOR)
-    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if n.startswith("train:") and n != TRAIN_FLOOR)]
+    plain = sort_names(n for n in found if not is_sparse_step(n))
+    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if is_sparse_step(n))]
     return {n: Series(n, found[n]) for n in plain + trains}
+
+
+def is_sparse_step(name: str) -> bool:
+    """Whether series ``name`` is a sparse fine-tuning step (``train:<selector>``)."""
+    return name.startswith("train:") and name not in (TRAIN_FLOOR, FULL)
 
 
 def peak(r: Result) -> int | None:
