@@ -60,8 +60,10 @@ class _CellMethods:
         return Result(**{**values, **fields})
 
 
+_LEADING = ("model", "batch_size", "phase", "selector")  # the positional order cells always had
 Cell = dataclasses.make_dataclass(
-    "Cell", [(a.name, object, dataclasses.field(default=a.default)) for a in AXES],
+    "Cell", [(a.name, object, dataclasses.field(default=a.default))
+             for a in sorted(AXES, key=lambda a: _LEADING.index(a.name) if a.name in _LEADING else len(_LEADING))],
     bases=(_CellMethods,), frozen=True)
 Cell.__module__ = __name__  # picklable, documented where it is defined
 Cell.__doc__ = "What to measure: one value of every axis.\n\nAttributes:\n" + "\n".join(
