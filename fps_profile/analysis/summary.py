@@ -92,7 +92,7 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
 
     def cells(s: SummaryLine, values: list[str]) -> list[str]:
         lead = [str(getattr(s, k)) for k in keys] + [s.what]
-        return lead + (values if s.status == "ok" else [s.status.upper()] + [""] * (len(values) - 1))
+        return lead + (values if s.status == "ok" else [failed(s.status, s.peak_bytes)] + [""] * (len(values) - 1))
 
     head = [k.replace("_size", "") for k in keys] + ["what"]
     explained = any(s.mostly for s in lines)
@@ -114,6 +114,13 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
                 "full, and sparse with each selector's mask", "",
                 markdown_table(head + ["peak", "peak/floor", "time", *extra], train)]
     return "\n".join(x for x in out if x is not None)
+
+
+def failed(status: str, peak_bytes: int | None) -> str:
+    """The cell of a row that is not ok: ``OOM``, or ``OOM (needs 106.0 GiB)`` where a simulated card
+    predicted the peak that did not fit; ``ERROR``, ``TIMEOUT``."""
+    need = f" (needs {fmt_bytes(peak_bytes)})" if status == "oom" and peak_bytes else ""
+    return status.upper() + need
 
 
 def markdown_table(head: list[str], body: list[list[str]]) -> str:

@@ -110,8 +110,8 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
                 on_new=None) -> list[Search]:
     """Search the largest batch of every series of ``grid`` that fits the memory budget.
 
-    The budget is the grid's ``memory_budget``, else the device's memory (the simulated card's
-    on ``sim``, the GPU's on ``cuda``). Every knob setting that changes a series gets its own
+    The budget is the device's memory (the simulated card's on ``sim``, the GPU's on ``cuda``), or the
+    grid's ``memory_budget`` where that is smaller or the device's memory is unknown. Every knob setting that changes a series gets its own
     search (``--checkpointing off,on`` searches GPS twice and FPS once: FPS has no backward to
     checkpoint). Probes are ordinary rows of ``out``, reused on resume.
 
@@ -130,7 +130,8 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
     results = ResultsFile(out, executor, timeout_s, retry_failed)
     found = []
     for device in grid.devices:
-        budget = grid.memory_budget or backend_for(device).memory_bytes(device)
+        # A budget above the device's memory cannot hold: the device runs out first (a simulated card too).
+        budget = min((b for b in (grid.memory_budget, backend_for(device).memory_bytes(device)) if b), default=None)
         if budget is None:
             raise UserError(f"--max-batch on {device} needs --memory-budget (e.g. 8GiB)")
         plans = [(phase, s, k) for phase, s in grid.series() if phase != "train_floor"
