@@ -166,3 +166,28 @@ def test_sim_against_measured_compares_a_predicted_oom_too():
     table, errors = against(measured, predicted)
     assert errors == pytest.approx([10.0, 12.0])  # 77/70 - 1, 84/75 - 1: the over-prediction is not hidden
     assert "84.0 GiB (OOM)" in table and "predicted OOM" in table and "measured OOM" in table
+
+
+class _InProcess:
+    """An executor that measures here, so a patched target holds."""
+
+    remote = False
+
+    def run(self, cells, timeout_s):
+        for cell in cells:
+            yield measure(cell)
+
+
+def test_max_batch_budget_above_the_card_is_the_card(monkeypatch, plain, tmp_path):
+    from fps_profile.run.grid import Grid
+    from fps_profile.run.maxbatch import search_grid
+
+    card = 3 * plain.peak_allocated_bytes
+    _card(monkeypatch, card)
+    grid = Grid(models=["test_vit"], batch_sizes=[1], phases=["inference"], devices=["sim:h100"],
+                memory_budget=1 << 40)
+    (found,) = search_grid(grid, tmp_path / "r.jsonl", _InProcess())
+    assert found.budget_bytes == card  # a 1 TiB budget cannot hold on a card of `card` bytes
+    assert found.result.max_batch and found.result.peak_bytes <= card
+    over = next(r for r in read_results(tmp_path / "r.jsonl") if r.batch_size == found.result.first_oom)
+    assert over.status == "oom" and over.peak_allocated_bytes > card
