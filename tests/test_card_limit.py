@@ -1,4 +1,5 @@
-"""A predicted peak above the card is an ``oom`` that keeps its peak, and every reader treats it so (issue 26, item 3)."""
+"""A predicted peak above the card is an ``oom`` that keeps its peak, and every reader treats it so
+(issue 26, item 3)."""
 
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def test_gate_fails_ok_to_oom_and_reads_old_rows_as_oom(tmp_path):
 def test_sim_against_measured_compares_a_predicted_oom_too():
     from fps_profile.analysis.compare import compare as against
 
-    measured = [dataclasses.replace(_sim_row("gps", b, p), device="cuda") for b, p in ((128, 70 * GiB), (256, 75 * GiB))]
+    measured = [dataclasses.replace(_sim_row("gps", b, p), device="cuda")
+                for b, p in ((128, 70 * GiB), (256, 75 * GiB))]
     measured += [dataclasses.replace(_sim_row("fps", 256, None, status="oom"), device="cuda"),
                  dataclasses.replace(_sim_row("fps", 128, 2 * GiB), device="cuda")]
     predicted = [_sim_row("gps", 128, 77 * GiB), _sim_row("gps", 256, 84 * GiB, status="oom", error="x"),

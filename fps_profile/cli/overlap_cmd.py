@@ -19,12 +19,15 @@ def add_parser(sub) -> None:
         "scores. Give mask files, or --selector A,B,... to run each on --model with the same seeded batches.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("masks", nargs="*", metavar="MASK", help="mask files (.safetensors, from 'fps-profile select --out')")
-    p.add_argument("--selector", default=None, help="selectors to run and compare, comma-separated (e.g. fps,gps,wanda)")
+    p.add_argument("masks", nargs="*", metavar="MASK",
+                   help="mask files (.safetensors, from 'fps-profile select --out')")
+    p.add_argument("--selector", default=None,
+                   help="selectors to run and compare, comma-separated (e.g. fps,gps,wanda)")
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
-    p.add_argument("--image-size", type=positive_int, default=None, help="input height and width (default: the model's)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="input height and width (default: the model's)")
     p.add_argument("--seq-len", type=positive_int, default=None, help="tokens per sequence of a language model")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")

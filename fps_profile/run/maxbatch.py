@@ -111,9 +111,10 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
     """Search the largest batch of every series of ``grid`` that fits the memory budget.
 
     The budget is the device's memory (the simulated card's on ``sim``, the GPU's on ``cuda``), or the
-    grid's ``memory_budget`` where that is smaller or the device's memory is unknown. Every knob setting that changes a series gets its own
-    search (``--checkpointing off,on`` searches GPS twice and FPS once: FPS has no backward to
-    checkpoint). Probes are ordinary rows of ``out``, reused on resume.
+    grid's ``memory_budget`` where that is smaller or the device's memory is unknown. Every knob
+    setting that changes a series gets its own search (``--checkpointing off,on`` searches GPS twice
+    and FPS once: FPS has no backward to checkpoint). Probes are ordinary rows of ``out``, reused on
+    resume.
 
     Raises:
         UserError: A bad grid, or a device whose memory is unknown and no budget given.
