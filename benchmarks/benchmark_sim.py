@@ -40,13 +40,14 @@ def _require_sim() -> None:
         _skip("no sim backend in this commit")
 
 
-def sim_row(model: str, batch: int, what: str, device: str = "sim:h100"):
-    """One measured row of ``what`` (a key of :data:`WHAT`); fails unless its status is ``ok``."""
+def sim_row(model: str, batch: int, what: str, device: str = "sim:h100", *, fits: bool = True):
+    """One measured row of ``what`` (a key of :data:`WHAT`); fails unless its status is ``ok`` (or, with
+    ``fits=False``, a predicted ``oom``: a run above the card, fully predicted, as a timing needs)."""
     from fps_profile.rows.cell import Cell
     from fps_profile.measure.runner import measure
 
     row = measure(Cell(model=model, batch_size=batch, device=device, **WHAT[what]))
-    if row.status != "ok":
+    if row.status != "ok" and (fits or row.status != "oom" or row.peak_allocated_bytes is None):
         raise RuntimeError(f"{model} b={batch} {what} on {device}: {row.status}: {row.error}")
     return row
 
@@ -67,10 +68,10 @@ class SimSpeed:
         sim_row("test_vit", 1, "inference")  # imports and first-call set-up outside the timing
 
     def time_cell(self, model, batch_size, what):
-        sim_row(model, batch_size, what)
+        sim_row(model, batch_size, what, fits=False)  # ViT-H/b=512 GPS needs more than the H100 holds
 
     def peakmem_cell(self, model, batch_size, what):
-        sim_row(model, batch_size, what)
+        sim_row(model, batch_size, what, fits=False)
 
 
 class SimReference:

@@ -155,14 +155,14 @@ def test_check_against_model():
 def test_overlap_jaccard_by_hand():
     a = Mask({"x": torch.tensor([True, True, False, False]), "y": torch.tensor([[True, False], [True, False]])})
     b = Mask({"x": torch.tensor([True, False, True, False]), "y": torch.tensor([[True, True], [False, False]])})
-    # x: inter 1, union 3; y: inter 1, union 3 -> 2 / 6
-    assert a.overlap(b) == pytest.approx(2 / 6)
-    assert b.overlap(a) == pytest.approx(2 / 6)
-    assert a.overlap(a) == 1.0
-    assert a.overlap(dict(b)) == pytest.approx(2 / 6)  # any mapping of tensors
+    # x: inter 1, union 3; y: inter 1, union 3 -> 2 / 6 (both partly trained: ranked)
+    assert a.overlap(b).ranked == pytest.approx(2 / 6)
+    assert b.overlap(a).ranked == pytest.approx(2 / 6)
+    assert a.overlap(a).ranked == 1.0
+    assert a.overlap(dict(b)).ranked == pytest.approx(2 / 6)  # any mapping of tensors
     none = {"x": torch.zeros(4, dtype=torch.bool), "y": torch.zeros(2, 2, dtype=torch.bool)}
-    assert Mask(none).overlap(none) == 1.0  # two empty masks agree
-    assert a.overlap(none) == 0.0
+    assert Mask(none).overlap(none).ranked == 1.0  # two empty masks agree
+    assert a.overlap(none).ranked == 0.0
 
 
 def test_overlap_mismatch_errors():

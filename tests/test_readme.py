@@ -57,5 +57,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     mask, model = scope["mask"], scope["model"]
     assert (tmp_path / "mask.safetensors").exists()
-    assert 0.0 <= scope["mask"].overlap(scope["other"]) <= 1.0
+    agree = scope["mask"].overlap(scope["other"])
+    assert 0.0 <= agree.ranked <= 1.0 and agree.whole == 1.0  # one scope: the same whole tensors
+    assert str(agree).startswith("ranked entries (") and "whole tensors (" in str(agree)  # what print() shows
     assert [n for n, _ in model.named_parameters()] == list(mask)  # merge_sparse restored the names

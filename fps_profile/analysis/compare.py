@@ -24,20 +24,36 @@ def match_key(r: Result) -> tuple:
     return tuple(k for i, k in enumerate(r.key()) if i != 4)
 
 
+def predicted_peak(r: Result) -> int | None:
+    """The peak a row predicts: an ``ok`` row's, or an ``oom`` row's that kept it (a simulated card's)."""
+    return r.peak_allocated_bytes if r.status in ("ok", "oom") and r.peak_allocated_bytes else None
+
+
 def compare(measured: Sequence[Result], predicted: Sequence[Result]) -> tuple[str, list[float]]:
-    """The table and the signed errors in percent (predicted / measured - 1)."""
-    sim = {match_key(r): r for r in predicted if r.status == "ok" and r.peak_allocated_bytes}
+    """The table and the signed errors in percent (predicted / measured - 1).
+
+    A prediction of out-of-memory (its peak kept) is compared as any other; where only one side
+    ran out of memory without a peak, the table says so and no error is counted.
+    """
+    sim = {match_key(r): r for r in predicted if predicted_peak(r) or r.status == "oom"}
     body, errors = [], []
     for m in measured:
         p = sim.get(match_key(m))
-        if m.status != "ok" or not m.peak_allocated_bytes or p is None:
+        if p is None or m.status not in ("ok", "oom") or (m.status == "ok" and not m.peak_allocated_bytes):
             continue
-        err = 100.0 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1.0)
-        errors.append(err)
-        body.append([model_label(m), str(m.batch_size), m.dtype, series(m), fmt_bytes(p.peak_allocated_bytes),
-                     fmt_bytes(m.peak_allocated_bytes), f"{err:+.1f}%"])
-    if not body:
-        raise UserError("no cell is in both files with status ok")
+        said = fmt_bytes(predicted_peak(p)) + (" (OOM)" if p.status == "oom" else "")
+        if m.status == "ok" and predicted_peak(p):
+            err = 100.0 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1.0)
+            errors.append(err)
+            text = f"{err:+.1f}%"
+        elif m.status == p.status == "oom":
+            text = "both OOM"
+        else:
+            text = "predicted OOM" if p.status == "oom" else "measured OOM"
+        body.append([model_label(m), str(m.batch_size), m.dtype, series(m), said,
+                     "OOM" if m.status == "oom" else fmt_bytes(m.peak_allocated_bytes), text])
+    if not errors:
+        raise UserError("no cell is in both files with a measured and a predicted peak")
     head = ["model", "batch", "dtype", "what", "predicted", "measured", "error"]
     return markdown_table(head, body), errors
 

@@ -42,6 +42,8 @@ def missing_reason(row: Result) -> str:
 def explain(row: Result, top: int = 10) -> str:
     """The text ``fps-profile explain`` prints for one row."""
     head = f"{describe(row)}: peak {fmt_bytes(row.peak_allocated_bytes)}"
+    if row.status != "ok":  # an oom row of a simulated card keeps the peak it needed
+        head += f" ({row.status.upper()}: {row.error})" if row.error else f" ({row.status.upper()})"
     bd = row.peak_breakdown_bytes
     if not bd:
         return f"{head}\n  no breakdown: {missing_reason(row)}."

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fps_profile.analysis.series import sort_names
 from fps_profile.analysis.series import by_group, models, peak
 from fps_profile.rows.schema import knob_label
+from fps_profile.rows.fit import device_memory
 from fps_profile.rows.result import Result
 from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_seconds
@@ -192,12 +193,12 @@ def markdown(panel_list: Sequence[Panel], images: int = DEFAULT_IMAGES,
         if cells:
             head = ["selector", *(f"fits {fmt_budget(b)}" for b in budgets)]
             parts += ["", markdown_table(head, [[sel, *texts] for sel, texts in cells.items()])]
-        parts += [f"\n{line}" for line in notes(panel)]
+        parts += [f"\n{line}" for line in notes(panel, budgets)]
     return "\n".join(parts) + "\n"
 
 
-def notes(panel: Panel) -> list[str]:
-    """What a panel cannot show: rows without a time, out-of-memory rows."""
+def notes(panel: Panel, budgets: Sequence[int] = ()) -> list[str]:
+    """What a panel cannot show: rows without a time, out-of-memory rows, budgets above the device's memory."""
     out = []
     if panel.no_time:
         what = "time_floor_s" if panel.time_kind == "floor" else "wall_time_s"
@@ -206,6 +207,13 @@ def notes(panel: Panel) -> list[str]:
     if panel.ooms:
         out.append(f"Out of memory ({len(panel.ooms)}): "
                    + ", ".join(f"{r.variant} {setting_of(r).label()}" for r in panel.ooms))
+    rows = [p.row for p in panel.points] + panel.no_time + panel.ooms
+    memory = max((m for m in map(device_memory, rows) if m), default=None)
+    above = [b for b in budgets if memory and b > memory]
+    if above:  # after the others: the frontier command prints the first note when rows have no time
+        out.append(f"{panel.device} has {fmt_bytes(memory)}: the columns above it ("
+                   + ", ".join(fmt_budget(b) for b in above) + ") hold what fits the device; a row whose peak "
+                   "exceeds the device's memory is out of memory, whatever the budget.")
     return out
 
 

@@ -84,7 +84,7 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
 
     def cells(s: SummaryLine, values: list[str]) -> list[str]:
         lead = [str(getattr(s, k)) for k in keys] + [s.what]
-        return lead + (values if s.status == "ok" else [s.status.upper()] + [""] * (len(values) - 1))
+        return lead + (values if s.status == "ok" else [failed(s.status, s.peak_bytes)] + [""] * (len(values) - 1))
 
     head = [k.replace("_size", "") for k in keys] + ["what"]
     explained = any(s.mostly for s in lines)
@@ -122,3 +122,10 @@ def mostly(breakdown: dict[str, int] | None) -> str:
     """``"activations 90%"``: the largest category and its share; ``"-"`` without a breakdown."""
     d = dominant(breakdown)
     return "-" if d is None else f"{d[0].replace('_', ' ')} {100 * d[1]:.0f}%"
+
+
+def failed(status: str, peak_bytes: int | None) -> str:
+    """The cell of a row that is not ok: ``OOM``, or ``OOM (needs 106.0 GiB)`` where a simulated card
+    predicted the peak that did not fit; ``ERROR``, ``TIMEOUT``."""
+    need = f" (needs {fmt_bytes(peak_bytes)})" if status == "oom" and peak_bytes else ""
+    return status.upper() + need

@@ -18,7 +18,7 @@ from fps_profile import __version__
 from fps_profile.errors import UserError
 
 # Subcommands are the modules ``fps_profile/cli/<name>_cmd.py``; this is their help order.
-ORDER = ("sweep", "select", "scope", "plot", "report", "frontier", "explain", "gate", "list")
+ORDER = ("sweep", "select", "scope", "overlap", "plot", "report", "frontier", "explain", "gate", "list")
 
 
 def subcommands() -> list[str]:

@@ -19,7 +19,7 @@ from fps_profile.rows.result import Result
 from fps_profile.rows.schema import selector_variant
 from fps_profile.rows.store import read_results
 from fps_profile.errors import UserError
-from fps_profile.analysis.compare import compare, match_key
+from fps_profile.analysis.compare import compare, match_key, predicted_peak
 from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
@@ -144,7 +144,7 @@ def build(out: Path, tests_rc: int) -> tuple[str, Verdict]:
     beyond = []
     for m in measured:
         p = sim_by_key.get(match_key(m))
-        if m.status == "ok" and p is not None and p.status == "ok" and m.peak_allocated_bytes:
+        if m.status == "ok" and p is not None and predicted_peak(p) and m.peak_allocated_bytes:
             err = 100 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1)
             if abs(err) > WORST_GOAL:
                 beyond.append(f"{m.model} b={m.batch_size} {m.dtype} {who(m)} {err:+.1f}%")

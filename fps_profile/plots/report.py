@@ -3,8 +3,9 @@
 Tables are selectors x batch sizes, one per quantity, per (device, dtype)
 group (and budget, where a file mixes them) and model, then what each peak
 is made of (selector x phase x category) where rows carry a breakdown. A cell is the value,
-``OOM``/``error``/``timeout`` for a failed measurement, or ``-`` where
-nothing was measured.
+``OOM``/``error``/``timeout`` for a failed measurement (the peak table shows
+what a simulated out-of-memory row needed: ``OOM (needs 106.0 GiB)``), or ``-``
+where nothing was measured.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fps_profile.analysis.series import (Series, by_group, dedupe, device_memory
                                     series_name)
 from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES
 from fps_profile.rows.result import Result
+from fps_profile.analysis.summary import failed
 from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
@@ -28,12 +30,14 @@ ENV_KEYS = (("device_name", "device name"), ("device_memory_bytes", "device memo
             ("cpu", "CPU"), ("torch_threads", "torch threads"), ("host", "host"))
 
 
-def _cell(s: Series | None, batch: int, fmt: Callable[[Result], str | None]) -> str:
+def _cell(s: Series | None, batch: int, fmt: Callable[[Result], str | None], need: bool = False) -> str:
+    """``fmt(row)``; ``OOM`` (with ``need``: ``OOM (needs 106.0 GiB)``, the peak a simulated card predicted),
+    ``error``, ``timeout``; ``-`` where nothing was measured."""
     r = s.rows.get(batch) if s else None
     if r is None:
         return "-"
     if r.status != "ok":
-        return r.status.upper() if r.status == "oom" else r.status
+        return failed("oom", peak(r) if need else None) if r.status == "oom" else r.status
     return fmt(r) or "-"
 
 
@@ -78,7 +82,8 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
                       list(ser), _floor_cell))
     out = []
     for caption, names, fmt in specs:
-        body = [[st.label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
+        need = caption == specs[0][0]  # the peak table shows the peak an out-of-memory row needed
+        body = [[st.label(n), *(_cell(ser[n], b, fmt, need) for b in batches)] for n in names]
         if body:
             out.append((caption, head, body))
     return out
@@ -134,8 +139,9 @@ def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list
     batch where both ran (the ratio in bold), the same ratio at the smallest
     such batch, the time ratio at the largest, and the first batch at which
     the selector (and, after a slash, the reference) ran out of memory or,
-    where the device's memory is known, peaked above it (simulated rows do not
-    run out of memory; their peaks can exceed the target's).
+    where the device's memory is known, peaked above it (a simulated row above
+    its card is an ``oom``, :mod:`fps_profile.rows.fit`; the check also covers rows
+    whose device memory is known only from the sim target).
     """
     ser = series(rows, model)
     ref = ser.get(reference)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fps_profile.errors import UserError
+from fps_profile.rows.fit import judge
 from fps_profile.rows.result import SCHEMA, Result
 
 
@@ -82,7 +83,7 @@ def read_results(path: str | os.PathLike, *, missing_ok: bool = False) -> list[R
                     f"{str(path)}:{number}: row of schema {schema!r}, expected {SCHEMA!r} "
                     "(a results file from another tool or version)"
                 )
-            rows.append(Result.from_dict(obj))
+            rows.append(judge(Result.from_dict(obj)))  # an ok row above its device's memory is an oom
         except UserError:
             raise
         except (ValueError, TypeError) as exc:

@@ -1,4 +1,4 @@
-"""Largest batch that fits a memory budget: doubling, then bisection.
+"""Largest batch that fits a memory budget: doubling (or halving), then bisection.
 
 Each probe is an ordinary measurement (a row in the results file, reused on
 resume). A probe fits when its status is ``ok`` and its peak allocated bytes
@@ -35,12 +35,16 @@ class MaxBatch:
 
 def find_max_batch(measure: Callable[[int], Result], budget_bytes: int, start: int = 1,
                    cap: int = 1 << 16) -> MaxBatch:
-    """Search the largest batch in ``[start, cap]`` for which ``measure(batch)`` fits.
+    """Search the largest batch in ``[1, cap]`` for which ``measure(batch)`` fits.
+
+    From ``start`` the search doubles while probes fit, or halves while they do not
+    (down to batch 1), then bisects the gap between the largest fitting batch and the
+    smallest that does not, so it finds the same batch whatever ``start`` is.
 
     Args:
         measure: Measures one batch size and returns its row.
         budget_bytes: Memory budget the peak must stay within.
-        start: First batch size tried.
+        start: First batch size tried (clamped to ``[1, cap]``).
         cap: Never probe beyond this batch size.
     """
     result = MaxBatch(probes=[])
@@ -57,22 +61,33 @@ def find_max_batch(measure: Callable[[int], Result], budget_bytes: int, start: i
         result.error = f"batch {batch}: {row.status}: {row.error}"
         return None
 
-    lo, hi, b = 0, None, start
-    while b <= cap:
-        ok = fits(b)
-        if ok is None:
-            return result
-        if not ok:
-            hi = b
-            break
-        lo, b = b, b * 2
-    if hi is not None:
-        while hi - lo > 1 and lo >= start:
-            mid = (lo + hi) // 2
-            ok = fits(mid)
+    lo, hi = 0, None  # the largest batch known to fit (0: none), the smallest known not to
+    b = max(1, min(start, cap))
+    ok = fits(b)
+    if ok is None:
+        return result
+    if ok:
+        lo = b
+        while hi is None and b < cap:
+            b = min(b * 2, cap)
+            ok = fits(b)
             if ok is None:
                 return result
-            lo, hi = (mid, hi) if ok else (lo, mid)
+            lo, hi = (b, hi) if ok else (lo, b)
+    else:
+        hi = b
+        while lo == 0 and b > 1:
+            b //= 2
+            ok = fits(b)
+            if ok is None:
+                return result
+            lo, hi = (b, hi) if ok else (lo, b)
+    while hi is not None and hi - lo > 1 and lo >= 1:
+        mid = (lo + hi) // 2
+        ok = fits(mid)
+        if ok is None:
+            return result
+        lo, hi = (mid, hi) if ok else (lo, mid)
     result.max_batch = lo or None
     result.peak_bytes = peaks.get(lo)
     result.first_oom = hi
@@ -95,10 +110,11 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
                 on_new=None) -> list[Search]:
     """Search the largest batch of every series of ``grid`` that fits the memory budget.
 
-    The budget is the grid's ``memory_budget``, else the device's memory (the simulated card's
-    on ``sim``, the GPU's on ``cuda``). Every knob setting that changes a series gets its own
-    search (``--checkpointing off,on`` searches GPS twice and FPS once: FPS has no backward to
-    checkpoint). Probes are ordinary rows of ``out``, reused on resume.
+    The budget is the device's memory (the simulated card's on ``sim``, the GPU's on ``cuda``), or the
+    grid's ``memory_budget`` where that is smaller or the device's memory is unknown. Every knob
+    setting that changes a series gets its own search (``--checkpointing off,on`` searches GPS twice
+    and FPS once: FPS has no backward to checkpoint). Probes are ordinary rows of ``out``, reused on
+    resume.
 
     Raises:
         UserError: A bad grid, or a device whose memory is unknown and no budget given.
@@ -115,7 +131,8 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
     results = ResultsFile(out, executor, timeout_s, retry_failed)
     found = []
     for device in grid.devices:
-        budget = grid.memory_budget or backend_for(device).memory_bytes(device)
+        # A budget above the device's memory cannot hold: the device runs out first (a simulated card too).
+        budget = min((b for b in (grid.memory_budget, backend_for(device).memory_bytes(device)) if b), default=None)
         if budget is None:
             raise UserError(f"--max-batch on {device} needs --memory-budget (e.g. 8GiB)")
         plans = [(phase, s, k) for phase, s in grid.series() if phase != "train_floor"

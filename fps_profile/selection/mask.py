@@ -127,26 +127,21 @@ class Mask(Mapping[str, torch.Tensor]):
         tensors = tuple(TensorStats(n, e.shape, e.numel, e.count) for n, e in self._entries.items())
         return MaskStats(sum(t.numel for t in tensors), sum(t.trainable for t in tensors), tensors)
 
-    def overlap(self, other: Mapping[str, torch.Tensor]) -> float:
-        """Jaccard index |A & B| / |A | B| of the two masks' trainable entries."""
-        if set(self) != set(other):
-            raise UserError("masks cover different parameters; cannot compare them")
-        inter = union = 0
-        for name, a in self._entries.items():
-            b = other.entry(name) if isinstance(other, Mask) else None
-            if b is None:
-                t = other[name]
-                if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
-                    raise UserError(f"mask entry {name!r} is not a bool tensor")
-                if tuple(t.shape) == a.shape:
-                    b = MaskEntry.from_bool(t)
-            if b is None or b.shape != a.shape:
-                shape = b.shape if b is not None else tuple(other[name].shape)
-                raise UserError(f"masks disagree on the shape of {name!r}: {a.shape} vs {shape}")
-            both = a.intersection(b)
-            inter += both
-            union += a.count + b.count - both
-        return inter / union if union else 1.0
+    def overlap(self, other: Mapping[str, torch.Tensor], ranked=None):
+        """How far this mask and ``other`` agree: a :class:`~fps_profile.selection.overlap.MaskOverlap`.
+
+        Its ``ranked`` figure is the Jaccard index |A & B| / |A | B| of the ranked entries, its
+        ``whole`` figure that of the tensors trained whole (biases, the classifier: the same in
+        every mask of a scope, and on a ViT far more entries than a per-row budget ranks, so an
+        index over both says little); ``tensors`` has every tensor's counts. Printing it gives both.
+
+        Args:
+            other: A :class:`Mask`, or any mapping of parameter names to bool tensors.
+            ranked: Names of the tensors the scope ranks (default: those either mask trains in part).
+        """
+        from fps_profile.selection.overlap import overlap
+
+        return overlap(self, other, ranked)
 
     def check(self, model: nn.Module) -> None:
         """Fail with a one-line error unless names and shapes match ``model``'s parameters."""

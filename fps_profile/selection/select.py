@@ -24,10 +24,18 @@ from fps_profile.trackers import labels as breakdown_marks
 _EMPTY = object()
 
 
+def _kept(scored, into: dict):
+    """``scored``, with a CPU copy of each score tensor put in ``into`` (before the budget reads it)."""
+    for name, scores in scored:
+        local = scores.to_local() if hasattr(scores, "to_local") else scores  # a DTensor: this rank's shard
+        into[name] = local.detach().to("cpu", copy=True)
+        yield name, scores
+
+
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
            amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
-           budget: Budget | str | None = None, **options) -> Mask:
+           budget: Budget | str | None = None, keep_scores: dict | None = None, **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
@@ -55,6 +63,9 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             float rounding, except GPS's SupCon loss, whose pairs then stay inside a
             chunk. A plugin selector that does not handle micro-batches itself
             (``handles_micro_batch``) sees each chunk as a batch.
+        keep_scores: A dict that receives every ranked tensor's scores (a CPU copy each, as the
+            selector made them; on FSDP2, this rank's shards): for comparing selectors
+            (:mod:`fps_profile.selection.agreement`).
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -112,6 +123,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
                 sel.prepare(model, data, targets)
             with breakdown_marks.phase("scoring"):
                 scored = ((t.name, sel.score(t)) for t in targets)
+                if keep_scores is not None:
+                    scored = _kept(scored, keep_scores)
                 out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
                 total = sum(t.param.numel() for t in targets)
                 if group is None:

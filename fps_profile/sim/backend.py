@@ -8,6 +8,7 @@ import torch
 
 from fps_profile.measure.backends import Backend
 from fps_profile.measure.targets import get_target
+from fps_profile.rows.fit import mark_oom, over
 
 
 class SimBackend(Backend):
@@ -36,9 +37,12 @@ class SimBackend(Backend):
         workspaces their warm-up would leave); then the measured run. ``wall_time_s``
         stays empty.
 
+        A run whose predicted allocation exceeds the card's memory (``sim:cpu`` has no limit)
+        or ``cell.memory_budget`` is an ``oom`` row, as the card would give, that keeps every
+        predicted figure, so it shows how much was needed (:mod:`fps_profile.rows.fit`).
+
         Raises:
             UserError: Bad target, model, budget, or a model that needs tensor values.
-            torch.OutOfMemoryError: Beyond ``cell.memory_budget`` (the runner records ``oom``).
         """
         from fps_profile.measure.runner import build_cell
         from fps_profile.models import parse_dtype
@@ -48,7 +52,8 @@ class SimBackend(Backend):
         start = time.perf_counter()
         target = get_target(cell.device)
         dtype = parse_dtype(cell.dtype)
-        with Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)) as sim:
+        # No early stop at the limit: the whole run is predicted, then judged against it.
+        with Simulator(target, what=repr(cell.model)) as sim:
             model = sim.model(cell.model, dtype, cell.image_size)
             batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size, cell.seq_len)
                        for _ in range(cell.num_batches)]
@@ -68,6 +73,12 @@ class SimBackend(Backend):
                           "allocator": "caching" if target.is_cuda else "exact",
                           "flops_by_kind": {f"{k}:{d}": n for (k, d), n in sorted(stats.flop_counts.items())},
                           "seconds": round(time.perf_counter() - start, 3)}
+        limits = [(b, w) for b, w in ((target.memory_bytes, "the card's"), (cell.memory_budget, "the budget of"))
+                  if b is not None]
+        if limits:
+            limit, what = min(limits)
+            if over(stats.highest_bytes, limit):
+                mark_oom(row, stats.highest_bytes, limit, what, target.device_name())
 
 
 def _selector_passes(selector: str) -> tuple[str, ...]:

@@ -44,6 +44,8 @@ class SimStats:
         time_floor_s: ``flops`` at the target's peak rates (None for the cpu target).
         flop_counts: FLOPs by ``(kind, dtype)``.
         breakdown: What the peak is made of, when :meth:`Simulator.measure` was given the model.
+        highest_bytes: The most bytes allocated at any time in the simulator: building, warm-ups
+            and the measured run (a card runs out at whichever needs most).
     """
 
     peak_bytes: int
@@ -51,6 +53,7 @@ class SimStats:
     time_floor_s: float | None
     flop_counts: dict = field(default_factory=dict)
     breakdown: PeakBreakdown | None = None
+    highest_bytes: int = 0
 
 
 class Simulator:
@@ -152,6 +155,7 @@ class Simulator:
             gc.collect()
             if self.allocator is not None:
                 self.allocator.empty_cache()
+            before = self.tracker.peak  # building and warm-ups, whose peak the reset forgets
             self.tracker.reset_peak()
             explained = None
             with contextlib.ExitStack() as stack:
@@ -166,4 +170,4 @@ class Simulator:
         counts = dict(counter.counts)
         return SimStats(peak_bytes=self.tracker.peak, flops=counter.total,
                         time_floor_s=time_floor(counter.counts, self.target.peak_flops), flop_counts=counts,
-                        breakdown=explained)
+                        breakdown=explained, highest_bytes=max(before, self.tracker.peak))
