@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,7 +36,16 @@ def _load(name: str):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line too (no usage dump), exit status 2."""
+    """argparse, but a usage error is one line too (no usage dump), exit status 2.
+
+    A value that starts with a minus and a digit (``--memory-budget -8GiB``, ``--timeout -5``) is
+    taken as the option's value, so its own check says what is wrong with it, instead of argparse's
+    "expected one argument" (no option of fps-profile looks like a negative number).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?[0-9]")
 
     def error(self, message: str):
         where = self.prog.removeprefix("fps-profile").strip()

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from fps_profile.errors import UserError
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+def parse_bytes(text: str, what: str = "memory size") -> int:
+    """``"8GiB"``, ``"500MB"`` -> bytes; a bare number is an error (:func:`fps_profile.units.parse_bytes`)."""
+    from fps_profile.units import parse_bytes as parse
 
-
-def parse_bytes(text: str) -> int:
-    """``"8GiB"``, ``"500MB"``, ``"1024"`` -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"not a memory size: {text!r} (use e.g. 8GiB, 500MB or a byte count)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return parse(text, what)
 
 
 def comma_list(text: str) -> list[str]:

@@ -125,7 +125,7 @@ def build_grid(args: argparse.Namespace):
                 raise UserError(f"{where}: options must be a table [options.<selector>], not {value!r}")
             grid.options = {sel: dict(opts) for sel, opts in value.items()}
         elif a.name == "memory_budget":
-            grid.memory_budget = parse_bytes(value)
+            grid.memory_budget = parse_bytes(value, f"{where}: memory_budget")
         else:
             setattr(grid, key, _grid_value(a, value, where))
     if args.frontier or conf.get("frontier"):
@@ -145,7 +145,7 @@ def build_grid(args: argparse.Namespace):
     if budgets:
         grid.budget = [AXES_BY_NAME["budget"].parse(b) for b in budgets]
     if args.memory_budget:
-        grid.memory_budget = parse_bytes(args.memory_budget)
+        grid.memory_budget = parse_bytes(args.memory_budget, "--memory-budget")
     for text in args.option:
         sel, sep, kv = text.partition(":")
         if not sep:

@@ -34,6 +34,8 @@ class Metric:
             figure is deterministic and gated as ``exact``.
         default: The value of a row that lacks it.
         doc: What it means.
+        samples: The row field holding every repeat this figure summarises (the gate tests
+            whether two rows' repeats differ before calling a change worse).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Metric:
     better: str = "lower"
     exact_on_predictions: bool = False
     default: Any = None
+    samples: str | None = None
 
 
 METRICS: tuple[Metric, ...] = (
@@ -54,7 +57,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("nvml_process_peak_bytes", "memory", "bytes", "peak NVML figure for this process, where the driver "
            "gives one"),
     Metric("rss_peak_bytes", "memory", "bytes", "process resident-set high-water mark during the phase"),
-    Metric("wall_time_s", "time", "s", "median of wall_times_s"),
+    Metric("wall_time_s", "time", "s", "median of wall_times_s", samples="wall_times_s"),
     Metric("wall_times_s", None, "s", "every timed repeat", default=list),
     Metric("params_total", "count", "count", "parameters of the model"),
     Metric("params_trainable", "count", "count", "trainable parameters in this phase"),
