@@ -70,7 +70,7 @@ def parse_bytes(value, what: str = "memory size") -> int:
 
     parsed = _number_and_unit(value)
     if parsed is None or parsed[1].lower() not in ("", *BYTE_UNITS):
-        raise UserError(f"{what} must be {SIZE_HELP}, e.g. 8GiB; not {value!r}")
+        raise UserError(f"{what} {value!r} is not a memory size: write {SIZE_HELP}, e.g. 8GiB")
     number, unit = parsed
     if not 0 < number < float("inf"):
         raise UserError(f"{what} must be more than 0 bytes, not {value!r}")

@@ -174,6 +174,11 @@ class Axis:
         return [self.default] if self.swept else self.default
 
     @property
+    def takes_text(self) -> bool:
+        """Its values are names (selectors, models, devices ...): text, kept as given."""
+        return self.parse is _same
+
+    @property
     def row_default(self) -> Any:
         """The value of a row written before this axis existed (or that leaves it unset)."""
         return False if isinstance(self.default, bool) else None
