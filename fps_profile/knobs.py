@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.rows.schema import AMP_CHOICES, knob_label, parse_amp, parse_checkpointing, parse_micro_batch
+from fps_profile.rows.values import AMP_CHOICES, parse_amp, parse_checkpointing, parse_micro_batch
+from fps_profile.rows.schema import knob_label
 
 __all__ = ["AMP_CHOICES", "Knobs", "amp_dtype", "autocast", "checkpointing", "chunks", "cpu_amp_problem",
            "enable_checkpointing", "grad_scaler", "note", "parse_amp", "parse_checkpointing", "parse_micro_batch",

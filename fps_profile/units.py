@@ -1,4 +1,4 @@
-"""Human-readable units for tables and plots (binary prefixes for memory)."""
+"""Human-readable units for tables and plots (binary prefixes for memory), and markdown tables."""
 
 from __future__ import annotations
 
@@ -119,3 +119,11 @@ def parse_percent(value, what: str = "tolerance") -> float:
 
 def _plain(x: float) -> str:
     return f"{x:g}"
+
+
+def markdown_table(head: list[str], body: list[list[str]]) -> str:
+    """A padded markdown table (numbers right-aligned by the caller's strings)."""
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([fmt(head), sep, *(fmt(r) for r in body)])

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from fps_profile import select
 
 from fps_profile.measure import phases
-from fps_profile.integrations.peft_budget import SHIRA_SCOPE
+from fps_profile.selection.shira import SHIRA_SCOPE
 from fps_profile.integrations.peft_step import peft_train_step_fn
 from fps_profile.trackers import LiveTensorBytes
 from fps_profile.trackers.breakdown import PeakBreakdown

@@ -66,7 +66,7 @@ def model_and_batches(kind: str):
 def scores_of(model: nn.Module, batches, selector: str, **options) -> dict[str, torch.Tensor]:
     """Every ranked tensor's scores from one process's selector, as ``select`` computes them."""
     from fps_profile.selection.scope import Role, assign_roles
-    from fps_profile.selection.select import _Batches, left_as_found
+    from fps_profile.selection.batches import Batches, left_as_found
     from fps_profile.selection.selectors import Target, create
 
     roles = assign_roles(model, "gps")
@@ -75,7 +75,7 @@ def scores_of(model: nn.Module, batches, selector: str, **options) -> dict[str, 
     sel = create(selector, **options)
     first = next(iter(params.values()))
     with left_as_found(model):
-        sel.prepare(model, _Batches(batches, first.device, first.dtype), targets)
+        sel.prepare(model, Batches(batches, first.device, first.dtype), targets)
         out = {t.name: sel.score(t).detach().clone() for t in targets}
         sel.release()
     return out

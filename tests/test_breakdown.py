@@ -15,7 +15,8 @@ from fps_profile.rows.cell import Cell
 from fps_profile.measure.runner import measure
 from fps_profile.trackers.labels import BEFORE
 from fps_profile.trackers import LiveTensorBytes
-from fps_profile.trackers.breakdown import PeakBreakdown, record_extra_run
+from fps_profile.trackers.breakdown import PeakBreakdown
+from fps_profile.trackers.cuda import record_extra_run
 
 
 def explained(fn, model, inputs=(), optimizer=None, breakdown=True):

@@ -256,7 +256,7 @@ def test_weight_no_call_used_is_a_clear_error():
                                   dict(kernel=(4, 4), stride=4, padding=0), dict(kernel=(1, 1), stride=1, padding=0)],
                          ids=["7x7", "3x3s2", "patches", "1x1"])
 def test_conv_statistic_allocates_no_activation_sized_temporary(conv, ord):
-    from fps_profile.selection.selectors._conv_stats import conv_sums
+    from fps_profile.selection.selectors.conv_stats import conv_sums
 
     x = torch.randn(4, 16, 32, 32)  # 256 KiB
     k, st, p = conv["kernel"], conv["stride"], conv["padding"]

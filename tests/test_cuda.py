@@ -109,7 +109,7 @@ def test_cuda_sweep_row_fields(tmp_path):
 def test_reduction_scratch_matches_the_model(shape, dtype):
     """The staging buffer of a reduction over the tokens, to the byte, as fps_profile.sim.reductions predicts."""
     from fps_profile.gpucheck.probes import OPS, _extra_bytes, card_target, predicted_scratch
-    from fps_profile.selection.selectors._conv_stats import chunked_norm
+    from fps_profile.selection.selectors.conv_stats import chunked_norm
     from fps_profile.sim.reductions import GpuShape
 
     dev = torch.device("cuda")

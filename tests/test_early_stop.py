@@ -138,7 +138,7 @@ def stat_tol(batches) -> float:
 @pytest.mark.parametrize("kind", ["fps", "wanda"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_mask_equals_the_whole_forward_mask_and_the_hand_reference(case, kind):
-    from test_llm_selectors import out_axis, ref_topk
+    from test_llm_selectors import out_axis
 
     make, tail, _, reference = CASES[case]
     model, batches = make()

@@ -59,7 +59,7 @@ def test_selection_time_is_time_per_image_times_n():
 def test_rows_without_knob_fields_are_plain_and_knob_rows_stay_apart():
     plain = row("gps", "small_vit", 8, "select", MiB, device="sim:h100", time_floor_s=1.0)
     assert setting_of(plain) == Setting(8) and Setting(8).label() == "b=8"
-    assert Setting(8, "bf16", True, 4).label() == "b=8 bf16+ckpt+µb=4"
+    assert Setting(8, "bf16", True, 4).label() == "b=8 +bf16 +ckpt +mb4"
     knobbed = [sel("gps", 8, 2 * MiB, 1.0, amp="bf16"), sel("gps", 8, 3 * MiB, 1.0, checkpointing=True),
                sel("gps", 8, 4 * MiB, 1.0, micro_batch=2)]
     (panel,) = panels([plain, *knobbed])
@@ -96,7 +96,7 @@ def test_table_picks_the_fastest_setting_that_fits():
     text = markdown([panel], 2048, budgets)
     gps_line = next(line for line in text.splitlines() if line.startswith("| gps"))
     assert gps_line.split("|")[2].strip() == "none fits"
-    assert "b=64 bf16: 6.00 s, 18.0 GiB" in text
+    assert "b=64 +bf16: 6.00 s, 18.0 GiB" in text
     assert fastest_fitting(panel.points, 0) is None
 
 

@@ -46,7 +46,7 @@ def _scores(model, batches, selector, micro_batch, **options):
     sel = create(selector, **options)
     sel.micro_batch = micro_batch
     targets = _targets(model)
-    from fps_profile.selection.select import left_as_found
+    from fps_profile.selection.batches import left_as_found
 
     with left_as_found(model):
         sel.prepare(model, batches, targets)

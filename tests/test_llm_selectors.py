@@ -20,7 +20,8 @@ from transformers.pytorch_utils import Conv1D  # noqa: E402
 from fps_profile import UserError, select  # noqa: E402
 from fps_profile.selection.budget import PerRowTopK  # noqa: E402
 from fps_profile.models.task import task_loss  # noqa: E402
-from fps_profile.selection.mask import Mask, rows_cols  # noqa: E402
+from fps_profile.selection.mask import Mask  # noqa: E402
+from fps_profile.selection.mask_entry import rows_cols
 from fps_profile.measure.phases import BudgetSpec  # noqa: E402
 from fps_profile.selection.scope import Role, assign_roles  # noqa: E402
 from fps_profile.selection.scope_report import scope_report  # noqa: E402

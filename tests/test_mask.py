@@ -275,7 +275,7 @@ def test_load_corrupt_positions_file(tmp_path, change, message):
 
 
 def test_entry_forms_and_per_row_check(tmp_path):
-    from fps_profile.selection.mask import MaskEntry, index_dtype
+    from fps_profile.selection.mask_entry import MaskEntry, index_dtype
 
     assert index_dtype(2**31 - 1) == torch.int32 and index_dtype(2**31) == torch.int64
     assert MaskEntry.from_positions((2, 3), torch.arange(6)).full  # every entry: stored as "all"

@@ -18,8 +18,9 @@ import fps_profile
 from conftest import make_batches, make_tiny_vit
 from fps_profile.errors import UserError
 from fps_profile.integrations.peft import mask_from_adapter, plan_shira, write_adapter
-from fps_profile.integrations.peft_budget import SHIRA_SCOPE, ShiraRank
-from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.shira import SHIRA_SCOPE, ShiraRank
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry
 from fps_profile.measure.phases import train_step_fn
 from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse
 

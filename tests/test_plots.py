@@ -10,8 +10,9 @@ from plotrows import BATCHES, MiB, PARAMS, find, grid, row
 from fps_profile.cli import main
 from fps_profile.plots import draw, floor_fraction, memory_vs_batch, memory_vs_params, plot_all, ratio_vs_batch
 from fps_profile.plots import style as st
+from fps_profile.analysis.series import sort_names
 from fps_profile.plots import time_vs_batch
-from fps_profile.plots.data import by_group, device_memory_bytes, series
+from fps_profile.analysis.series import by_group, device_memory_bytes, series
 
 
 def panel(fig, model):
@@ -38,7 +39,7 @@ def test_memory_vs_batch_plots_each_rows_peak(rows):
     for model in PARAMS:
         ax = panel(fig, model)
         for name, sel, phase in (("gps", "gps", "select"), ("fps", "fps", "select"),
-                                 ("floor", None, "inference"), ("full", None, "train_step")):
+                                 ("floor", None, "inference"), ("train:full", None, "train_step")):
             cells = [find(rows, model=model, selector=sel, batch=b, phase=phase) for b in BATCHES]
             ok = [r for r in cells if r.status == "ok"]
             want = [r.peak_allocated_bytes / MiB for r in ok]
@@ -51,7 +52,7 @@ def test_memory_vs_batch_marks_oom_and_skips_missing_and_failed(rows):
     fig = memory_vs_batch(rows)
     big, small = panel(fig, "big_vit"), panel(fig, "small_vit")
     assert list(line(big, "oom:gps").get_xdata()) == [8]
-    assert list(line(big, "oom:full").get_xdata()) == [8]
+    assert list(line(big, "oom:train:full").get_xdata()) == [8]
     assert not [ln for ln in small.get_lines() if ln.get_gid().startswith("oom:")]
     assert list(line(small, "random").get_xdata()) == [1, 2, 8]  # batch 4 missing
     assert list(line(small, "magnitude").get_xdata()) == [1, 4, 8]  # batch 2 failed
@@ -147,7 +148,7 @@ def test_colours_and_markers_are_the_same_in_every_figure(rows):
         assert seen == {(st.style(name).color, st.style(name).marker)}
     assert st.style("gps").color != st.style("fps").color
     assert st.style("my_selector") == st.style("my_selector")  # unknown names get a stable style
-    assert st.sort_names(["full", "zeta", "gps", "floor", "fps"]) == ["floor", "fps", "gps", "zeta", "full"]
+    assert sort_names(["train:full", "zeta", "gps", "floor", "fps"]) == ["floor", "fps", "gps", "zeta", "train:full"]
 
 
 def test_only_oom_and_empty_models_do_not_break(tmp_path):
@@ -244,7 +245,7 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
 
 
 def test_mixed_gpu_models_are_separate_groups():
-    from fps_profile.plots.data import by_group
+    from fps_profile.analysis.series import by_group
     from fps_profile.rows.result import Result
 
     def row(name, b):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from plotrows import MiB, row
 
 from fps_profile.plots import memory_vs_seq_len, plot_all
-from fps_profile.plots.data import by_group
+from fps_profile.analysis.series import by_group
 
 LM = "hf:llama-tiny"
 SEQS = (128, 512, 2048)
@@ -33,12 +33,12 @@ def test_memory_vs_seq_len_plots_each_rows_peak_at_one_batch():
     # batch 2 is measured at every length (an oom row counts), so the figure is at batch 2
     assert "batch size 2" in ax.get_xlabel()
     for gid, phase, sel in (("floor", "inference", None), ("fps", "select", "fps"), ("train:fps", "train_step", "fps"),
-                            ("full", "train_step", None)):
+                            ("train:full", "train_step", None)):
         want = [(r.seq_len, r.peak_allocated_bytes / MiB) for r in rows if r.phase == phase and r.selector == sel
                 and r.batch_size == 2 and r.status == "ok"]
         xs, ys = lines[gid].get_xdata(), lines[gid].get_ydata()
         assert list(zip(xs, ys)) == want, gid
-    assert len(lines["full"].get_xdata()) == 2  # the oom cell is a mark, not a point
+    assert len(lines["train:full"].get_xdata()) == 2  # the oom cell is a mark, not a point
     assert memory_vs_seq_len([r for r in rows if r.seq_len == 512]) is None  # one length: nothing to draw
 
 

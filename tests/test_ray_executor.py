@@ -153,15 +153,15 @@ def test_an_address_where_nothing_listens_fails_fast():
     import socket
 
     from fps_profile.errors import UserError
-    from fps_profile.run.executors.ray_executor import _probe
+    from fps_profile.run.executors.ray_executor import probe
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # free once closed: nothing listens there
     with pytest.raises(UserError, match=f"cannot connect to Ray at 127.0.0.1:{port}: .*ray start --head"):
-        _probe(f"127.0.0.1:{port}")
-    _probe("auto")  # left to Ray
-    _probe("ray://127.0.0.1:1")
+        probe(f"127.0.0.1:{port}")
+    probe("auto")  # left to Ray
+    probe("ray://127.0.0.1:1")
 
 
 def test_cells_the_cluster_cannot_run_fail_before_submitting(ray_cluster, monkeypatch):
@@ -300,7 +300,7 @@ def test_force_cancel_of_a_task_that_ignores_cancel_kills_its_measurement(ray_cl
     with _no_leftover(ray, ref):
         assert wait_until(lambda: hung_pids(ray_cluster), STARTS_WITHIN_S)
         start = time.monotonic()
-        ray_executor._cancel(ray, [ref])
+        ray_executor.cancel(ray, [ref])
         took = time.monotonic() - start
         assert ray_executor.CANCEL_GRACE_S <= took < ray_executor.CANCEL_GRACE_S + ray_executor.FORCE_WAIT_S, took
         assert wait_until(lambda: all_gone(hung_pids(ray_cluster)), GONE_WITHIN_S), describe(hung_pids(ray_cluster))
@@ -313,12 +313,12 @@ def test_a_task_the_cancel_misses_stops_when_its_sweep_token_dies(ray_cluster):
     ends its measurement by itself once the sweep's token actor is dead."""
     import ray
 
-    from fps_profile.run.executors import ray_executor
+    from fps_profile.run.executors import ray_task
 
     _arm_hang(ray_cluster)
-    token = ray.remote(num_cpus=0, max_restarts=0)(ray_executor.SweepToken).remote()
+    token = ray.remote(num_cpus=0, max_restarts=0)(ray_task.SweepToken).remote()
     cell = Cell(MODEL, 1, selector="ray_hang", warmup=0, repeats=1)
-    ref = ray.remote(ray_executor._run_cell).options(num_cpus=1).remote(cell.to_json(), 300, token)
+    ref = ray.remote(ray_task.run_cell).options(num_cpus=1).remote(cell.to_json(), 300, token)
     with _no_leftover(ray, ref):
         assert wait_until(lambda: hung_pids(ray_cluster), STARTS_WITHIN_S)
         ray.kill(token)  # and no ray.cancel: as if it never reached the task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fps_profile.selection.selectors._conv_stats import chunked_norm
+from fps_profile.selection.selectors.conv_stats import chunked_norm
 from fps_profile.sim.reductions import GpuShape, staging_bytes, tensor_staging
 from numerics import sum_rtol
 

@@ -28,7 +28,7 @@ def test_peak_table_cells_are_the_rows_peaks(rows):
     t = table(rows, "big_vit", "Peak memory")
     for label, sel, phase in (("GPS", "gps", "select"), ("FPS", "fps", "select"),
                               ("inference floor", None, "inference"), ("full fine-tuning", None, "train_step"),
-                              ("sparse fine-tuning (GPS mask)", "gps", "train_step")):
+                              ("sparse step (GPS mask)", "gps", "train_step")):
         for b in BATCHES:
             r = find(rows, model="big_vit", selector=sel, batch=b, phase=phase)
             assert t[label][b] == (fmt_bytes(r.peak_allocated_bytes) if r.status == "ok" else "OOM")

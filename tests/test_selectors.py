@@ -29,7 +29,7 @@ import fps_profile
 from fps_profile import UserError, select
 from fps_profile.selection.selectors import SELECTORS, create, list_selectors
 
-from conftest import make_batches, make_tiny_vit
+from conftest import make_batches
 from numerics import assert_mask_matches, deep_atol, mask_mismatches, ref_global_masks, ref_topk_mask, sum_rtol
 
 DEPTH = 2

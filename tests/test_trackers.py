@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from fps_profile.trackers import CudaAllocatorPeak, LiveTensorBytes, RssPeak, time_repeats
+from fps_profile.trackers import CudaAllocatorPeak, LiveTensorBytes, time_repeats
 
 
 def test_live_bytes_exact_for_known_allocations():

@@ -12,9 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from fps_profile.errors import UserError
+from fps_profile.rows.label import model_label, series
 from fps_profile.rows.result import Result
 from fps_profile.rows.store import read_results
-from fps_profile.analysis.summary import markdown_table
+from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes
 
 
@@ -33,8 +34,7 @@ def compare(measured: Sequence[Result], predicted: Sequence[Result]) -> tuple[st
             continue
         err = 100.0 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1.0)
         errors.append(err)
-        who = m.variant or ("floor" if m.phase == "inference" else "full")
-        body.append([m.model, str(m.batch_size), m.dtype, f"{m.phase}:{who}", fmt_bytes(p.peak_allocated_bytes),
+        body.append([model_label(m), str(m.batch_size), m.dtype, series(m), fmt_bytes(p.peak_allocated_bytes),
                      fmt_bytes(m.peak_allocated_bytes), f"{err:+.1f}%"])
     if not body:
         raise UserError("no cell is in both files with status ok")

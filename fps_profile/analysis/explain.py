@@ -10,30 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fps_profile.errors import UserError, did_you_mean
-from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES
 from fps_profile.rows.label import describe
 from fps_profile.rows.result import Result
-from fps_profile.analysis.summary import markdown_table
-from fps_profile.units import fmt_bytes
+from fps_profile.analysis.summary import mostly
+from fps_profile.units import fmt_bytes, markdown_table
 
 CELL_KEYS = ("what", "selector", "model", "batch", "dtype", "device", "phase", "budget", "scope")
 BAR = 24
-
-
-def dominant(breakdown: dict[str, int] | None) -> tuple[str, float] | None:
-    """The largest category of a breakdown and its share of the total, or None."""
-    total = sum(breakdown.values()) if breakdown else 0
-    if total <= 0:
-        return None
-    order = {c: i for i, c in enumerate(BREAKDOWN_CATEGORIES)}
-    name = max(breakdown, key=lambda c: (breakdown[c], -order.get(c, len(order))))
-    return name, breakdown[name] / total
-
-
-def mostly(breakdown: dict[str, int] | None) -> str:
-    """``"activations 90%"``: the largest category and its share; ``"-"`` without a breakdown."""
-    d = dominant(breakdown)
-    return "-" if d is None else f"{d[0].replace('_', ' ')} {100 * d[1]:.0f}%"
 
 
 def what(row: Result) -> str:
@@ -125,7 +108,7 @@ def find_rows(rows: Sequence[Result], spec: str) -> list[Result]:
     Raises:
         UserError: Bad spec, or nothing matches (naming the values the file has).
     """
-    from fps_profile.plots.data import dedupe
+    from fps_profile.analysis.series import dedupe
 
     wanted = parse_cell(spec)
     rows = dedupe(rows)
@@ -141,7 +124,7 @@ def find_rows(rows: Sequence[Result], spec: str) -> list[Result]:
 
 def overview(rows: Sequence[Result]) -> str:
     """One line per row: what it is, its peak, the phase of the peak and its largest category."""
-    from fps_profile.plots.data import dedupe
+    from fps_profile.analysis.series import dedupe
 
     body = [[what(r), r.model, str(r.batch_size), r.dtype, r.device, fmt_bytes(r.peak_allocated_bytes),
              r.peak_phase or "-", mostly(r.peak_breakdown_bytes)] for r in dedupe(rows)]

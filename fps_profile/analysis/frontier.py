@@ -19,10 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from fps_profile.plots import style as st
-from fps_profile.plots.data import by_group, knobs, models, peak
+from fps_profile.analysis.series import sort_names
+from fps_profile.analysis.series import by_group, models, peak
+from fps_profile.rows.schema import knob_label
 from fps_profile.rows.result import Result
-from fps_profile.analysis.summary import markdown_table
+from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_seconds
 
 GiB = 1024**3
@@ -43,27 +44,26 @@ class Setting:
 
     @property
     def knobs(self) -> str:
-        """The knobs alone: ``"plain"``, ``"bf16"``, ``"ckpt"``, ``"µb=8"`` or ``+``-joined combinations."""
-        parts = [self.amp or "", "ckpt" if self.checkpointing else "", f"µb={self.micro_batch}" if self.micro_batch
-                 else ""]
-        return "+".join(p for p in parts if p) or "plain"
+        """The knobs alone, as every label writes them: ``"plain"``, ``"+bf16"``, ``"+bf16 +ckpt +mb8"``."""
+        return knob_label(self.amp, self.checkpointing, self.micro_batch).strip() or "plain"
 
     def sort_key(self) -> tuple:
         return self.batch_size, self.amp or "", self.checkpointing, self.micro_batch or 0
 
     def label(self) -> str:
-        """``"b=64"``, ``"b=64 bf16+ckpt+µb=8"``."""
+        """``"b=64"``, ``"b=64 +bf16 +ckpt +mb8"``."""
         return f"b={self.batch_size}" + ("" if self.knobs == "plain" else f" {self.knobs}")
 
 
 def setting_of(row: Result) -> Setting:
-    amp, checkpointing, micro_batch = knobs(row)
-    return Setting(row.batch_size, amp, bool(checkpointing), micro_batch)
+    return Setting(row.batch_size, row.amp, bool(row.checkpointing), row.micro_batch)
 
 
 def time_kind(row: Result) -> str:
-    """``"floor"`` on simulated devices (no wall time there), ``"wall"`` elsewhere."""
-    return "floor" if row.device.startswith("sim") else "wall"
+    """``"floor"`` on a backend without wall time (the sim's predictions), ``"wall"`` elsewhere."""
+    from fps_profile.measure.backends import predicts
+
+    return "floor" if predicts(row.device) else "wall"
 
 
 def selection_time(row: Result, images: int) -> float | None:
@@ -103,13 +103,13 @@ class Panel:
         return " · ".join(x for x in (self.model, self.device, self.dtype, self.budget) if x)
 
     def selectors(self) -> list[str]:
-        return st.sort_names({p.selector for p in self.points} | {r.variant or "?" for r in self.ooms})
+        return sort_names({p.selector for p in self.points} | {r.variant or "?" for r in self.ooms})
 
 
 def panels(rows: Iterable[Result], images: int = DEFAULT_IMAGES) -> list[Panel]:
     """The frontier panels of a results file: one per (device, dtype, budget) group and model with selection rows.
 
-    Groups are those of :func:`~fps_profile.plots.data.by_group`, so ``cpu`` and ``sim`` rows (and GPUs of
+    Groups are those of :func:`~fps_profile.analysis.series.by_group`, so ``cpu`` and ``sim`` rows (and GPUs of
     different models) are never mixed. Rows are de-duplicated (the last of a cell wins).
     """
     out = []
@@ -179,7 +179,7 @@ def markdown(panel_list: Sequence[Panel], images: int = DEFAULT_IMAGES,
              "",
              f"Each cell: the fastest setting whose peak fits that memory, its time for {images:,} images "
              f"(the row's time / (batch size x batches) x {images:,}) and its peak. Setting: batch size b and "
-             "knobs (bf16/fp16: mixed precision; ckpt: activation checkpointing; µb=M: micro-batches of M)."]
+             "knobs (+bf16/+fp16: mixed precision; +ckpt: activation checkpointing; +mbM: micro-batches of M)."]
     for panel in panel_list:
         parts += ["", f"## {panel.title}", "", f"Time: {TIME_KINDS[panel.time_kind]}."]
         cells: dict[str, list[str]] = {}

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fps_profile.rows import phases
+from fps_profile.rows.label import model_label, series
+from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES
 from fps_profile.rows.result import Result
-from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
+from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds, markdown_table
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class SummaryLine:
     peak_vs_gps: float | None
     time_vs_gps: float | None
     mostly: str | None = None  # the peak's largest category and its share, e.g. "activations 90%"
+    table: str = "selection"  # the phase table's summary table: "selection" or "train"
 
 
 def _ratio(a, b):
@@ -42,37 +46,25 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     for r in rows:  # image size and sequence length as numbers, so that seq=512 sorts before seq=2048
         groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
-    from fps_profile.analysis.explain import mostly
-
     out = []
-    order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
     for (device, dtype, name, image_size, seq_len, batch), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
-        model = f"{name} @{image_size}px" if image_size else name
-        model += f" seq={seq_len}" if seq_len else ""
+        model = model_label(rs[0])
         ok = [r for r in rs if r.status == "ok"]
         # The plain floor and reference (no knobs, one batch) where there is one: the others are compared with them.
         plain = sorted(ok, key=lambda r: (r.knobs != "", (r.num_batches or 1) > 1))
         floor = next((r for r in plain if r.phase == "inference"), None)
         ref = next((r for r in plain if r.phase == "select" and r.variant == reference), None)
-        for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "", r.knobs,
+        for r in sorted(rs, key=lambda r: (phases.order(r.phase), r.selector is not None, r.variant or "", r.knobs,
                                            r.num_batches or 1)):
-            if r.phase == "inference":
-                what = "floor"
-            elif r.phase == "select":
-                what = r.variant + (f" x{r.num_batches} batches" if (r.num_batches or 1) > 1 else "")
-            elif r.phase == "train_floor":
-                what = "train:floor"
-            else:
-                what = f"train:{r.variant or 'full'}"
-            what += r.knobs
             is_sel = r.phase == "select"
             out.append(SummaryLine(
-                device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,
+                device, dtype, model, batch, series(r), r.status, r.peak_allocated_bytes, r.wall_time_s,
                 _ratio(r.peak_allocated_bytes, floor.peak_allocated_bytes if floor else None),
                 _ratio(r.peak_allocated_bytes, ref.peak_allocated_bytes if ref and is_sel else None),
                 _ratio(r.wall_time_s, ref.wall_time_s if ref and is_sel else None),
                 mostly(r.peak_breakdown_bytes) if r.peak_breakdown_bytes else None,
+                phases.get_phase(r.phase).table if r.phase in phases.PHASES else "selection",
             ))
     return out
 
@@ -99,9 +91,9 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
     tail = (lambda s: [s.mostly or "-"]) if explained else (lambda s: [])  # noqa: E731
     sel = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_ratio(s.peak_vs_gps),
                      fmt_seconds(s.time_s), fmt_ratio(s.time_vs_gps), *tail(s)])
-           for s in lines if not s.what.startswith("train:")]
+           for s in lines if s.table == "selection"]
     train = [cells(s, [fmt_bytes(s.peak_bytes), fmt_ratio(s.peak_vs_floor), fmt_seconds(s.time_s), *tail(s)])
-             for s in lines if s.what.startswith("train:")]
+             for s in lines if s.table == "train"]
     extra = ["peak is mostly"] if explained else []
     out = []
     if sel:
@@ -116,9 +108,17 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
     return "\n".join(x for x in out if x is not None)
 
 
-def markdown_table(head: list[str], body: list[list[str]]) -> str:
-    """A padded markdown table (numbers right-aligned by the caller's strings)."""
-    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([fmt(head), sep, *(fmt(r) for r in body)])
+def dominant(breakdown: dict[str, int] | None) -> tuple[str, float] | None:
+    """The largest category of a breakdown and its share of the total, or None."""
+    total = sum(breakdown.values()) if breakdown else 0
+    if total <= 0:
+        return None
+    order = {c: i for i, c in enumerate(BREAKDOWN_CATEGORIES)}
+    name = max(breakdown, key=lambda c: (breakdown[c], -order.get(c, len(order))))
+    return name, breakdown[name] / total
+
+
+def mostly(breakdown: dict[str, int] | None) -> str:
+    """``"activations 90%"``: the largest category and its share; ``"-"`` without a breakdown."""
+    d = dominant(breakdown)
+    return "-" if d is None else f"{d[0].replace('_', ' ')} {100 * d[1]:.0f}%"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fps_profile.cli._args import positive_int
+from fps_profile.cli.args import positive_int
 
 
 def add_parser(sub) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fps_profile.cli._args import comma_list, parse_bytes, positive_int
+from fps_profile.cli.args import comma_list, parse_bytes, positive_int
 from fps_profile.errors import UserError
 
 

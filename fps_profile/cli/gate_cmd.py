@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fps_profile.cli._args import comma_list
+from fps_profile.cli.args import comma_list
 from fps_profile.errors import UserError
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import tomllib
 
-from fps_profile.cli._args import comma_list
+from fps_profile.cli.args import comma_list
 from fps_profile.errors import UserError, did_you_mean
-from fps_profile.rows.schema import AXES
+from fps_profile.rows import schema
 from fps_profile.units import parse_bytes, parse_seconds
 
 
@@ -42,7 +42,11 @@ def _count(value, what: str) -> int:
 #: are text, ``timeout`` a duration (seconds, or with s/min/h), ``retries`` an integer >= 0.
 SETTINGS = {"out": _text, "timeout": parse_seconds, "max_batch": _flag, "executor": _text, "address": _text,
             "retries": _count, "frontier": _flag, "memory_budget": parse_bytes}
-BY_GRID = {a.grid: a for a in AXES if a.grid and a.name not in ("options", "memory_budget")}
+
+
+def by_grid() -> dict:
+    """Config key -> its :class:`~fps_profile.rows.schema.Axis` (a plugin's axes included)."""
+    return {a.grid: a for a in schema.AXES if a.grid and a.name not in ("options", "memory_budget")}
 
 
 def load_config(path: str) -> dict:
@@ -63,7 +67,7 @@ def load_config(path: str) -> dict:
     conf = data.get("sweep", data)
     if not isinstance(conf, dict):
         raise UserError(f"config {path!r}: sweep must be a table [sweep], not {conf!r}")
-    known = set(BY_GRID) | set(SETTINGS) | {"options"}
+    known = set(by_grid()) | set(SETTINGS) | {"options"}
     for key in conf:
         if key not in known:
             raise UserError(f"config {path!r}: {did_you_mean(key, known, 'key')}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
-    from fps_profile.analysis.summary import markdown_table
+    from fps_profile.units import markdown_table
     from fps_profile.run.maxbatch import search_grid
     from fps_profile.run.sweep import row_line
     from fps_profile.units import fmt_bytes

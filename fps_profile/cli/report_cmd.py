@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fps_profile.cli._args import comma_list
+from fps_profile.cli.args import comma_list
 
 
 def add_parser(sub) -> None:

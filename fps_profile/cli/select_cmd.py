@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fps_profile.cli._args import parse_option, positive_int
+from fps_profile.cli.args import parse_option, positive_int
 from fps_profile.errors import UserError
 
 

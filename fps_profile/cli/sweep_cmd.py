@@ -7,12 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from fps_profile.cli._args import comma_list, parse_bytes, parse_option
+from fps_profile.cli.args import comma_list, parse_bytes, parse_option
 from fps_profile.errors import UserError
-from fps_profile.rows.schema import AXES, BY_NAME as AXES_BY_NAME
+from fps_profile.rows import schema
 from fps_profile.units import parse_seconds
 
 DEFAULT_OUT = "results/sweep-cpu.jsonl"
+#: How a sweep runs (not what it measures): flag, else the config's key, else this.
+RUN_DEFAULTS = {"out": None, "timeout": 1800.0, "executor": "local", "address": None, "retries": 0}
 #: ``sweep --frontier``: plain / bf16 / checkpointing / micro-batches and their combinations.
 FRONTIER = {"amp": ["none", "bf16"], "checkpointing": ["off", "on"], "micro_batch": ["none", 8, 32, 128]}
 
@@ -34,14 +36,14 @@ def add_parser(sub) -> None:
     from fps_profile.cli.grid_config import SETTINGS
 
     p.add_argument("--config", metavar="FILE", help="TOML file holding the grid, top level or in a [sweep] table "
-                   "(keys: " + ", ".join(a.grid for a in AXES if a.grid and a.name not in ("options", "memory_budget"))
+                   "(keys: " + ", ".join(a.grid for a in schema.AXES if a.grid and a.name not in ("options", "memory_budget"))
                    + ", " + ", ".join(SETTINGS) + ", [options.<selector>]). A key takes what its flag takes: a "
                    "list, one value (a one-item list) or a comma-separated string; numbers as numbers or text, names "
                    "as text, sizes and durations with their units; any other type is an error naming the key. "
                    "Flags given on the command line override it")
     grid_flags = p.add_argument_group(
         "the grid (each comma list is an axis crossed with the others; rows carry every value)")
-    for a in AXES:
+    for a in schema.AXES:
         if a.flag is None:
             continue
         kwargs = {"nargs": "?", "const": "on"} if isinstance(a.default, bool) else {}
@@ -89,36 +91,37 @@ def build_grid(args: argparse.Namespace):
     Grid field), else the default; values are parsed by the axis, so a bad one fails here.
     The settings that are not axes (``out``, ``timeout`` ...) land in ``args``, parsed.
     """
-    from fps_profile.cli.grid_config import BY_GRID, SETTINGS, axis_value, load_config, options_value, setting_value
+    from fps_profile.cli.grid_config import SETTINGS, axis_value, by_grid, load_config, options_value, setting_value
     from fps_profile.run.grid import Grid
 
     conf = load_config(args.config) if args.config else {}
+    axes = by_grid()
     where = f"config {args.config!r}"
     grid = Grid()
     settings = {}
     for key, value in conf.items():
         if key == "options":
             grid.options = options_value(value, where)
-        elif key in BY_GRID:
-            setattr(grid, key, axis_value(BY_GRID[key], value, f"{where}: {key}"))
+        elif key in axes:
+            setattr(grid, key, axis_value(axes[key], value, f"{where}: {key}"))
         else:
             settings[key] = setting_value(key, value, where)
     if args.frontier or settings.get("frontier"):
         for key, values in FRONTIER.items():
             if key not in conf:
-                setattr(grid, key, axis_value(BY_GRID[key], list(values), "--frontier"))
+                setattr(grid, key, axis_value(axes[key], list(values), "--frontier"))
         if "phases" not in conf and not args.phase:
             grid.phases = ["select"]
         if "selectors" not in conf and not args.selector:
             grid.selectors = ["fps", "gps", "snip"]
-    for a in AXES:
+    for a in schema.AXES:
         value = getattr(args, a.name, None) if a.flag else None
         if value is not None:
             setattr(grid, a.grid, axis_value(a, value, a.flag))
     budgets = [f"k={k}" for k in (comma_list(args.k) if args.k else [])]
     budgets += [f"fraction={f}" for f in (comma_list(args.fraction) if args.fraction else [])]
     if budgets:
-        grid.budget = [axis_value(AXES_BY_NAME["budget"], b, "--k" if b[0] == "k" else "--fraction")[0]
+        grid.budget = [axis_value(schema.axis("budget"), b, "--k" if b[0] == "k" else "--fraction")[0]
                        for b in budgets]
     grid.memory_budget = (parse_bytes(args.memory_budget, "--memory-budget") if args.memory_budget is not None
                           else settings.get("memory_budget"))
@@ -128,8 +131,7 @@ def build_grid(args: argparse.Namespace):
             raise UserError(f"option must look like selector:key=value, not {text!r}")
         key, value = parse_option(kv)
         grid.options.setdefault(sel, {})[key] = value
-    for key, default in (("out", None), ("timeout", 1800.0), ("executor", "local"), ("address", None),
-                         ("retries", 0)):
+    for key, default in RUN_DEFAULTS.items():  # flag, else the config's key, else the default
         if getattr(args, key, None) is None:
             setattr(args, key, settings.get(key, default))
     args.timeout = parse_seconds(args.timeout, "--timeout")

@@ -59,9 +59,9 @@ def tokenize(docs: list[str], tokenizer: str | None, spec: str) -> tuple[torch.T
         data = "\n".join(docs).encode("utf-8")
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else \
             torch.empty(0, dtype=torch.long), BYTES
-    from fps_profile.models.hf import _require_transformers
+    from fps_profile.models.hf import require_transformers
 
-    transformers = _require_transformers()
+    transformers = require_transformers()
     if not Path(tokenizer).is_dir():
         raise UserError(f"tokenizer {tokenizer!r}: no such directory (a tokenizer saved with save_pretrained)")
     try:

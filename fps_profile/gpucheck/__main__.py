@@ -31,7 +31,7 @@ def _prepare(args) -> int:
 
 
 def _measure(args) -> int:
-    from fps_profile.cli._args import int_list
+    from fps_profile.cli.args import int_list
     from fps_profile.gpucheck import plan
 
     k, _, n = args.part.partition("/")

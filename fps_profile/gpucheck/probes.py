@@ -6,7 +6,7 @@ buffer :mod:`fps_profile.sim.reductions` predicts for this GPU, for
 
 * ``norm1``: ``torch.linalg.vector_norm(x, 1, dim=(0, 1))``, as FPS reduces a linear input;
 * ``sum``: ``x.sum((0, 1))``, as autograd reduces a linear layer's bias gradient;
-* ``chunked``: :func:`~fps_profile.selection.selectors._conv_stats.chunked_norm`, as FPS and Wanda
+* ``chunked``: :func:`~fps_profile.selection.selectors.conv_stats.chunked_norm`, as FPS and Wanda
   reduce a contiguous linear input: two steps, no global-memory staging buffer
   (docs/sim.md, "Reductions on CUDA").
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from fps_profile.selection.selectors._conv_stats import chunked_norm
+from fps_profile.selection.selectors.conv_stats import chunked_norm
 from fps_profile.trackers.cuda import round_size
 from fps_profile.sim.reductions import GpuShape
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fps_profile.gpucheck.plan import GPS_CE
+from fps_profile.rows.label import who
 from fps_profile.rows.result import Result
 from fps_profile.rows.schema import selector_variant
 from fps_profile.rows.store import read_results
 from fps_profile.errors import UserError
 from fps_profile.analysis.compare import compare, match_key
-from fps_profile.analysis.summary import markdown_table
+from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 MEDIAN_GOAL, WORST_GOAL = 3.0, 8.0
@@ -28,12 +29,6 @@ PAPER = '"nearly 9x" lower peak memory and "about 2x" faster selection than GPS 
 GPS_CE_NAME = selector_variant("gps", GPS_CE)
 WHO = {"floor": "inference floor", "fps": "FPS", "gps": "GPS (2 views, SupCon)", GPS_CE_NAME: "GPS (CE, 1 view)",
        "train:full": "full fine-tuning step", "train:fps": "sparse step (FPS mask)"}
-
-
-def _who(r: Result) -> str:
-    if r.phase == "inference":
-        return "floor"
-    return f"train:{r.variant or 'full'}" if r.phase == "train_step" else r.variant
 
 
 @dataclass
@@ -52,7 +47,7 @@ def _cells(rows: Sequence[Result]) -> dict[tuple, dict[str, Result]]:
     out: dict[tuple, dict[str, Result]] = {}
     for r in rows:
         if r.status == "ok":
-            out.setdefault((r.model, r.dtype, r.batch_size), {})[_who(r)] = r
+            out.setdefault((r.model, r.dtype, r.batch_size), {})[who(r)] = r
     return out
 
 
@@ -94,7 +89,7 @@ def fps_gps_table(rows: Sequence[Result]) -> str:
 
 def nvml_table(rows: Sequence[Result]) -> str | None:
     """Allocator against driver: allocated, reserved, NVML's device-wide peak and what it adds."""
-    body = [[r.model, r.dtype, str(r.batch_size), WHO.get(_who(r), _who(r)), fmt_bytes(r.peak_allocated_bytes),
+    body = [[r.model, r.dtype, str(r.batch_size), WHO.get(who(r), who(r)), fmt_bytes(r.peak_allocated_bytes),
              fmt_bytes(r.peak_reserved_bytes), fmt_bytes(r.nvml_peak_used_bytes),
              fmt_bytes(r.nvml_peak_used_bytes - r.peak_reserved_bytes)]
             for r in rows if r.status == "ok" and r.nvml_peak_used_bytes and r.peak_reserved_bytes]
@@ -120,7 +115,7 @@ def evaluate(measured, sim, tests_rc: int, errors: Sequence[float], table_cells:
         v.problems.append(f"the CUDA tests failed (pytest exit status {tests_rc}; see pytest.log)")
     for r in list(measured) + list(sim):
         if r.status not in ("ok", "oom"):
-            v.problems.append(f"{r.device} {r.model} b={r.batch_size} {r.dtype} {_who(r)}: {r.status}: {r.error}")
+            v.problems.append(f"{r.device} {r.model} b={r.batch_size} {r.dtype} {who(r)}: {r.status}: {r.error}")
     missing = {match_key(r) for r in sim} - {match_key(r) for r in measured}
     if missing:
         v.problems.append(f"{len(missing)} cells of the grid were not measured (time budget or failure)")
@@ -152,7 +147,7 @@ def build(out: Path, tests_rc: int) -> tuple[str, Verdict]:
         if m.status == "ok" and p is not None and p.status == "ok" and m.peak_allocated_bytes:
             err = 100 * (p.peak_allocated_bytes / m.peak_allocated_bytes - 1)
             if abs(err) > WORST_GOAL:
-                beyond.append(f"{m.model} b={m.batch_size} {m.dtype} {_who(m)} {err:+.1f}%")
+                beyond.append(f"{m.model} b={m.batch_size} {m.dtype} {who(m)} {err:+.1f}%")
     verdict = evaluate(measured, sim, tests_rc, errors, beyond)
     device = measured[0].env.get("device_name") if measured else env.get("device_name", "?")
     summary = (out / "pytest.log").read_text().strip().splitlines()[-1:] if (out / "pytest.log").exists() else []

@@ -8,7 +8,7 @@ mask converts exactly when
 
 * every partly trainable tensor is an ``nn.Linear`` weight with ``r * (m + n)``
   trainable entries, the same ``r`` everywhere (the ``shira:R`` budget,
-  :mod:`fps_profile.integrations.peft_budget`, makes such masks from any selector);
+  :mod:`fps_profile.selection.shira`, makes such masks from any selector);
 * every tensor trained whole lies in a module with a ``weight`` whose tensors are all
   trained whole (a classifier): that module goes into ``modules_to_save``.
 
@@ -38,7 +38,8 @@ from torch import nn
 
 from fps_profile.errors import UserError
 from fps_profile.integrations.peft_read import META_FILE, check_plain, mask_from_adapter
-from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry
 
 __all__ = ["ShiraPlan", "mask_from_adapter", "plan_shira", "require_peft", "shira_config", "to_shira",
            "write_adapter"]
@@ -162,7 +163,7 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
         name, why = left_out[0]
         more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
         raise UserError(f"PEFT SHiRA cannot train {name!r}{more} of this mask ({why}); leave them out "
-                        "(partial=True) or select with scope 'shira' (fps_profile.integrations.peft_budget)")
+                        "(partial=True) or select with scope 'shira' (fps_profile.selection.shira)")
     return ShiraPlan(r, targets, tuple(saved), tuple(sorted(whole)), tuple(left_out))
 
 

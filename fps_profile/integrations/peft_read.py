@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry
 
 #: The mask's metadata, written beside PEFT's files by :func:`fps_profile.integrations.peft.write_adapter`.
 META_FILE = "fps_profile_mask.json"

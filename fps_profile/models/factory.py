@@ -110,7 +110,7 @@ def _on_path(folder: str) -> Iterator[None]:
             sys.path.remove(folder)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -140,7 +140,7 @@ def _load_file(spec: FactorySpec):
         sys.modules.pop(mod_name, None)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserError(f"model {spec.name!r}: loading {spec.target!r} failed: {_first_line(exc)}") from exc
+        raise UserError(f"model {spec.name!r}: loading {spec.target!r} failed: {first_line(exc)}") from exc
     _FILE_MODULES[key] = module
     return module
 
@@ -154,9 +154,9 @@ def _import(spec: FactorySpec):
             if exc.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
                 raise UserError(f"model {spec.name!r}: module {spec.target!r} is not importable "
                                 f"(no module named {exc.name!r})") from None
-            raise UserError(f"model {spec.name!r}: importing {spec.target!r} failed: {_first_line(exc)}") from exc
+            raise UserError(f"model {spec.name!r}: importing {spec.target!r} failed: {first_line(exc)}") from exc
         except Exception as exc:  # noqa: BLE001 - a user module raises anything at import
-            raise UserError(f"model {spec.name!r}: importing {spec.target!r} failed: {_first_line(exc)}") from exc
+            raise UserError(f"model {spec.name!r}: importing {spec.target!r} failed: {first_line(exc)}") from exc
 
 
 def _folder(spec: FactorySpec) -> str:
@@ -279,7 +279,7 @@ def build_factory_model(name: str, *, num_classes: int | None = None, image_size
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code raises anything
-        raise UserError(f"model {name!r}: the factory raised {_first_line(exc)}") from exc
+        raise UserError(f"model {name!r}: the factory raised {first_line(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     if num_classes is not None and "num_classes" not in call:

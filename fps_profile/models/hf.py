@@ -45,7 +45,7 @@ def shipped() -> dict[str, str]:
     return out
 
 
-def _require_transformers():
+def require_transformers():
     try:
         import transformers
     except ImportError:
@@ -84,12 +84,12 @@ def load_config_dict(name: str) -> dict:
 def check_hf_name(name: str) -> None:
     """Fail with one line unless ``name`` is a config this installation can build."""
     load_config_dict(name)
-    _require_transformers()
+    require_transformers()
 
 
 def build_config(name: str):
     """The ``transformers`` config of ``name``: no KV cache, SDPA attention."""
-    transformers = _require_transformers()
+    transformers = require_transformers()
     data = load_config_dict(name)
     model_type = data.pop("model_type")
     data.pop("architectures", None)
@@ -110,7 +110,7 @@ def build_lm(name: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     Raises:
         UserError: Unknown name, transformers missing, or transformers cannot build it.
     """
-    transformers = _require_transformers()
+    transformers = require_transformers()
     config = build_config(name)
     try:
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)

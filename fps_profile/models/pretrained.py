@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.models.weights import PRETRAINED, WeightsInfo, _first_line, file_sha256
+from fps_profile.models.weights import PRETRAINED, WeightsInfo, first_line, file_sha256
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def pretrained_source(name: str, cache_dir: str | os.PathLike | None = None) -> 
     try:
         cfg = get_pretrained_cfg(name)
     except RuntimeError as exc:
-        raise UserError(f"timm has no pretrained weights for {name!r}: {_first_line(exc)}") from None
+        raise UserError(f"timm has no pretrained weights for {name!r}: {first_line(exc)}") from None
     hub_id, url = (cfg.hf_hub_id, cfg.url) if cfg is not None else (None, None)
     if not hub_id and not url:
         raise UserError(f"timm has no pretrained weights for {name!r}")
@@ -155,7 +155,7 @@ def create_pretrained(name: str, *, image_size: int | None = None, num_classes: 
     except Exception as exc:  # noqa: BLE001 - hub, download and load errors of any type
         where = found or source.where()
         raise UserError(f"pretrained weights of {name!r} could not be loaded (looked for {where}): "
-                        f"{_first_line(exc)}") from None
+                        f"{first_line(exc)}") from None
     found = found or source.cached_file()
     reinit = ()
     pretrained_classes = (model.pretrained_cfg or {}).get("num_classes")

@@ -82,7 +82,7 @@ def check_weights_spec(spec: str) -> None:
                         f"(known: {', '.join(SUFFIXES)})")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
@@ -112,7 +112,7 @@ def safe_torch_load(path: str | os.PathLike, spec: str, what: str = "weights") -
         if "Weights only load failed" in text:
             raise UserError(f"{what} {spec!r} refused: not a torch.save file that loads without unpickling "
                             "arbitrary objects (a raw pickle, or corrupt)") from None
-        raise UserError(f"{what} {spec!r} cannot be read (corrupt?): {_first_line(exc)}") from None
+        raise UserError(f"{what} {spec!r} cannot be read (corrupt?): {first_line(exc)}") from None
 
 
 def _unwrap(obj: object, spec: str) -> dict[str, torch.Tensor]:
@@ -150,7 +150,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], s
         try:
             state = load_file(str(path), device="cpu")
         except Exception as exc:  # noqa: BLE001 - SafetensorError and OSError
-            raise UserError(f"weights {spec!r} are not a valid safetensors file: {_first_line(exc)}") from None
+            raise UserError(f"weights {spec!r} are not a valid safetensors file: {first_line(exc)}") from None
     else:
         state = safe_torch_load(path, spec)
     return _unwrap(state, spec), digest

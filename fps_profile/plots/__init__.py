@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots.breakdown import breakdown_bars
-from fps_profile.plots.data import by_group
+from fps_profile.analysis.series import by_group
 from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
 from fps_profile.plots.seqlen import memory_vs_seq_len
 from fps_profile.plots.style import RC

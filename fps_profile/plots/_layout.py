@@ -10,7 +10,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from fps_profile.plots import style as st
-from fps_profile.plots.data import device_memory_bytes, env_value
+from fps_profile.analysis.series import FULL, ORDER
+from fps_profile.analysis.series import device_memory_bytes, env_value
 from fps_profile.rows.result import Result
 from fps_profile.units import fmt_bytes
 
@@ -170,8 +171,8 @@ def legend(fig: Figure, axes_list: Sequence, extra: Sequence = ()) -> None:
             lab = line.get_label()
             if lab and not lab.startswith("_") and lab not in seen:
                 seen[lab] = line
-    order = {st.label(n): i for i, n in enumerate(st.ORDER)}
-    labels = sorted(seen, key=lambda lab: (order.get(lab, order[st.label(st.FULL)] - 0.5), lab))
+    order = {st.label(n): i for i, n in enumerate(ORDER)}
+    labels = sorted(seen, key=lambda lab: (order.get(lab, order[st.label(FULL)] - 0.5), lab))
     handles = [seen[lab] for lab in labels] + list(extra)
     labels += [h.get_label() for h in extra]
     if handles:

@@ -15,7 +15,7 @@ from matplotlib.patches import Patch
 
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
-from fps_profile.plots.data import models, series
+from fps_profile.analysis.series import models, series
 from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES, PEAK_PHASES
 from fps_profile.rows.result import Result
 from fps_profile.units import bytes_scale
@@ -26,13 +26,6 @@ CATEGORY_COLORS = {
     "optimizer_state": "#CC79A7", "mask": "#009E73", "activations": "#0072B2", "temporaries": "#56B4E9",
     "workspace": "#E69F00", "allocator_slack": "#F0E442",
 }
-
-
-def series_label(name: str) -> str:
-    """``"train:fps"`` -> ``"sparse step (FPS mask)"``; selectors and references by their legend names."""
-    if name.startswith("train:"):
-        return f"sparse step ({st.label(name[6:])} mask)"
-    return st.label(name)
 
 
 def breakdown_batch(rows: Sequence[Result], model: str) -> int | None:
@@ -81,7 +74,7 @@ def breakdown_bars(rows: Sequence[Result]) -> Figure | None:
                 left += value
                 if cat not in used:
                     used.append(cat)
-        ax.set_yticks(range(len(items)), [f"{series_label(n)} · {ph}{' *' if p else ''}"
+        ax.set_yticks(range(len(items)), [f"{st.label(n)} · {ph}{' *' if p else ''}"
                                           for n, ph, _, p in items])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)

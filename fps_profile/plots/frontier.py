@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from fps_profile.analysis.frontier import DEFAULT_IMAGES, Panel, Setting, envelope, selection_time, setting_of
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
-from fps_profile.plots.data import device_memory_bytes
+from fps_profile.analysis.series import device_memory_bytes
 from fps_profile.plots.memory import DEVICE_MEMORY_COLOR
 from fps_profile.units import bytes_scale, fmt_bytes
 

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
-from fps_profile.plots.data import device_memory_bytes, models, peak, ratios, series
+from fps_profile.analysis.series import FLOOR, FULL, TRAIN_FLOOR, sort_names
+from fps_profile.analysis.series import device_memory_bytes, models, peak, ratios, series
 from fps_profile.rows.result import Result
 from fps_profile.units import bytes_scale, fmt_bytes
 
@@ -36,7 +37,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     names = [m for m in models(rows) if any(r.model == m and r.status in ("ok", "oom") for r in rows)]
     if not names:
         return None
-    device_memory, div, unit = _memory_scale(rows, device_memory or device_memory_bytes(rows))
+    device_memory, div, unit = memory_scale(rows, device_memory or device_memory_bytes(rows))
     fig, grid = lay.panels(len(names))
     any_oom = False
     for i, (model, (ax,)) in enumerate(zip(names, grid)):
@@ -50,7 +51,7 @@ def memory_vs_batch(rows: Sequence[Result], *, device_memory: int | None = None)
     return fig
 
 
-def _memory_scale(rows: Sequence[Result], device_memory: int | None) -> tuple[tuple | None, int, str]:
+def memory_scale(rows: Sequence[Result], device_memory: int | None) -> tuple[tuple | None, int, str]:
     """``(line, divisor, unit)``: the device-memory line ``(bytes, drawn)`` if known, and the axis unit."""
     largest = max((peak(r) or 0 for r in rows if r.status == "ok"), default=0)
     if not device_memory:
@@ -101,7 +102,7 @@ def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure 
         ser = series(rows, model)
         ref = ser.get(reference)
         lines = {n: ratios(s, ref) for n, s in ser.items()
-                 if n not in (reference, st.FLOOR, st.FULL, st.TRAIN_FLOOR)}
+                 if n not in (reference, FLOOR, FULL, TRAIN_FLOOR)}
         lines = {n: xy for n, xy in lines.items() if xy[0]}
         if lines:
             todo.append((model, ser, lines))
@@ -162,7 +163,7 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
     if batch is None or len(sized) < 2:
         return None
     params = {m: max(r.params_total or 0 for r in rows if r.model == m) for m in sized}
-    memory_line, div, unit = _memory_scale(at, device_memory_bytes(rows))
+    memory_line, div, unit = memory_scale(at, device_memory_bytes(rows))
     fig, ((ax,),) = lay.panels(1)
     per_series: dict[str, list[tuple[int, Result]]] = {}
     for m in sized:
@@ -170,8 +171,8 @@ def memory_vs_params(rows: Sequence[Result], *, batch: int | None = None) -> Fig
             per_series.setdefault(name, []).append((params[m], s.rows[batch]))
     top = 0.0
     ooms = lay.mark_ooms(ax, {n: [p for p, r in per_series[n] if r.status == "oom"]
-                              for n in st.sort_names(per_series)})
-    for name in st.sort_names(per_series):
+                              for n in sort_names(per_series)})
+    for name in sort_names(per_series):
         pts = sorted((p, peak(r)) for p, r in per_series[name] if r.status == "ok" and peak(r) is not None)
         if pts:
             ax.plot([p for p, _ in pts], [v / div for _, v in pts], gid=name, **st.style(name).kwargs())

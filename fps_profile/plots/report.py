@@ -15,23 +15,17 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots import style as st
-from fps_profile.plots.data import (Series, by_group, dedupe, device_memory_bytes, env_value, models, peak, series,
+from fps_profile.analysis.series import FLOOR, FULL
+from fps_profile.analysis.series import (Series, by_group, dedupe, device_memory_bytes, env_value, models, peak, series,
                                     series_name)
 from fps_profile.rows.metrics import BREAKDOWN_CATEGORIES
 from fps_profile.rows.result import Result
-from fps_profile.analysis.summary import markdown_table
+from fps_profile.units import markdown_table
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 ENV_KEYS = (("device_name", "device name"), ("device_memory_bytes", "device memory"), ("torch", "torch"),
             ("timm", "timm"), ("fps_profile", "fps-profile"), ("git_commit", "git commit"), ("python", "python"),
             ("cpu", "CPU"), ("torch_threads", "torch threads"), ("host", "host"))
-
-
-def series_label(name: str) -> str:
-    """Row label of a series in the tables."""
-    if name.startswith("train:"):
-        return f"sparse fine-tuning ({st.label(name[6:])} mask)"
-    return st.label(name)
 
 
 def _cell(s: Series | None, batch: int, fmt: Callable[[Result], str | None]) -> str:
@@ -66,14 +60,14 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
     ser = series(rows, model, sparse=True)
     batches = sorted({r.batch_size for r in rows if r.model == model})
     head = ["", *(f"batch {b}" for b in batches)]
-    ref, floor = ser.get(reference), ser.get(st.FLOOR)
-    others = [n for n in ser if n not in (st.FLOOR, st.FULL, reference) and not n.startswith("train:")]
+    ref, floor = ser.get(reference), ser.get(FLOOR)
+    others = [n for n in ser if n not in (FLOOR, FULL, reference) and not n.startswith("train:")]
     wall = lambda r: r.wall_time_s  # noqa: E731
     ref_name = st.label(reference)
     specs = [
         ("Peak memory (live tensors, allocated)", list(ser), lambda r: _maybe(fmt_bytes, peak(r))),
         (f"Selection peak ÷ {ref_name} selection peak", others, _ratio_fmt(ref, peak)),
-        ("Peak ÷ inference floor", [n for n in ser if n != st.FLOOR], _ratio_fmt(floor, peak)),
+        ("Peak ÷ inference floor", [n for n in ser if n != FLOOR], _ratio_fmt(floor, peak)),
     ]
     if any(r.wall_time_s is not None for r in rows if r.model == model):
         specs += [("Median wall time", list(ser), lambda r: _maybe(fmt_seconds, r.wall_time_s)),
@@ -84,7 +78,7 @@ def model_tables(rows: Sequence[Result], model: str, reference: str = "fps") -> 
                       list(ser), _floor_cell))
     out = []
     for caption, names, fmt in specs:
-        body = [[series_label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
+        body = [[st.label(n), *(_cell(ser[n], b, fmt) for b in batches)] for n in names]
         if body:
             out.append((caption, head, body))
     return out
@@ -95,9 +89,9 @@ def breakdown_section(rows: Sequence[Result], model: str) -> list[str]:
 
     At the largest batch size with a breakdown; rows without one are named with the reason.
     """
-    from fps_profile.analysis.explain import missing_reason, mostly
+    from fps_profile.analysis.explain import missing_reason
+    from fps_profile.analysis.summary import mostly
     from fps_profile.plots.breakdown import bars, breakdown_batch
-    from fps_profile.plots.breakdown import series_label as bar_label
 
     ok = [r for r in rows if r.model == model and r.status == "ok"]
     batch = breakdown_batch(rows, model)
@@ -105,7 +99,7 @@ def breakdown_section(rows: Sequence[Result], model: str) -> list[str]:
         return ["", f"No breakdown of the peaks: {missing_reason(ok[0])}."] if ok else []
     items = bars(rows, model, batch)
     cats = [c for c in BREAKDOWN_CATEGORIES if any(bd.get(c) for _, _, bd, _ in items)]
-    body = [[f"{bar_label(n)} · {ph}{' *' if is_peak else ''}", fmt_bytes(sum(bd.values())),
+    body = [[f"{st.label(n)} · {ph}{' *' if is_peak else ''}", fmt_bytes(sum(bd.values())),
              *(fmt_bytes(bd.get(c, 0)) if bd.get(c) else "-" for c in cats), mostly(bd)]
             for n, ph, bd, is_peak in items]
     out = ["", f"What the peak is made of at batch {batch}: each phase's own peak, split by category "
@@ -117,7 +111,7 @@ def breakdown_section(rows: Sequence[Result], model: str) -> list[str]:
                 "differ a little from the measured peaks."]
     missing = [r for r in ok if r.batch_size == batch and not r.peak_breakdown_bytes]
     if missing:
-        out += ["", "No breakdown for " + ", ".join(bar_label(series_name(r)) for r in missing)
+        out += ["", "No breakdown for " + ", ".join(st.label(series_name(r)) for r in missing)
                 + f": {missing_reason(missing[0])}."]
     return out
 
@@ -156,7 +150,7 @@ def headline(rows: Sequence[Result], model: str, reference: str = "fps") -> list
 
     out = []
     for name, s in ser.items():
-        if name in (reference, st.FLOOR, st.FULL):
+        if name in (reference, FLOOR, FULL):
             continue
         common = sorted(ref_ok & {b for b, r in s.rows.items() if r.status == "ok" and peak(r)})
         if not common:
@@ -186,7 +180,7 @@ def _group_name(key: tuple, sep: str = " · ") -> str:
 
 
 def environment_table(groups: dict[tuple, list[Result]]) -> str:
-    """One column per group of :func:`~fps_profile.plots.data.by_group`, one row per environment field."""
+    """One column per group of :func:`~fps_profile.analysis.series.by_group`, one row per environment field."""
     head = ["", *(_group_name(k) for k in groups)]
     body = []
     for key, name in ENV_KEYS:

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from fps_profile.plots import _layout as lay
-from fps_profile.plots.data import device_memory_bytes, models, series
-from fps_profile.plots.memory import _memory_scale, peak_lines
+from fps_profile.analysis.series import device_memory_bytes, models, series
+from fps_profile.plots.memory import memory_scale, peak_lines
 from fps_profile.rows.result import Result
 
 
@@ -51,7 +51,7 @@ def memory_vs_seq_len(rows: Sequence[Result], *, batch: int | None = None) -> Fi
     if not todo:
         return None
     lm_rows = [r for r in rows if r.seq_len]
-    line, div, unit = _memory_scale(lm_rows, device_memory_bytes(lm_rows))
+    line, div, unit = memory_scale(lm_rows, device_memory_bytes(lm_rows))
     fig, grid = lay.panels(len(todo))
     any_oom = False
     for i, ((model, b, ser), (ax,)) in enumerate(zip(todo, grid)):

@@ -1,9 +1,9 @@
 """One look for every figure: a colour and marker per series, fonts sized for a paper column.
 
-A series is a selector's selection (``"fps"``, ``"gps"``, ...) or one of the
-two references, ``"floor"`` (the inference forward) and ``"full"`` (a full
-fine-tuning step). The same name gets the same colour and marker in every
-figure. Colours are the Okabe-Ito palette (safe for colour-blind readers and in
+A series (:mod:`fps_profile.analysis.series`) is a selector's selection (``"fps"``,
+``"gps"``, ...), a reference (``"floor"``, the inference forward; ``"train:full"``, a full
+fine-tuning step; ``"train:floor"``) or a sparse step (``"train:<selector>"``). The same
+name gets the same colour and marker in every figure. Colours are the Okabe-Ito palette (safe for colour-blind readers and in
 greyscale print, thanks to the distinct markers).
 """
 
@@ -12,9 +12,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-FLOOR = "floor"
-FULL = "full"
-TRAIN_FLOOR = "train:floor"  # the grad-dropping floor every sparse step is compared with
+from fps_profile.analysis.series import FLOOR, FULL, TRAIN_FLOOR
 
 # Width of one panel: a two-column paper's column is about 3.3-3.5 in.
 PANEL_W_IN = 3.4
@@ -70,10 +68,8 @@ _KNOWN = {
     "random": SeriesStyle("#CC79A7", "v", "-", "random"),
     "wanda": SeriesStyle("#E69F00", "D", "-", "Wanda"),
     "snip": SeriesStyle("#56B4E9", "P", "-", "SNIP"),
+    "gd-fps": SeriesStyle("#0072B2", "X", "--", "GD-FPS"),
 }
-# Drawing order: references first, then the two selectors the study is about, then the rest.
-ORDER = (FLOOR, "fps", "gps", "magnitude", "random", "wanda", "snip", TRAIN_FLOOR, FULL)
-
 _SPARE_COLORS = ("#8c564b", "#bcbd22", "#17becf", "#9467bd", "#e377c2", "#2ca02c", "#1f77b4", "#ff7f0e")
 _SPARE_MARKERS = ("h", "X", "p", "<", ">", "d", "8", "H")
 
@@ -88,11 +84,7 @@ def style(name: str) -> SeriesStyle:
 
 
 def label(name: str) -> str:
-    """The legend text of series ``name``."""
+    """The legend and table text of series ``name``: ``"FPS"``, ``"sparse step (FPS mask)"``, ..."""
+    if name.startswith("train:") and name not in _KNOWN:
+        return f"sparse step ({style(name[6:]).label} mask)"
     return style(name).label
-
-
-def sort_names(names) -> list[str]:
-    """Series names in drawing (and legend) order: floor, FPS, GPS, other selectors, full."""
-    rank = {n: i for i, n in enumerate(ORDER)}
-    return sorted(set(names), key=lambda n: (rank.get(n, rank[FULL] - 0.5), n))

@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from fps_profile.plots import _layout as lay
 from fps_profile.plots import style as st
-from fps_profile.plots.data import models, ratios, series
+from fps_profile.analysis.series import FLOOR, FULL, TRAIN_FLOOR
+from fps_profile.analysis.series import models, ratios, series
 from fps_profile.rows.result import Result
 
 
@@ -38,7 +39,7 @@ def time_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure |
         return None
     sers = {m: series(rows, m) for m in names}
     lines = {m: {n: ratios(s, ser.get(reference), wall) for n, s in ser.items()
-                 if n not in (reference, st.FLOOR, st.FULL, st.TRAIN_FLOOR)} for m, ser in sers.items()}
+                 if n not in (reference, FLOOR, FULL, TRAIN_FLOOR)} for m, ser in sers.items()}
     with_ratio = any(xs for per in lines.values() for xs, _ in per.values())
     fig, grid = lay.panels(len(names), rows_per_model=2 if with_ratio else 1)
     ref_label = st.label(reference)

@@ -10,33 +10,9 @@ import dataclasses
 import json
 
 from fps_profile.rows import phases
+from fps_profile.rows.key import cell_key
+from fps_profile.rows.result import Result
 from fps_profile.rows.schema import AXES, selector_variant
-
-
-def cell_key(cell) -> tuple:
-    """Identity of the cell a :class:`Cell` or a row measures (the resume and comparison key).
-
-    Slots first (selector variant, model, batch, dtype, device, phase, budget, scope), then the
-    image size when set, then ``(name, value)`` for every other axis not at its default, in
-    :data:`~fps_profile.rows.schema.AXES` order: an axis added later joins only when set, so
-    rows written before it keep their keys.
-    """
-    key: list = []
-    for a in AXES:
-        if a.key == "none":
-            continue
-        value = a.value_for_key(cell)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            value = int(value)
-        if a.key == "slot":
-            key.append(value)
-        elif value in (None, False, a.default) or (a.key == "named" and value == a.row_default):
-            continue
-        elif a.key == "bare":
-            key.append(value)
-        else:
-            key.append((a.name, value))
-    return tuple(key)
 
 
 class _CellMethods:
@@ -75,8 +51,6 @@ class _CellMethods:
 
     def empty_row(self, **fields):
         """A result row for this cell with nothing measured yet."""
-        from fps_profile.rows.result import Result
-
         values = {a.name: getattr(self, a.name) for a in AXES if a.in_row}
         values["options"] = dict(self.options) or None
         if self.selector is None:
@@ -86,8 +60,10 @@ class _CellMethods:
         return Result(**{**values, **fields})
 
 
+_LEADING = ("model", "batch_size", "phase", "selector")  # the positional order cells always had
 Cell = dataclasses.make_dataclass(
-    "Cell", [(a.name, object, dataclasses.field(default=a.default)) for a in AXES],
+    "Cell", [(a.name, object, dataclasses.field(default=a.default))
+             for a in sorted(AXES, key=lambda a: _LEADING.index(a.name) if a.name in _LEADING else len(_LEADING))],
     bases=(_CellMethods,), frozen=True)
 Cell.__module__ = __name__  # picklable, documented where it is defined
 Cell.__doc__ = "What to measure: one value of every axis.\n\nAttributes:\n" + "\n".join(

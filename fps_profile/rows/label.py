@@ -19,7 +19,7 @@ from fps_profile.rows.schema import axis, label_tokens, selector_variant
 
 def who(obj) -> str:
     """The phase's series name for ``obj``'s selector: ``fps``, ``floor``, ``train:full``, ..."""
-    return phases.get_phase(obj.phase).series(selector_variant(obj.selector, obj.options))
+    return phases.get_phase(obj.phase).series(selector_variant(obj.selector, obj.options)) or "-"
 
 
 def series(obj) -> str:

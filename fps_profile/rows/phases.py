@@ -60,6 +60,20 @@ NAMES: tuple[str, ...] = tuple(PHASES)
 DEFAULTS: tuple[str, ...] = tuple(n for n, p in PHASES.items() if p.default)
 
 
+def register_phase(phase: Phase) -> None:
+    """Add a phase to :data:`PHASES` (after the others in their order).
+
+    Raises:
+        RuntimeError: A phase of that name exists already.
+    """
+    global NAMES, DEFAULTS
+    if phase.name in PHASES:
+        raise RuntimeError(f"a phase {phase.name!r} exists already")
+    PHASES[phase.name] = phase
+    NAMES = tuple(PHASES)
+    DEFAULTS = tuple(n for n, p in PHASES.items() if p.default)
+
+
 def get_phase(name: str) -> Phase:
     """The :data:`PHASES` entry for ``name``, or a one-line error listing them."""
     try:
@@ -86,4 +100,4 @@ def check(names) -> None:
         get_phase(name)
 
 
-__all__ = ["DEFAULTS", "NAMES", "PHASES", "Phase", "check", "get_phase", "order", "takes_selector"]
+__all__ = ["DEFAULTS", "NAMES", "PHASES", "Phase", "check", "get_phase", "order", "register_phase", "takes_selector"]

@@ -14,7 +14,7 @@ import datetime as _dt
 import json
 from typing import Any
 
-from fps_profile.rows.cell import cell_key
+from fps_profile.rows.key import cell_key
 from fps_profile.rows.metrics import METRICS
 from fps_profile.rows.schema import AXES, selector_variant
 
@@ -29,7 +29,7 @@ class _RowMethods:
     """What every :class:`Result` can do (its fields come from the tables)."""
 
     def key(self) -> tuple:
-        """Identity of the cell this row measures (:func:`~fps_profile.rows.cell.cell_key`)."""
+        """Identity of the cell this row measures (:func:`~fps_profile.rows.key.cell_key`)."""
         return cell_key(self)
 
     @property

@@ -22,108 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fps_profile.errors import UserError
-
-_OFF = ("", "none", "off", "no", "false", "fp32", "float32")
-AMP_CHOICES = ("fp16", "bf16", "fp16-nocache", "bf16-nocache")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _same(value):
-    return value
-
-
-def positive_int(what: str, *, optional: bool = False) -> Callable[[Any], int | None]:
-    """A parser of integers >= 1 (``None``/``"none"`` -> None when ``optional``)."""
-
-    def parse(value):
-        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in _OFF)):
-            return None
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            n = 0
-        if isinstance(value, bool) or n < 1 or (isinstance(value, float) and n != value) or \
-                (isinstance(value, str) and value.strip() != str(n)):
-            raise UserError(f"{what} must be an integer >= 1{' or none' if optional else ''}, not {value!r}")
-        return n
-
-    return parse
-
-
-def parse_amp(value) -> str | None:
-    """``None``/``"none"``/``"off"`` -> None; ``"fp16"``, ``"bf16"`` and their ``-nocache`` forms as they are.
-
-    Raises:
-        UserError: Anything else.
-    """
-    if value is None or value is False:
-        return None
-    text = str(value).strip().lower()
-    if text in _OFF:
-        return None
-    if text not in AMP_CHOICES:
-        raise UserError(f"amp must be one of {', '.join(AMP_CHOICES)} or none, not {value!r}")
-    return text
-
-
-def parse_checkpointing(value) -> bool:
-    """``on``/``true``/``1`` -> True, ``off``/``none``/``false``/``0`` -> False.
-
-    Raises:
-        UserError: Anything else.
-    """
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("on", "true", "yes", "1", "checkpointing"):
-        return True
-    if text in _OFF + ("0",):
-        return False
-    raise UserError(f"checkpointing must be on or off, not {value!r}")
-
-
-parse_micro_batch = positive_int("micro_batch", optional=True)
-
-
-def parse_dtype_name(value) -> str:
-    """``float32``, ``bfloat16`` or ``float16`` (also ``fp32``, ``bf16``, ``fp16``)."""
-    text = str(value).strip().lower()
-    text = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(text, text)
-    if text not in DTYPES:
-        raise UserError(f"unknown dtype {value!r} (use {', '.join(DTYPES)})")
-    return text
-
-
-def parse_budget(value) -> str:
-    """A selection budget as rows write it: ``k=1`` or ``fraction=0.01``.
-
-    Raises:
-        UserError: Anything else.
-    """
-    key, sep, rest = str(value).partition("=")
-    try:
-        if sep and key.strip() == "k" and int(rest) >= 1:
-            return f"k={int(rest)}"
-        if sep and key.strip() == "fraction" and 0 < float(rest) <= 1:
-            return f"fraction={float(rest)}"  # as the sweep has always written it (rows' keys)
-    except ValueError:
-        pass
-    raise UserError(f"budget must look like k=1 or fraction=0.01 (k >= 1, 0 < fraction <= 1), not {value!r}")
-
-
-def _nonneg_int(what: str):
-    def parse(value):
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            n = -1
-        if isinstance(value, bool) or n < 0:
-            raise UserError(f"{what} must be an integer >= 0, not {value!r}")
-        return n
-
-    return parse
-
+from fps_profile.rows.values import (nonneg_int, parse_amp, parse_budget, parse_checkpointing,
+                                      parse_dtype_name, parse_micro_batch, positive_int, same)
 
 @dataclass(frozen=True)
 class Axis:
@@ -150,7 +50,7 @@ class Axis:
 
     name: str
     default: Any = None
-    parse: Callable[[Any], Any] = _same
+    parse: Callable[[Any], Any] = same
     key: str = "named"
     key_value: Callable[[Any], Any] | None = None
     label: Callable[[Any], str] | None = None
@@ -248,7 +148,7 @@ AXES: tuple[Axis, ...] = (
     Axis("num_batches", 1, positive_int("num_batches"), key_value=_selection_batches,
          label=lambda v: f"x{v} batches", label_group="who", grid="num_batches", flag="--num-batches",
          doc="selection batches one select run goes through (in the key above one, on select rows)"),
-    Axis("warmup", 1, _nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
+    Axis("warmup", 1, nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",
          doc="timed runs; the median is reported"),
@@ -259,6 +159,28 @@ BY_NAME: dict[str, Axis] = {a.name: a for a in AXES}
 SWEPT: tuple[Axis, ...] = tuple(a for a in AXES if a.swept)
 #: The knobs: swept settings every phase takes, crossed with everything else.
 KNOBS: tuple[str, ...] = ("amp", "checkpointing", "micro_batch")
+
+
+def register_axis(new: Axis) -> None:
+    """Add an axis to :data:`AXES` (a plugin's knob), before anything builds cells.
+
+    ``Cell``, ``Result`` and ``Grid`` are made from :data:`AXES` when their modules are first
+    imported, so an axis must be registered before that (at the import of the plugin module).
+
+    Raises:
+        RuntimeError: Cells already exist, or an axis of that name does.
+    """
+    import sys
+
+    global AXES, BY_NAME, SWEPT
+    built = [m for m in ("fps_profile.rows.cell", "fps_profile.rows.result", "fps_profile.run.grid") if m in sys.modules]
+    if built:
+        raise RuntimeError(f"register axis {new.name!r} before {built[0]} is imported (it is built from AXES)")
+    if new.name in BY_NAME:
+        raise RuntimeError(f"an axis {new.name!r} exists already")
+    AXES = AXES + (new,)
+    BY_NAME = {a.name: a for a in AXES}
+    SWEPT = tuple(a for a in AXES if a.swept)
 
 
 def axis(name: str) -> Axis:

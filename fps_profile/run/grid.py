@@ -22,7 +22,8 @@ import itertools
 from fps_profile.errors import UserError
 from fps_profile.rows import phases as phase_table
 from fps_profile.rows.cell import Cell
-from fps_profile.rows.schema import AXES, KNOBS, axis
+from fps_profile.rows import schema
+from fps_profile.rows.schema import KNOBS, axis
 
 #: Swept axes every cell takes one value of, outside the frame (device, dtype, model, sequence
 #: length, batch) and the series (phase, selector): the knobs and any axis added after them.
@@ -34,7 +35,7 @@ class _GridMethods:
 
     def settings(self) -> list[dict]:
         """Every combination of the swept axes outside the frame and the series, parsed, in order."""
-        names = [a.name for a in AXES if a.swept and a.name not in _FRAME]
+        names = [a.name for a in schema.AXES if a.swept and a.name not in _FRAME]
         lists = [[axis(n).parse(v) for v in _as_list(getattr(self, axis(n).grid))] for n in names]
         out = [dict(zip(names, combo)) for combo in itertools.product(*lists)]
         return list({tuple(s.items()): s for s in out}.values())
@@ -70,7 +71,7 @@ class _GridMethods:
         """One cell of the grid (``setting``: values of :meth:`settings`; default the first)."""
         setting = effective(setting or self.settings()[0], phase, selector, batch)
         opts = tuple(sorted(self.options.get(selector, {}).items())) if selector else ()
-        scalars = {a.name: getattr(self, a.grid) for a in AXES
+        scalars = {a.name: getattr(self, a.grid) for a in schema.AXES
                    if a.grid and not a.swept and a.name != "options"}
         return Cell(**{**scalars, **setting}, model=model, batch_size=batch, phase=phase, selector=selector,
                     dtype=dtype, device=device, options=opts, seq_len=seq_len)
@@ -99,7 +100,7 @@ class _GridMethods:
         from fps_profile.selection.scope import get_scope
         from fps_profile.selection.selectors import create, get
 
-        for a in AXES:
+        for a in schema.AXES:
             if a.grid is None or a.name in ("options", "memory_budget"):
                 continue
             values = getattr(self, a.grid)
@@ -139,11 +140,11 @@ class _GridMethods:
 
 
 Grid = dataclasses.make_dataclass(
-    "Grid", [(a.grid, object, dataclasses.field(default_factory=a.grid_value)) for a in AXES if a.grid],
+    "Grid", [(a.grid, object, dataclasses.field(default_factory=a.grid_value)) for a in schema.AXES if a.grid],
     bases=(_GridMethods,))
 Grid.__module__ = __name__
 Grid.__doc__ = "What a sweep measures: a list per swept axis, one value per other axis.\n\nAttributes:\n" + \
-    "\n".join(f"    {a.grid}: {a.doc}" for a in AXES if a.grid)
+    "\n".join(f"    {a.grid}: {a.doc}" for a in schema.AXES if a.grid)
 
 
 def _as_list(value) -> list:

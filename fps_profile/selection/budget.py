@@ -20,12 +20,12 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import MaskEntry, rows_cols
+from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 
 Scored = Iterable[tuple[str, torch.Tensor]]
 
@@ -198,17 +198,24 @@ def _cuts(order: torch.Tensor, sizes: list[int]) -> list[int]:
     return torch.searchsorted(order, ends).tolist()
 
 
+#: Budget kinds written ``"<name>:<args>"`` (e.g. ``"shira:8"``) -> their parser; a module defining
+#: one registers it (:mod:`fps_profile.selection.shira` for ``shira``).
+NAMED_BUDGETS: dict[str, Callable[[str], Budget]] = {}
+
+
 def make_budget(k: int | None = None, fraction: float | None = None, budget: Budget | str | None = None) -> Budget:
     """The budget for exactly one of ``k`` (per-row top-K), ``fraction`` (global) or ``budget``:
-    a :class:`Budget`, or ``"shira:R"`` (:class:`fps_profile.integrations.peft_budget.ShiraRank`)."""
+    a :class:`Budget`, or a named kind of :data:`NAMED_BUDGETS` such as ``"shira:R"``."""
     if budget is not None:
         if k is not None or fraction is not None:
             raise UserError("give exactly one of k, fraction or budget")
         if isinstance(budget, Budget):
             return budget
-        from fps_profile.integrations.peft_budget import ShiraRank
-
-        return ShiraRank.parse(budget)
+        parse = NAMED_BUDGETS.get(str(budget).partition(":")[0])
+        if parse is None:
+            raise UserError(f"unknown budget {budget!r} (named kinds: {', '.join(sorted(NAMED_BUDGETS)) or 'none'}; "
+                            "or give k= or fraction=)")
+        return parse(str(budget))
     if (k is None) == (fraction is None):
         raise UserError("give exactly one of k (per-row top-K) or fraction (global top fraction)")
     return PerRowTopK(k) if k is not None else GlobalFraction(fraction)

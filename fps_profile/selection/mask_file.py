@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import MaskEntry, rows_cols
+from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 
 FORMAT = "fps-profile-mask"
 FORMAT_VERSION = "2"

@@ -16,7 +16,7 @@ from torch import nn
 
 from fps_profile.models.parts import find_classifier
 from fps_profile.selection.scope import Role, Scope, explain_roles, get_scope
-from fps_profile.analysis.summary import markdown_table
+from fps_profile.units import markdown_table
 
 
 @dataclass

@@ -2,85 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from fps_profile import knobs
 from fps_profile.selection.budget import Budget, make_budget
 from fps_profile.selection.sharding import tensors as sharding
 from fps_profile.errors import UserError
-from fps_profile.rows.schema import parse_amp, parse_micro_batch
-from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.batches import Batches, left_as_found
+from fps_profile.rows.values import parse_amp, parse_micro_batch
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry
 from fps_profile.selection.scope import Role, Scope, assign_roles, get_scope
-from fps_profile.selection.selectors import Batch, Target, create
+from fps_profile.selection.selectors import Target, create
 from fps_profile.trackers import labels as breakdown_marks
 
 
 _EMPTY = object()
-
-
-class _Batches:
-    """Normalises user batches to ``(images, labels)`` on the model's device and dtype."""
-
-    def __init__(self, batches: Iterable, device: torch.device, dtype: torch.dtype,
-                 split: int | None = None) -> None:
-        self._batches, self.device, self.dtype, self.split = batches, device, dtype, split
-
-    def __iter__(self) -> Iterator[Batch]:
-        for item in self._batches:
-            if isinstance(item, torch.Tensor):
-                images, labels = item, None
-            elif isinstance(item, (tuple, list)) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
-                images, labels = item[0], (item[1] if len(item) > 1 else None)
-            else:
-                raise UserError(
-                    f"a batch must be an image tensor or an (images, labels) tuple, not {type(item).__name__}"
-                )
-            images = images.to(device=self.device, dtype=self.dtype if images.is_floating_point() else None)
-            if labels is not None:
-                labels = torch.as_tensor(labels).to(self.device)
-            for x, y, _ in knobs.chunks(images, labels, self.split):
-                yield x, y
-
-
-@contextlib.contextmanager
-def left_as_found(model: nn.Module) -> Iterator[None]:
-    """Whatever runs inside leaves ``model`` as it was: every parameter's ``requires_grad``
-    and ``.grad`` (the same objects), every submodule's train/eval flag, every buffer.
-
-    Selectors may run the model in train mode (GPS does, as its code does), which
-    would update BatchNorm running statistics. Inside the block BatchNorm layers
-    keep train-mode semantics (batch statistics) without updating anything: their
-    ``track_running_stats`` is off, which costs no memory. Running statistics of
-    other layers (e.g. EvoNorm's ``running_var``, InstanceNorm's) are copied before
-    and written back after; they are a few numbers per channel. Parameters are
-    never copied.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    batchnorms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    stats = [(b, b.detach().clone()) for m in model.modules() if not isinstance(m, _BatchNorm)
-             for n, b in m.named_buffers(recurse=False) if n.startswith("running_") or n == "num_batches_tracked"]
-    try:
-        for m in batchnorms:
-            m.track_running_stats = False
-        yield
-    finally:
-        for m in batchnorms:
-            m.track_running_stats = True
-        with torch.no_grad():
-            for b, value in stats:
-                b.copy_(value)
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad, grad in params:
-            p.grad = grad
-            p.requires_grad_(requires_grad)
 
 
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
@@ -99,7 +40,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction / budget.
         budget: Any :class:`~fps_profile.selection.budget.Budget`, or ``"shira:R"``: the ``R*(m+n)``
             best entries of every ranked ``m x n`` tensor (PEFT SHiRA's size,
-            :class:`~fps_profile.integrations.peft_budget.ShiraRank`).
+            :class:`~fps_profile.selection.shira.ShiraRank`).
         scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
             (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
         amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
@@ -161,7 +102,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             from fps_profile.selection.sharding.reduce import check_batches
 
             data = check_batches(data, group)
-        data = _Batches(data, first.device, first.dtype, split=None if sel.handles_micro_batch else micro_batch)
+        data = Batches(data, first.device, first.dtype, split=None if sel.handles_micro_batch else micro_batch)
 
     out: dict[str, MaskEntry] = {}
     device = next(iter(params.values())).device if params else torch.device("cpu")

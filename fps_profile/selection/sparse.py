@@ -60,9 +60,11 @@ class SparseValues(nn.Module):
             where the weight has fewer than 2**31 entries.
     """
 
+    breakdown_buffers = "mask"  # the index buffer is the mask's, in a peak breakdown
+
     def __init__(self, weight: torch.Tensor, index: torch.Tensor) -> None:
         super().__init__()
-        from fps_profile.selection.mask import index_dtype
+        from fps_profile.selection.mask_entry import index_dtype
 
         index = index.to(device=weight.device, dtype=index_dtype(weight.numel()))
         self.register_buffer("index", index)

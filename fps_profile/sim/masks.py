@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from fps_profile.selection.mask import Mask, MaskEntry, rows_cols
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 from fps_profile.models.parts import output_axis
 from fps_profile.measure.phases import BudgetSpec
 from fps_profile.selection.scope import Role, assign_roles

@@ -4,45 +4,18 @@
 (:class:`~fps_profile.trackers.LiveTensorBytes`, or the sim backend's
 :class:`~fps_profile.sim.tracker.SimTensorBytes`) through its ``observer``
 calls and gives every storage the tracker counts a *category* and a *holder*
-(a module path, or a name in parentheses for what no module holds):
+(a module path, or a name in parentheses for what no module holds). The categories
+are :data:`fps_profile.rows.metrics.BREAKDOWN_CATEGORIES` (docs/breakdown.md says what
+each holds): ``weights``, ``buffers``, ``inputs``, ``gradients``, ``optimizer_state``,
+``mask`` (the selection's masks; the buffers of a module whose ``breakdown_buffers`` says so,
+such as a sparse step's index buffers), ``activations`` (saved for backward), ``temporaries``
+(everything else), and ``workspace`` / ``allocator_slack`` where a backend has them.
 
-=================  ==========================================================
-``weights``        parameters of the model (a sparse step's ``values`` too)
-``buffers``        buffers of the model (norm statistics, ...)
-``inputs``         the batches handed to the run
-``gradients``      ``param.grad`` of any parameter
-``optimizer_state`` tensors in ``optimizer.state``
-``mask``           the selection's mask tensors and a sparse step's index buffers
-``activations``    tensors autograd saved for backward
-``temporaries``    everything else
-``workspace``      cuBLAS workspaces (sim only)
-``allocator_slack`` bytes of allocator blocks beyond what their tensors asked for
-                   (block rounding, unsplit remainders: sim, the cuda extra run)
-=================  ==========================================================
-
-Each tensor category counts the bytes the storages asked for; where the
-tracker counts blocks (sim's caching allocator), what a block holds beyond
-that is ``allocator_slack``.
-
-Classification is by storage identity and costs little: the storages of
-weights, buffers, inputs, gradients and optimizer state are known on entry;
-new storages are temporaries of the module whose forward runs (global
-module hooks keep a stack), or in backward of the module whose saved tensor
-was last unpacked; :func:`torch.autograd.graph.saved_tensors_hooks` turns a
-temporary into an activation when autograd saves it; ``param.grad`` and
-``optimizer.state`` are scanned where gradients or state can appear. Running
-totals per category and per (holder, category) are kept, so a peak costs
-one copy of them, taken lazily at the first free after it (reclassifications
-in between, such as autograd saving an op's output, are included).
-
+Classification is by storage identity (what is known on entry, module hooks, saved-tensor
+hooks, scans of ``param.grad`` and ``optimizer.state``; docs/breakdown.md, "How it is recorded").
 Phases: ``backward`` while autograd's engine runs, otherwise the innermost
-:func:`~fps_profile.trackers.labels.phase` mark (``forward`` by default; :mod:`fps_profile.measure.phases` marks
-``optimizer``, :func:`fps_profile.select` marks ``scoring``). Each phase
-keeps its own peak and breakdown.
-
-Every category and holder figure is a sum of what the tracker counted for
-live storages, so the categories sum exactly to the tracker's peak (exact
-storage bytes on cpu; the allocator's blocks on sim).
+:func:`~fps_profile.trackers.labels.phase` mark (``forward`` by default). Every figure is a
+sum of what the tracker counted for live storages, so the categories sum exactly to its peak.
 """
 
 from __future__ import annotations
@@ -54,8 +27,8 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from fps_profile.trackers import labels as _labels
-from fps_profile.trackers.labels import _PHASE_HOLDERS, BEFORE, INPUTS, OPTIMIZER, OUTSIDE, SLACK, Snapshot
-from fps_profile.trackers.tensor import _storage_key
+from fps_profile.trackers.labels import PHASE_HOLDERS, BEFORE, INPUTS, OPTIMIZER, OUTSIDE, SLACK, Snapshot
+from fps_profile.trackers.tensor import storage_key
 
 class PeakBreakdown:
     """Context manager classifying what a live-tensor tracker counts, peak by peak.
@@ -96,12 +69,10 @@ class PeakBreakdown:
 
     # -- what is known upfront -------------------------------------------------
     def _known(self) -> dict[int, tuple[str, str]]:
-        from fps_profile.selection.sparse import SparseValues
-
         known: dict[int, tuple[str, str]] = {}
 
         def put(t, category, holder):
-            key = _storage_key(t) if isinstance(t, torch.Tensor) else None
+            key = storage_key(t) if isinstance(t, torch.Tensor) else None
             if key is not None:
                 known.setdefault(key, (category, holder))
 
@@ -117,7 +88,7 @@ class PeakBreakdown:
                     self._params.append((p, path))
             for b in module._buffers.values():
                 if b is not None:
-                    put(b, "mask" if isinstance(module, SparseValues) else "buffers", path)
+                    put(b, getattr(module, "breakdown_buffers", "buffers"), path)
         for p, path in self._params:
             put(p.grad, "gradients", path)
         for t in tree_leaves(self.inputs):
@@ -127,7 +98,7 @@ class PeakBreakdown:
                 for v in state.values():
                     put(v, "optimizer_state", owner.get(id(p), OPTIMIZER))
         for p, path in self._params:  # last: a weight shared with anything else is a weight
-            key = _storage_key(p)
+            key = storage_key(p)
             if key is not None:
                 known[key] = ("weights", path)
         self._owner = owner
@@ -207,7 +178,7 @@ class PeakBreakdown:
         elif self._stack:
             holder = self._stack[-1]
         else:
-            holder = _PHASE_HOLDERS.get(now, OUTSIDE)
+            holder = PHASE_HOLDERS.get(now, OUTSIDE)
         self._add(key, size, "temporaries", holder, requested)
 
     def resized(self, key: int, size: int, requested: int | None = None) -> None:
@@ -232,7 +203,7 @@ class PeakBreakdown:
 
     def relabel(self, tensor: torch.Tensor, category: str, holder: str | None = None) -> None:
         """Count ``tensor``'s storage as ``category`` from now on (``holder`` None keeps its holder)."""
-        self._move(_storage_key(tensor), category, holder)
+        self._move(storage_key(tensor), category, holder)
 
     # -- bookkeeping -------------------------------------------------------------
     def _current_phase(self) -> str:
@@ -292,12 +263,12 @@ class PeakBreakdown:
             for p, path in self._params:
                 g = p.grad
                 if g is not None:
-                    self._move(_storage_key(g), "gradients", path)
+                    self._move(storage_key(g), "gradients", path)
         if self.optimizer is not None and self._phase == "optimizer":
             for p, state in self.optimizer.state.items():
                 for v in state.values():
                     if isinstance(v, torch.Tensor):
-                        self._move(_storage_key(v), "optimizer_state", self._owner.get(id(p), OPTIMIZER))
+                        self._move(storage_key(v), "optimizer_state", self._owner.get(id(p), OPTIMIZER))
 
     def _queue_grad_scan(self) -> None:
         # Gradients held past the backward pass (GPS keeps references, then clears .grad)
@@ -316,33 +287,14 @@ class PeakBreakdown:
             self._stack.pop()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        rec = self._records.get(_storage_key(t))
+        rec = self._records.get(storage_key(t))
         if rec is not None and rec[1] == "temporaries":
-            self._move(_storage_key(t), "activations", None)
+            self._move(storage_key(t), "activations", None)
         return t
 
     def _unpack(self, t: torch.Tensor) -> torch.Tensor:
-        rec = self._records.get(_storage_key(t))
+        rec = self._records.get(storage_key(t))
         if rec is not None and rec[1] in ("weights", "activations"):
             self._bw_holder = rec[2]
         return t
 
-
-def record_extra_run(fn, model: nn.Module, *, inputs=(), optimizer=None, device_type: str = "cuda",
-                     round_bytes=None) -> PeakBreakdown:
-    """Run ``fn`` once more under a live-tensor tracker and a :class:`PeakBreakdown` (the cuda backend's extra run).
-
-    On cuda the measured run has no dispatch mode (one changes eager choices, e.g.
-    gradients accumulate out of place), so the breakdown comes from this labelled,
-    separate run; its total is the live tensor bytes of that run, rounded as
-    ``round_bytes`` says, and can differ a little from the measured peak.
-    """
-    from fps_profile.trackers.tensor import LiveTensorBytes
-
-    with LiveTensorBytes(device_type, round_bytes=round_bytes) as live, \
-            PeakBreakdown(live, model, inputs=inputs, optimizer=optimizer) as bd:
-        out = fn()
-        del out
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-    return bd

@@ -54,3 +54,24 @@ def limit_memory(device: torch.device, budget_bytes: int) -> None:
     """Make the caching allocator raise OOM beyond ``budget_bytes`` on ``device``."""
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
+
+
+def record_extra_run(fn, model, *, inputs=(), optimizer=None, device_type: str = "cuda",
+                     round_bytes=None):
+    """Run ``fn`` once more under a live-tensor tracker and a :class:`PeakBreakdown` (the cuda backend's extra run).
+
+    On cuda the measured run has no dispatch mode (one changes eager choices, e.g.
+    gradients accumulate out of place), so the breakdown comes from this labelled,
+    separate run; its total is the live tensor bytes of that run, rounded as
+    ``round_bytes`` says, and can differ a little from the measured peak.
+    """
+    from fps_profile.trackers.breakdown import PeakBreakdown
+    from fps_profile.trackers.tensor import LiveTensorBytes
+
+    with LiveTensorBytes(device_type, round_bytes=round_bytes) as live, \
+            PeakBreakdown(live, model, inputs=inputs, optimizer=optimizer) as bd:
+        out = fn()
+        del out
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+    return bd

@@ -22,7 +22,7 @@ TOP_MODULES = 10
 
 INPUTS, OPTIMIZER, OUTSIDE, BEFORE = "(inputs)", "(optimizer)", "(outside modules)", "(before the run)"
 SLACK = "(allocator)"
-_PHASE_HOLDERS = {"optimizer": OPTIMIZER, "scoring": "(scoring)"}
+PHASE_HOLDERS = {"optimizer": OPTIMIZER, "scoring": "(scoring)"}
 
 _active = None  # the recording PeakBreakdown, if any (set by it)
 

@@ -130,20 +130,20 @@ class LiveTensorBytes(TorchDispatchMode):
         inputs = None
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                key = _storage_key(leaf)
+                key = storage_key(leaf)
                 if key not in self._live:
                     # An output sharing the storage of an input this tracker never saw (a view
                     # or in-place result of a tensor held only by C++ when the region began)
                     # is not a new allocation.
                     if inputs is None:
-                        inputs = {_storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+                        inputs = {storage_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
                     if key in inputs:
                         continue
                 self.track(leaf)
         return out
 
 
-def _storage_key(t: torch.Tensor) -> int | None:
+def storage_key(t: torch.Tensor) -> int | None:
     try:
         return t.untyped_storage()._cdata
     except (RuntimeError, NotImplementedError):

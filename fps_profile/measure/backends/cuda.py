@@ -81,7 +81,7 @@ class CudaBackend(DeviceBackend):
 
         from fps_profile.measure.runner import one_line
         from fps_profile.measure.targets import target_for_device_name
-        from fps_profile.trackers.breakdown import record_extra_run
+        from fps_profile.trackers.cuda import record_extra_run
         from fps_profile.trackers.cuda import round_size
         from fps_profile.trackers.flops import FlopCount, time_floor
 

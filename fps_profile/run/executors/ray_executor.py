@@ -19,24 +19,19 @@ import json
 import logging
 import os
 import socket
-import threading
-import time
 from collections.abc import Iterator, Sequence
 
 from fps_profile.errors import UserError
-from fps_profile.run.isolation import client, kill_measurements, run_isolated
 from fps_profile.rows.result import Result
 from fps_profile.rows.cell import Cell
 from fps_profile.measure.runner import one_line
+from fps_profile.run.executors.ray_task import SweepToken, run_cell
 
 INSTALL_HINT = "pip install 'fps-profile[ray]'"
 OBJECT_STORE_BYTES = 128 * 2**20  # rows are a few KiB; a local instance needs no more
 
 CANCEL_GRACE_S = 10.0  # a cancelled task has this long to stop its measurement before it is force-cancelled
 FORCE_WAIT_S = 20.0  # and its worker this long to be gone after the force-cancel
-TOKEN_POLL_S = 1.0  # how often a running task asks whether its sweep still wants it
-
-_SERVER_ENV: tuple | None = None  # the environment this worker's fork server was started with
 
 
 def _import_ray():
@@ -48,135 +43,16 @@ def _import_ray():
 
 
 def _is_cuda(device: str) -> bool:
-    return device == "cuda" or device.startswith("cuda:")
+    from fps_profile.measure.backends import backend_for
+
+    return backend_for(device).gpus(device) > 0
 
 
-class _Abandoned(Exception):
-    """The sweep that submitted this task is gone or was interrupted (its token actor is dead)."""
-
-
-class SweepToken:
-    """A Ray actor alive exactly while its sweep wants its tasks to run.
-
-    The driver kills it when the sweep ends or is interrupted, and it dies with
-    the driver (Ray ties an actor to its owner). Tasks poll it: Ray's own cancel
-    can miss a task that is being dispatched at that moment (a known race in
-    Ray), and such a task would otherwise measure on, unseen by the driver.
-    """
-
-    def alive(self) -> bool:
-        return True
-
-
-class _TokenWatch:
-    """Polls a :class:`SweepToken` without blocking: at most one ping in flight, one per ``every_s``."""
-
-    def __init__(self, token, every_s: float = TOKEN_POLL_S) -> None:
-        import ray
-
-        self.ray, self.token, self.every_s = ray, token, every_s
-        self.ping, self.next = None, 0.0
-
-    def check(self) -> None:
-        """Raise :class:`_Abandoned` once the token is known dead."""
-        if self.token is None:
-            return
-        if self.ping is not None:
-            ready, _ = self.ray.wait([self.ping], timeout=0)
-            if not ready:
-                return
-            try:
-                self.ray.get(self.ping)
-            except self.ray.exceptions.RayActorError:
-                raise _Abandoned("the sweep was interrupted or its driver is gone") from None
-            self.ping = None
-        if time.monotonic() >= self.next:
-            self.ping, self.next = self.token.alive.remote(), time.monotonic() + self.every_s
-
-
-def _measure_cancellably(cell: Cell, timeout_s: float | None, watch: _TokenWatch | None = None) -> Result:
-    """:func:`run_isolated` in a thread, so that a cancelled task can stop it.
-
-    Ray cancels a running task by raising ``KeyboardInterrupt`` in the main
-    thread, which a call blocked in C (waiting for the fork server) would not
-    see until the measurement ends. Here the main thread waits in short steps;
-    on the interrupt it kills the measurement in flight (again, until the
-    thread is done: the request may reach the server just after), lets the fork
-    server answer for it (so the server stays in step for the next task), and
-    re-raises. Should that take longer than the driver's grace period, the
-    driver force-cancels the task, which kills this worker and, with it, the
-    fork server and its child (they die with their parent). ``watch`` ends the
-    measurement the same way when the sweep's token dies, whether or not Ray's
-    cancel arrived.
-    """
-    done: dict = {}
-    finished = threading.Event()  # not Thread.join: an interrupted join can mark a live thread dead (3.11)
-
-    def work() -> None:
-        try:
-            done["row"] = run_isolated(cell, timeout_s)
-        except BaseException as exc:  # handed to the task's thread below
-            done["exc"] = exc
-        finally:
-            finished.set()
-
-    threading.Thread(target=work, name="fps-profile-measure", daemon=True).start()
-    try:
-        while not finished.wait(0.1):
-            if watch is not None:
-                watch.check()
-    except BaseException:
-        while not finished.is_set():
-            kill_measurements()
-            finished.wait(0.1)
-        raise
-    if "exc" in done:
-        raise done["exc"]
-    return done["row"]
-
-
-def _run_cell(cell_json: str, timeout_s: float | None, token=None) -> str:
-    """Body of one Ray task: measure a cell in a fresh process on this worker; its row as JSON.
-
-    Ray reuses worker processes, and gives each task its own
-    ``CUDA_VISIBLE_DEVICES``; the fork server (one per worker process) is
-    restarted whenever the environment differs from the one it started with.
-    A cancelled task kills its measurement in flight (see :func:`_measure_cancellably`).
-    The fork server is started here, in the worker's main thread, which lives
-    as long as the worker (a server started by the short-lived measuring
-    thread would die with that thread). With the sweep's ``token`` dead before
-    or during the measurement, the task measures nothing more and fails.
-    """
-    global _SERVER_ENV
-    import ray
-
-    cell = Cell.from_json(cell_json)
-    env = tuple(sorted(os.environ.items()))
-    server = client()
-    if env != _SERVER_ENV:
-        server.close()
-        _SERVER_ENV = env
-    watch = _TokenWatch(token) if token is not None else None
-    if watch is not None:
-        try:
-            ray.get(token.alive.remote())
-        except ray.exceptions.RayActorError:
-            raise _Abandoned("the sweep was interrupted or its driver is gone") from None
-    if (os.environ.get("FPS_PROFILE_ISOLATION") or "fork") == "fork":
-        server.start()  # from the main thread: the server dies with the thread that starts it
-    row = _measure_cancellably(cell, timeout_s, watch)
-    row.env.setdefault("host", socket.gethostname())
-    row.env["ray_node_id"] = ray.get_runtime_context().get_node_id()
-    if _is_cuda(cell.device):
-        row.env["ray_gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
-    return row.to_json()
-
-
-def _cancel(ray, refs: list) -> None:
+def cancel(ray, refs: list) -> None:
     """Cancel ``refs`` and wait until every one has ended; force-cancel those that do not.
 
     A plain ``ray.cancel`` raises ``KeyboardInterrupt`` in a running task, whose
-    measurement is then killed (:func:`_measure_cancellably`). Ray does not
+    measurement is then killed (:func:`~fps_profile.run.executors.ray_task.measure_cancellably`). Ray does not
     promise delivery (a task just being dispatched can miss it, and may even be
     reported cancelled while it starts to run: such a task stops by itself when
     it sees its sweep's :class:`SweepToken` dead, within ``TOKEN_POLL_S``), so a
@@ -194,7 +70,7 @@ def _cancel(ray, refs: list) -> None:
         ray.wait(left, num_returns=len(left), timeout=FORCE_WAIT_S)
 
 
-def _probe(address: str) -> None:
+def probe(address: str) -> None:
     """Fail fast on a ``host:port`` where nothing listens (Ray itself would retry for minutes)."""
     host, sep, port = address.rpartition(":")
     if address.startswith("ray://") or not sep or not port.isdigit():
@@ -244,14 +120,14 @@ class RayExecutor:
             kwargs = dict(address=address, log_to_driver=False, logging_level=logging.ERROR)
             if address == "local":
                 kwargs.update(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES)
-            _probe(address)
+            probe(address)
             try:
                 ray.init(**kwargs)
             except Exception as exc:  # no cluster there, no ray[client], refused, ...
                 where = "a new local instance" if address == "local" else address
                 raise UserError(f"cannot connect to Ray ({where}): {one_line(exc)}") from None
         if self._task is None:
-            self._task = ray.remote(_run_cell)
+            self._task = ray.remote(run_cell)
             self._token = ray.remote(num_cpus=0, max_restarts=0)(SweepToken)
         return ray
 
@@ -276,7 +152,7 @@ class RayExecutor:
 
         Closing the iterator early (an interrupted sweep) cancels the tasks
         still queued or running and returns once they are gone (see
-        :func:`_cancel`); their cells get no row and are measured on resume.
+        :func:`cancel`); their cells get no row and are measured on resume.
 
         Raises:
             UserError: No connection to Ray, or a cell the cluster cannot run
@@ -306,7 +182,7 @@ class RayExecutor:
         finally:
             ray.kill(token)  # first: a task Ray's cancel misses stops on its own
             if pending:
-                _cancel(ray, pending)
+                cancel(ray, pending)
 
     def _row(self, ray, ref, cell: Cell) -> Result:
         try:

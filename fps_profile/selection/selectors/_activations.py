@@ -5,7 +5,7 @@ forward a ``TorchFunctionMode`` watches every linear and convolution call
 (``F.linear``, ``F.conv1d/2d/3d``, whoever makes it: the layer's own forward,
 or a block that calls ``F.linear(x, self.qkv.weight)`` itself as EVA does) and,
 when the weight passed in *is* a target tensor, adds that call's input sums
-(:mod:`fps_profile.selection.selectors._conv_stats`) to the target's. A weight used
+(:mod:`fps_profile.selection.selectors.conv_stats`) to the target's. A weight used
 several times is scored over all its uses. GPT-2's ``Conv1D`` (weight ``[in, out]``)
 computes ``torch.addmm(bias, x, weight)``: an ``addmm`` whose ``mat2`` is such a
 target counts ``mat1`` as the input, its features along the weight's axis 0.
@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from fps_profile.selection.sharding.tensors import group_of, stands_for
 from fps_profile.errors import UserError
 from fps_profile.knobs import chunks
-from fps_profile.selection.selectors._conv_stats import conv_sums, linear_sums
+from fps_profile.selection.selectors.conv_stats import conv_sums, linear_sums
 from fps_profile.selection.selectors import _early_stop
 from fps_profile.selection.selectors._early_stop import Plan, StopForward
 from fps_profile.selection.selectors.base import Batch, Target

@@ -28,7 +28,7 @@ FORMAT = "fps-profile-gd-fps-anchor"
 FORMAT_VERSION = "1"
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -54,7 +54,7 @@ def anchor_stats(model: nn.Module, batches: Iterable, *, scope="all-weights",
     """
     from fps_profile.knobs import parse_micro_batch
     from fps_profile.selection.scope import Role, assign_roles, get_scope
-    from fps_profile.selection.select import _Batches, left_as_found
+    from fps_profile.selection.batches import Batches, left_as_found
     from fps_profile.selection.selectors._activations import InputStats
     from fps_profile.selection.selectors.base import Target
 
@@ -65,7 +65,7 @@ def anchor_stats(model: nn.Module, batches: Iterable, *, scope="all-weights",
     first = next(iter(params.values()))
     stats = InputStats(targets, ord=1, selector="gd-fps")
     with left_as_found(model):
-        seen = stats.collect(model, _Batches(batches, first.device, first.dtype), micro_batch)
+        seen = stats.collect(model, Batches(batches, first.device, first.dtype), micro_batch)
     if not seen:
         raise UserError("gd-fps anchor: got no batches (the iterable was empty)")
     means = {t.name: (stats.sums[id(t.param)] / stats.counts[id(t.param)]).cpu() for t in targets}
@@ -97,7 +97,7 @@ def save_anchor(model: nn.Module, batches: Iterable, path: str | os.PathLike, *,
         save_file({n: t.contiguous() for n, t in means.items()}, str(tmp), metadata=header)
         os.replace(tmp, path)
     except Exception as exc:  # OSError, or safetensors' own error type for I/O failures
-        raise UserError(f"cannot write gd-fps anchor to {str(path)!r}: {_first_line(exc)}") from exc
+        raise UserError(f"cannot write gd-fps anchor to {str(path)!r}: {first_line(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -126,7 +126,7 @@ class Anchor:
                 self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as exc:  # safetensors raises several types for a damaged file
             raise UserError(f"gd-fps anchor {self.path!r} is not a readable safetensors file: "
-                            f"{_first_line(exc)}") from exc
+                            f"{first_line(exc)}") from exc
         if header.get("format") != FORMAT:
             raise UserError(f"gd-fps anchor {self.path!r} is not a GD-FPS anchor file (no {FORMAT!r} header; "
                             "write one with fps_profile.selection.selectors.gdfps.save_anchor)")
@@ -158,7 +158,7 @@ class Anchor:
             with safe_open(self.path, framework="np") as f:
                 values = np.asarray(f.get_tensor(name), dtype=np.float32)
         except Exception as exc:
-            raise UserError(f"gd-fps anchor {self.path!r}: cannot read {name!r}: {_first_line(exc)}") from exc
+            raise UserError(f"gd-fps anchor {self.path!r}: cannot read {name!r}: {first_line(exc)}") from exc
         bad = ~np.isfinite(values) | (values < 0)
         if bad.any():
             raise UserError(f"gd-fps anchor {self.path!r}: {name!r} holds {float(values[bad][0])!r}; "

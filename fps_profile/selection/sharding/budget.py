@@ -26,7 +26,7 @@ import torch
 from fps_profile.selection.budget import Budget, GlobalFraction, PerRowTopK
 from fps_profile.selection.sharding.tensors import shard_range
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import MaskEntry, rows_cols
+from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 
 
 def sharded_entries(budget: Budget, scored, params: Mapping[str, torch.Tensor], total: int,

@@ -16,7 +16,8 @@ from torch import nn
 
 from fps_profile.selection.sharding.tensors import local_shape, reshard, shard_range
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import Mask, MaskEntry
+from fps_profile.selection.mask import Mask
+from fps_profile.selection.mask_entry import MaskEntry
 
 
 def _strides(shape: tuple[int, ...]) -> list[int]:

@@ -19,9 +19,9 @@ import operator
 
 from torch import nn
 
-from fps_profile.selection.budget import Budget
+from fps_profile.selection.budget import NAMED_BUDGETS, Budget
 from fps_profile.errors import UserError
-from fps_profile.selection.mask import MaskEntry, rows_cols
+from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 from fps_profile.selection.scope import Scope
 
 #: Linear weights ranked; the classifier trained whole; everything else frozen.
@@ -80,3 +80,6 @@ class ShiraRank(Budget):
             idx = scores.detach().reshape(-1).topk(n, sorted=False).indices.sort().values
             del scores
             yield name, MaskEntry.from_positions(shape, idx)
+
+
+NAMED_BUDGETS["shira"] = ShiraRank.parse

@@ -1,10 +1,8 @@
-"""Rows to series: grouping, de-duplication and the per-batch values every figure plots.
+"""Rows to series: grouping, de-duplication and the per-batch values every figure and table uses.
 
-Series names: a selector's name for its ``select`` rows, ``"floor"`` for the
-``inference`` row, ``"full"`` for the ``train_step`` row without a selector and
-``"train:floor"`` for the ``train_floor`` row.
-Sparse fine-tuning rows (``train_step`` with a selector) are ``"train:<selector>"``. A selector run
-with options is its own series, e.g. ``"gps[loss=ce,views=1]"`` (:attr:`Result.variant`).
+A series is what :func:`fps_profile.rows.label.series` names a row: ``fps``, ``floor``,
+``train:full``, ``train:fps``, ``train:floor``, ``gps[loss=ce,views=1] +ckpt`` ... (selector
+variants and knob settings are series of their own). :data:`ORDER` is the reading order.
 """
 
 from __future__ import annotations
@@ -12,24 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from fps_profile.plots.style import FLOOR, FULL, TRAIN_FLOOR, sort_names
+from fps_profile.rows.label import series as series_name
 from fps_profile.rows.result import Result
+from fps_profile.rows.store import latest
+
+FLOOR = "floor"
+FULL = "train:full"
+TRAIN_FLOOR = "train:floor"  # the grad-dropping floor every sparse step is compared with
+# Reading order: references first, then the two selectors the study is about, then the rest.
+ORDER = (FLOOR, "fps", "gps", "magnitude", "random", "wanda", "snip", TRAIN_FLOOR, FULL)
+
+__all__ = ["FLOOR", "FULL", "ORDER", "Series", "TRAIN_FLOOR", "by_group", "dedupe", "device_label",
+           "device_memory_bytes", "env_value", "models", "peak", "ratios", "series", "series_name", "sort_names"]
 
 
-def series_name(row: Result) -> str:
-    """The series a row belongs to (see the module docstring); a row with knobs set
-    (``amp``, ``checkpointing``, ``micro_batch``) is its own series, e.g. ``"gps +ckpt"``."""
-    return _series(row) + row.knobs
-
-
-def _series(row: Result) -> str:
-    if row.phase == "inference":
-        return FLOOR
-    if row.phase == "train_step":
-        return f"train:{row.variant}" if row.selector else FULL
-    if row.phase == "train_floor":
-        return TRAIN_FLOOR
-    return row.variant or "?"
+def sort_names(names) -> list[str]:
+    """Series names in reading order: floor, FPS, GPS, other selectors, the train floor, full fine-tuning."""
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return sorted(set(names), key=lambda n: (rank.get(n, rank[FULL] - 0.5), n))
 
 
 def device_label(row: Result) -> str:
@@ -42,21 +40,13 @@ def device_label(row: Result) -> str:
     return f"{row.device}:{name}" if row.device.startswith("cuda") and name else row.device
 
 
-# Knob fields (mixed precision, activation checkpointing, micro-batches) and their values when not set.
-KNOBS = (("amp", None), ("checkpointing", False), ("micro_batch", None))
-
-
-def knobs(row: Result) -> tuple:
-    """The row's ``(amp, checkpointing, micro_batch)``; a row without these fields is plain ``(None, False, None)``."""
-    return tuple(getattr(row, name, unset) or unset for name, unset in KNOBS)
-
-
 def dedupe(rows: Iterable[Result]) -> list[Result]:
-    """One row per cell and device model, the last one written winning (as a resumed sweep reads its file).
-
-    Rows that differ only in a knob (:func:`knobs`) are different cells, whatever their key says.
-    """
-    return list({(r.key(), knobs(r), device_label(r)): r for r in rows}.values())
+    """One row per cell and GPU model, the last one written winning (:func:`fps_profile.rows.store.latest`;
+    CUDA rows of one device string measured on different GPU models stay apart)."""
+    by_model: dict[str, list[Result]] = {}
+    for r in rows:
+        by_model.setdefault(device_label(r), []).append(r)
+    return [r for group in by_model.values() for r in latest(group).values()]
 
 
 def by_group(rows: Iterable[Result], *, split_seq_len: bool = True) -> dict[tuple[str, str, str | None], list[Result]]:
@@ -141,13 +131,17 @@ def series(rows: Sequence[Result], model: str, *, sparse: bool = False) -> dict[
         if r.model != model:
             continue
         name = series_name(r)
-        sparse_step = name.startswith("train:") and name != TRAIN_FLOOR
-        if sparse_step and not sparse:
+        if is_sparse_step(name) and not sparse:
             continue
         found.setdefault(name, {})[r.batch_size] = r
-    plain = sort_names(n for n in found if not n.startswith("train:") or n == TRAIN_FLOOR)
-    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if n.startswith("train:") and n != TRAIN_FLOOR)]
+    plain = sort_names(n for n in found if not is_sparse_step(n))
+    trains = [f"train:{s}" for s in sort_names(n[6:] for n in found if is_sparse_step(n))]
     return {n: Series(n, found[n]) for n in plain + trains}
+
+
+def is_sparse_step(name: str) -> bool:
+    """Whether series ``name`` is a sparse fine-tuning step (``train:<selector>``)."""
+    return name.startswith("train:") and name not in (TRAIN_FLOOR, FULL)
 
 
 def peak(r: Result) -> int | None:
