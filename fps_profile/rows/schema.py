@@ -76,7 +76,7 @@ class Axis:
     @property
     def takes_text(self) -> bool:
         """Its values are names (selectors, models, devices ...): text, kept as given."""
-        return self.parse is _same
+        return self.parse is same
 
     @property
     def row_default(self) -> Any:
