@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fps_profile.cli.args import comma_list, parse_bytes, positive_int
+from fps_profile.cli.args import check_folder, comma_list, parse_bytes, positive_int
 from fps_profile.errors import UserError
 
 
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not budgets:
         raise UserError("no memory budget given (e.g. --memory 24GiB,80GiB)")
     formats = [f.lower() for f in comma_list(args.format)]
+    check_folder(args.out, "figures and frontier.md")
     rows = [r for path in args.results for r in load_rows(path)]
     what = " ".join(repr(p) for p in args.results)
     if not any(r.phase == "select" for r in rows):

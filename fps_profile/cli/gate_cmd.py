@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fps_profile.cli.args import comma_list
+from fps_profile.cli.args import check_file, comma_list
 from fps_profile.errors import UserError
 
 
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.analysis.gate import DEFAULT_TOLERANCES, compare, parse_tolerance, select_metrics, to_markdown
     from fps_profile.rows.store import read_results
 
+    if args.out:
+        check_file(args.out, "report")
     tolerances = dict(DEFAULT_TOLERANCES)
     for spec in args.tolerance:
         parse_tolerance(spec, tolerances)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fps_profile.cli.args import comma_list, parse_bytes, parse_option
+from fps_profile.cli.args import check_folder, comma_list, parse_bytes, parse_option
 from fps_profile.errors import UserError
 from fps_profile.rows import schema
 from fps_profile.units import parse_seconds
@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.run.sweep import run_sweep
 
     grid = build_grid(args)
+    if args.plots:
+        check_folder(args.plots, "figures")  # now, not after the sweep
     out = Path(args.out or DEFAULT_OUT)
     if args.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)
