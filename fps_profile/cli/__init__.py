@@ -16,7 +16,7 @@ import sys
 import threading
 
 from fps_profile import __version__
-from fps_profile.errors import UserError
+from fps_profile.errors import SelectorError, UserError
 
 # Subcommands are the modules ``fps_profile/cli/<name>_cmd.py``; this is their help order.
 ORDER = ("sweep", "select", "scope", "plot", "report", "frontier", "explain", "gate", "list")
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"fps-profile: error: {exc}", file=sys.stderr)
+        hint = " (fps-profile --debug ... shows its traceback)" if isinstance(exc, SelectorError) else ""
+        print(f"fps-profile: error: {exc}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``fps-profile ... | head``): stop quietly, as Unix tools do.

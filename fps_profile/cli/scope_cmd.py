@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("model", help="timm model name, or language model hf:<name> / hf:<path>.json")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "all-weights, attention or mlp")
+                   "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width to build the model for (default: its own)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (every tensor's role too)")

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
     budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "all-weights, attention or mlp")
+                   "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
     p.add_argument("--amp", default=None, help="autocast the selector's passes: fp16, bf16, or "
