@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per batch (images, or sequences of a language model)")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width, the model built for it (default: the model's own)")
@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
                    help="tokens per sequence of a language model (default 512)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
-    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
+    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget: the fraction of all ranked "
+                        "entries trained, in (0, 1] (0.01 = 1%%, not a percentage)")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
                    "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",

@@ -48,14 +48,15 @@ def add_parser(sub) -> None:
             continue
         kwargs = {"nargs": "?", "const": "on"} if isinstance(a.default, bool) else {}
         shown = a.grid_value()
-        default = ",".join(map(str, shown)) if isinstance(shown, list) else shown
+        default = ",".join(map(_shown, shown)) if isinstance(shown, list) else _shown(shown)
         meta = "LIST" if a.swept else "VALUE"
         grid_flags.add_argument(a.flag, dest=a.name, metavar=meta, help=f"{a.doc} ({'comma list, ' if a.swept else ''}"
                                 f"default {default if default not in (None, '') else 'none'})", **kwargs)
-    grid_flags.add_argument("--k", metavar="LIST", help="per-row top-K budgets of every selection, e.g. 1,2,4,8 "
-                        "(default 1)")
-    grid_flags.add_argument("--fraction", metavar="LIST", help="global top-fraction budgets, e.g. 0.01,0.001 "
-                        "(with --k, both kinds are crossed with the grid)")
+    grid_flags.add_argument("--k", metavar="LIST", help="per-row top-K budgets of every selection: K entries "
+                            "trained in every output row of each ranked tensor, e.g. 1,2,4,8 (default 1)")
+    grid_flags.add_argument("--fraction", metavar="LIST", help="global top-fraction budgets: the fraction of all "
+                            "ranked entries trained, 0 < f <= 1 (0.01 = 1%%, not a percentage), e.g. 0.01,0.001 "
+                            "(with --k, both kinds are crossed with the grid)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="SELECTOR:KEY=VALUE",
                    help="selector option, e.g. -o gps:loss=ce -o random:seed=1 (repeatable)")
     p.add_argument("--frontier", action="store_true", help="the preset behind the memory-time frontier: "
@@ -82,6 +83,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-row lines")
     p.add_argument("--json", action="store_true", help="print the summary as JSON lines instead of a table")
     p.set_defaults(run=run)
+
+
+def _shown(value) -> str:
+    """A default as the flag takes it: none, on/off, or the value."""
+    return "none" if value in (None, "") else ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 def build_grid(args: argparse.Namespace):
