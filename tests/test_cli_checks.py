@@ -58,6 +58,10 @@ def test_sequence_longer_than_the_config_allows(tmp_path, capsys):
                           "--out", str(out))
     assert "sequence length 5000 is longer than 'hf:llama-tiny' allows (4096 positions)" in line
     assert not out.exists()
+    line = one_line_error(capsys, "select", "--model", "hf:llama-tiny", "--seq-len", "5000")
+    assert "sequence length 5000 is longer than 'hf:llama-tiny' allows" in line
+    line = one_line_error(capsys, "select", "--model", MODEL, "--seq-len", "64")
+    assert "--seq-len applies to language models (hf:...), not to image model 'test_vit'" in line
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -131,3 +131,55 @@ def test_frontier_memory_needs_units(tmp_path, capsys):
     rc = main(["frontier", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "f"), "--memory", "24,80GiB"])
     err = capsys.readouterr().err
     assert rc == 2 and "--memory '24' has no unit" in err
+
+
+def _study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "frontier_study.py"
+    spec = importlib.util.spec_from_file_location("frontier_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STUDY = '''
+[sweep]
+batch_sizes = 8
+out = "x.jsonl"
+[frontier]
+images = 64
+plots = "p"
+amp = "none"
+checkpointing = [false, true]
+micro_batch = [0, 8]
+micro_batch_batch_sizes = 32
+[[frontier.variant]]
+selector = "gps"
+knobs = ["checkpointing", "micro_batch"]
+'''
+
+
+def test_frontier_study_file_takes_one_values_as_lists(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY)
+    cmds = _study().commands(str(path))
+    # gps: checkpointing x micro-batch (2 x 2); micro-batched cells at 32, plain ones at 8
+    assert len(cmds) == 4 + 1 and cmds[-1][:2] == ["frontier", "x.jsonl"]
+    assert sum("--batch-size" in c and c[c.index("--batch-size") + 1] == "32" for c in cmds) == 2
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("micro_batch = [0, 8]", 'micro_batch = [0, "8"]', "micro_batch takes integers >= 0, not '8'"),
+    ("images = 64", 'images = "64"', "images takes integers >= 1"),
+    ('knobs = ["checkpointing", "micro_batch"]', 'knobs = ["ckpt"]', "unknown knob 'ckpt'"),
+    ("batch_sizes = 8", "", "[sweep]: batch_sizes is missing"),
+    ("[[frontier.variant]]", "[frontier.variant]", "[[frontier.variant]] tables are needed"),
+])
+def test_frontier_study_file_wrong_types_are_one_line(tmp_path, capsys, old, new, needle):
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.replace(old, new))
+    assert _study().main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("frontier_study: error: ") and err.count("\n") == 1 and needle in err, err

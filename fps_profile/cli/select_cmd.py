@@ -6,6 +6,7 @@ import argparse
 import json
 
 from fps_profile.cli.args import check_file, parse_option, positive_int
+from fps_profile.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.knobs import parse_amp
     from fps_profile.measure.backends import backend_for
     from fps_profile.models import check_model_name, create_model, parse_dtype, synthetic_batches
+    from fps_profile.models.hf import check_name_seq_len, is_hf_name
     from fps_profile.selection.budget import make_budget
     from fps_profile.selection.scope import get_scope
     from fps_profile.selection.selectors import create
@@ -85,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     make_budget(args.k, args.fraction)
     dtype = parse_dtype(args.dtype)
     check_model_name(args.model)
+    if is_hf_name(args.model):
+        check_name_seq_len(args.model, args.seq_len)
+    elif args.seq_len is not None:
+        raise UserError(f"--seq-len applies to language models (hf:...), not to image model {args.model!r}")
     backend = backend_for(args.device)
     backend.check(args.device)
     if backend.predicts:

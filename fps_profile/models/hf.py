@@ -136,6 +136,15 @@ def max_positions(model: nn.Module) -> int | None:
     return config_max_positions(model.config)
 
 
+def check_name_seq_len(name: str, seq_len: int | None) -> None:
+    """Fail with one line unless language model ``name`` takes sequences of ``seq_len`` tokens
+    (None: :data:`DEFAULT_SEQ_LEN`), read from its config before anything is built."""
+    seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
+    limit = config_max_positions(build_config(name))
+    if limit is not None and seq_len > limit:
+        raise UserError(f"sequence length {seq_len} is longer than {name!r} allows ({limit} positions)")
+
+
 def config_max_positions(cfg) -> int | None:
     """Longest sequence a ``transformers`` config allows (None: it does not say)."""
     for attr in ("max_position_embeddings", "n_positions"):

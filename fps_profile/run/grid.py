@@ -127,7 +127,7 @@ class _GridMethods:
         self._validate_seq_lens()
 
     def _validate_seq_lens(self) -> None:
-        from fps_profile.models.hf import build_config, config_max_positions, is_hf_name
+        from fps_profile.models.hf import check_name_seq_len, is_hf_name
 
         image = [m for m in self.models if not is_hf_name(m)]
         if self.seq_lens and image:
@@ -139,10 +139,7 @@ class _GridMethods:
                             "sweep the two kinds separately")
         for m in self.models:
             if is_hf_name(m):
-                limit = config_max_positions(build_config(m))
-                longest = max(self.seq_lens_for(m))
-                if limit is not None and longest > limit:
-                    raise UserError(f"sequence length {longest} is longer than {m!r} allows ({limit} positions)")
+                check_name_seq_len(m, max(self.seq_lens_for(m)))
 
 
 Grid = dataclasses.make_dataclass(
