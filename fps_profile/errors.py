@@ -33,3 +33,9 @@ def did_you_mean(name: str, known: Iterable[str], what: str, *, show_known: bool
     if show_known:
         msg += f" (known: {', '.join(known)})"
     return UserError(msg)
+
+
+class SelectorError(UserError):
+    """A selector raised while it ran (``prepare`` or ``score``): one line naming the selector, the
+    tensor and the exception, which is kept as ``__cause__`` (``fps-profile --debug`` shows its
+    traceback, with file and line)."""

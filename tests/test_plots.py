@@ -241,7 +241,7 @@ def test_cli_plot_missing_file_and_bad_format(tmp_path, rows, capsys):
     assert main(["plot", str(results), "--out", str(tmp_path / "f"), "--format", "png,bmpx"]) == 2
     assert "unknown figure format 'bmpx'" in capsys.readouterr().err
     assert main(["plot", str(results), "--out", str(results)]) == 2  # a file, not a folder
-    assert "cannot create figure folder" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_mixed_gpu_models_are_separate_groups():

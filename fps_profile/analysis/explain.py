@@ -9,23 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fps_profile.errors import UserError, did_you_mean
+from fps_profile.analysis import cells
 from fps_profile.rows.label import describe
 from fps_profile.rows.result import Result
 from fps_profile.analysis.summary import mostly
 from fps_profile.units import fmt_bytes, markdown_table
 
-CELL_KEYS = ("what", "selector", "model", "batch", "dtype", "device", "phase", "budget", "scope")
 BAR = 24
-
-
-def what(row: Result) -> str:
-    """The row as the summary names it: a selector, ``floor``, ``train:full`` or ``train:<selector>``."""
-    if row.phase == "inference":
-        return "floor"
-    if row.phase == "train_step":
-        return f"train:{row.selector or 'full'}"
-    return row.selector or "?"
 
 
 def missing_reason(row: Result) -> str:
@@ -79,56 +69,24 @@ def _bar(part: int, total: int) -> str:
     return "#" * round(BAR * part / total) if total else ""
 
 
-def parse_cell(spec: str) -> dict[str, str]:
-    """``"what=gps model=vit_small_patch16_224 batch=16"`` (spaces or commas) -> a filter.
-
-    Raises:
-        UserError: A term that is not ``key=value`` with a known key.
-    """
-    out = {}
-    for term in spec.replace(",", " ").split():
-        key, sep, value = term.partition("=")
-        if not sep or not value:
-            raise UserError(f"--cell terms look like key=value (keys: {', '.join(CELL_KEYS)}), not {term!r}")
-        if key not in CELL_KEYS:
-            raise did_you_mean(key, CELL_KEYS, "--cell key")
-        out[key] = value
-    return out
-
-
-def _value(row: Result, key: str) -> str:
-    if key == "what":
-        return what(row)
-    if key == "batch":
-        return str(row.batch_size)
-    return str(getattr(row, key))
-
-
 def find_rows(rows: Sequence[Result], spec: str) -> list[Result]:
-    """The rows matching a ``--cell`` spec (the newest row of each cell).
+    """The rows matching a ``--cell`` spec (the newest row of each cell; keys: :func:`fps_profile.analysis.cells.keys`).
 
     Raises:
         UserError: Bad spec, or nothing matches (naming the values the file has).
     """
     from fps_profile.analysis.series import dedupe
 
-    wanted = parse_cell(spec)
-    rows = dedupe(rows)
-    found = [r for r in rows if all(_value(r, k) == v for k, v in wanted.items())]
-    if not found:
-        for key, value in wanted.items():
-            known = sorted({_value(r, key) for r in rows})
-            if value not in known:
-                raise did_you_mean(value, known, f"{key} in this file", show_known=len(known) <= 12)
-        raise UserError(f"no row matches --cell {spec!r} (each term matches some row, but not all together)")
-    return found
+    return cells.find(dedupe(rows), spec)
 
 
 def overview(rows: Sequence[Result]) -> str:
-    """One line per row: what it is, its peak, the phase of the peak and its largest category."""
+    """One line per row: what it is, its cell (the frame, and every axis some row sets), its peak,
+    the phase of the peak and its largest category."""
     from fps_profile.analysis.series import dedupe
 
-    body = [[what(r), r.model, str(r.batch_size), r.dtype, r.device, fmt_bytes(r.peak_allocated_bytes),
-             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)] for r in dedupe(rows)]
-    return markdown_table(["what", "model", "batch", "dtype", "device", "peak", "peak phase", "peak is mostly"],
-                          body)
+    rows = dedupe(rows)
+    names = cells.columns(rows)
+    body = [[cells.what(r), *(cells.shown(getattr(r, n, None)) for n in names), fmt_bytes(r.peak_allocated_bytes),
+             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)] for r in rows]
+    return markdown_table(["what", *map(cells.header, names), "peak", "peak phase", "peak is mostly"], body)

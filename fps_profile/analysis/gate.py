@@ -8,7 +8,11 @@ Tolerances depend on the kind of metric:
             the bytes predicted by the ``sim`` backend: 0 by default, so any
             increase fails;
 ``memory``  measured memory (allocator peaks on cpu/cuda, NVML, host RSS): 5%;
-``time``    measured wall time: 10%.
+``time``    measured wall time: 10%, and, as asv judges it, only when the two rows'
+            repeats (``wall_times_s``) differ: their confidence intervals do not overlap
+            (:mod:`fps_profile.analysis.noise`). On a backend whose times are noise (the
+            backend table's ``time_noise``: a shared CPU) time is not gated unless asked for
+            by name (``--metric time``); the report says so.
 
 Parameter counts are shown when they change but never fail the gate (more
 trainable parameters is a behaviour change, not a cost: its cost shows in the
@@ -17,7 +21,8 @@ and ``peak_phase``): bytes moving from one category to another show even when
 the total holds, and the total is what is gated. A cell whose status goes from ``ok`` to anything else fails; the
 reverse is an improvement. Only metrics are compared, never ``env``, so a
 baseline made on another machine gates a run here as long as the
-deterministic figures agree.
+deterministic figures agree; the report names the versions and devices that differ
+(:mod:`fps_profile.analysis.envdiff`).
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from fps_profile.analysis import envdiff, noise
 from fps_profile.errors import UserError, did_you_mean
 from fps_profile.rows.label import describe
 from fps_profile.rows.metrics import BY_NAME, KINDS, SHOWN_ONLY, gated, metric_value
 from fps_profile.rows.result import Result
 from fps_profile.rows.store import latest
-from fps_profile.units import fmt_bytes, fmt_seconds
+from fps_profile.units import fmt_bytes, fmt_seconds, parse_percent
 
 DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10}
 #: Metric name -> kind on a backend that measures (:data:`fps_profile.rows.metrics.METRICS`).
@@ -56,18 +62,11 @@ def metric_kind(metric: str, device: str) -> str:
 def parse_tolerance(text: str, tolerances: dict[str, float]) -> None:
     """Apply one ``--tolerance`` spec to ``tolerances`` (a dict of kind or metric -> fraction).
 
-    ``10%`` or ``0.1`` sets both measured kinds (time and memory);
-    ``time=20%``, ``memory=0.02``, ``exact=1%`` set a kind; ``wall_time_s=30%``
-    sets one metric.
+    ``10%`` sets both measured kinds (time and memory); ``time=20%``, ``memory=2%``,
+    ``exact=1%`` set a kind; ``wall_time_s=30%`` sets one metric. The ``%`` is required.
     """
     target, sep, value = str(text).rpartition("=")
-    raw = value.strip()
-    try:
-        frac = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise UserError(f"tolerance must look like 5%, 0.05 or time=10%, not {text!r}") from None
-    if not math.isfinite(frac) or frac < 0:
-        raise UserError(f"tolerance must be a finite fraction >= 0, not {text!r}")
+    frac = parse_percent(value, f"tolerance {text!r}:" if sep else "tolerance")
     if not sep:
         tolerances["time"] = tolerances["memory"] = frac
         return
@@ -115,8 +114,9 @@ class Change:
         metric: Field name, or ``status``.
         old: Baseline value.
         new: Current value.
-        verdict: ``worse`` (fails), ``within`` (worse but within tolerance),
-            ``better``, ``changed`` (counts, breakdown), ``missing`` (gone from CURRENT) or ``new``.
+        verdict: ``worse`` (fails), ``within`` (worse but within tolerance), ``noise`` (worse
+            beyond tolerance, but the repeats' intervals overlap), ``better``, ``changed``
+            (counts, breakdown), ``missing`` (gone from CURRENT) or ``new``.
         tolerance: The tolerance it was judged with, for gated metrics.
     """
 
@@ -144,6 +144,10 @@ class GateReport:
     cells: int = 0
     metrics: int = 0
     labels: dict[tuple, str] = field(default_factory=dict)
+    #: Device -> (why its times are noise, cells whose times were therefore not gated).
+    untimed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Environment facts that differ between the files (:func:`fps_profile.analysis.envdiff.differences`).
+    env: list[str] = field(default_factory=list)
 
     def label(self, key: tuple) -> str:
         """The cell of ``key`` as :func:`fps_profile.rows.label.describe` names it."""
@@ -160,7 +164,7 @@ class GateReport:
         return strict and (bool(self.only_baseline) or any(c.verdict == "missing" for c in self.changes))
 
 
-def _judge(old, new, tol: float | None, kind: str) -> str | None:
+def _judge(old, new, tol: float | None, kind: str, differ: bool | None = None) -> str | None:
     if new is None:
         return "missing"
     if old is None:
@@ -173,7 +177,9 @@ def _judge(old, new, tol: float | None, kind: str) -> str | None:
         return "changed"
     if new < old:
         return "better"
-    return "worse" if new > old * (1 + tol) * (1 + _REL_EPS) else "within"
+    if new <= old * (1 + tol) * (1 + _REL_EPS):
+        return "within"
+    return "noise" if differ is False else "worse"
 
 
 def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: dict[str, float] | None = None,
@@ -185,7 +191,8 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
         current: Rows of the run under test.
         tolerances: Fractions by kind (``exact``, ``memory``, ``time``) or metric
             name; missing entries take :data:`DEFAULT_TOLERANCES`.
-        metrics: Only these metric names (default: all of :data:`METRICS`).
+        metrics: Only these metric names (default: all of :data:`METRICS`, but not the times of a
+            backend whose times are noise: named here, they are gated too).
 
     Returns:
         Every change, and the cells found in one file only.
@@ -195,7 +202,8 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
     old_rows, new_rows = latest(baseline), latest(current)  # the newest row of a key wins
     report = GateReport(only_baseline=[k for k in old_rows if k not in new_rows],
                         only_current=[k for k in new_rows if k not in old_rows],
-                        labels={k: describe(r) for k, r in {**old_rows, **new_rows}.items()})
+                        labels={k: describe(r) for k, r in {**old_rows, **new_rows}.items()},
+                        env=envdiff.differences(baseline, current))
     for key, old in old_rows.items():
         new = new_rows.get(key)
         if new is None:
@@ -211,12 +219,26 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
             if a is None and b is None:
                 continue
             kind = metric_kind(metric, old.device)
+            if kind == "time" and metrics is None and _skip_time(report, old.device):
+                continue
             limit = tol.get(metric, tol.get(kind))
             report.metrics += 1
-            verdict = _judge(a, b, limit, kind)
+            samples = BY_NAME[metric].samples if metric in BY_NAME else None
+            differ = noise.differ(getattr(old, samples), getattr(new, samples)) if samples else None
+            verdict = _judge(a, b, limit, kind, differ)
             if verdict:
                 report.changes.append(Change(key, metric, a, b, verdict, None if kind in SHOWN_ONLY else limit))
     return report
+
+
+def _skip_time(report: GateReport, device: str) -> bool:
+    """Whether ``device``'s times are noise (counted in ``report.untimed`` once per cell)."""
+    from fps_profile.measure.backends import time_noise
+
+    why = time_noise(device)
+    if why is not None:
+        report.untimed[device] = (why, report.untimed.get(device, (why, 0))[1] + 1)
+    return why is not None
 
 
 def _verdict_text(c: Change) -> str:
@@ -226,6 +248,8 @@ def _verdict_text(c: Change) -> str:
         pct = "inf" if c.ratio == math.inf else f"{(c.ratio - 1) * 100:+.1f}%"
         sign = ">" if c.verdict == "worse" else "<="
         return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {sign} {c.tolerance:.0%})"
+    if c.verdict == "noise":
+        return f"within noise ({(c.ratio - 1) * 100:+.1f}% > {c.tolerance:.0%}, but the repeats' confidence intervals overlap)"
     if c.verdict == "better" and c.ratio is not None:
         return f"better ({(c.ratio - 1) * 100:+.1f}%)"
     return {"missing": "missing in CURRENT", "new": "new in CURRENT"}.get(c.verdict, c.verdict)
@@ -233,7 +257,7 @@ def _verdict_text(c: Change) -> str:
 
 def to_markdown(report: GateReport, strict: bool = False) -> str:
     """The report as markdown: a table of changes, cells in one file only, a verdict line."""
-    lines = []
+    lines = [f"Environments differ: {'; '.join(report.env)}", ""] if report.env else []
     if report.changes:
         lines += ["| cell | metric | old | new | ratio | verdict |", "| --- | --- | ---: | ---: | ---: | --- |"]
         for c in report.changes:
@@ -246,6 +270,9 @@ def to_markdown(report: GateReport, strict: bool = False) -> str:
                         ("Cells only in CURRENT (not in BASELINE)", report.only_current)):
         if keys:
             lines += ["", f"{title}: {len(keys)}", *(f"- {report.label(k)}" for k in keys)]
+    for device, (why, cells) in sorted(report.untimed.items()):
+        lines += ["", f"Time not gated on {device} ({cells} cells): {why}; memory is. Gate time there "
+                      "too with --metric time (or --metric wall_time_s)."]
     worse = len(report.worse)
     counts = f"{report.metrics} metrics in {report.cells} cells compared, {len(report.changes)} changed, " \
              f"{worse} worse beyond tolerance"

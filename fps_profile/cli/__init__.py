@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
 
 from fps_profile import __version__
-from fps_profile.errors import UserError
+from fps_profile.errors import SelectorError, UserError
 
 # Subcommands are the modules ``fps_profile/cli/<name>_cmd.py``; this is their help order.
 ORDER = ("sweep", "select", "scope", "overlap", "plot", "report", "frontier", "explain", "gate", "list")
@@ -35,7 +36,16 @@ def _load(name: str):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line too (no usage dump), exit status 2."""
+    """argparse, but a usage error is one line too (no usage dump), exit status 2.
+
+    A value that starts with a minus and a digit (``--memory-budget -8GiB``, ``--timeout -5``) is
+    taken as the option's value, so its own check says what is wrong with it, instead of argparse's
+    "expected one argument" (no option of fps-profile looks like a negative number).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?[0-9]")
 
     def error(self, message: str):
         where = self.prog.removeprefix("fps-profile").strip()
@@ -83,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"fps-profile: error: {exc}", file=sys.stderr)
+        hint = " (fps-profile --debug ... shows its traceback)" if isinstance(exc, SelectorError) else ""
+        print(f"fps-profile: error: {exc}{hint}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``fps-profile ... | head``): stop quietly, as Unix tools do.

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
+import os
+from pathlib import Path
 
 from fps_profile.errors import UserError
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
+def parse_bytes(text: str, what: str = "memory size") -> int:
+    """``"8GiB"``, ``"500MB"`` -> bytes; a bare number is an error (:func:`fps_profile.units.parse_bytes`)."""
+    from fps_profile.units import parse_bytes as parse
 
-def parse_bytes(text: str) -> int:
-    """``"8GiB"``, ``"500MB"``, ``"1024"`` -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"not a memory size: {text!r} (use e.g. 8GiB, 500MB or a byte count)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return parse(text, what)
 
 
 def comma_list(text: str) -> list[str]:
@@ -62,3 +59,57 @@ def parse_option(text: str) -> tuple[str, object]:
     if raw.lower() in ("true", "false"):
         return key, raw.lower() == "true"
     return key, raw
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why nothing can be written into the existing ``folder`` (None: it can); tried with a temporary
+    file that is gone at once, so a read-only file system or a root-owned folder shows too."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def check_folder(path, what: str) -> None:
+    """Fail now, before any work, unless ``path`` is a folder that can be written or created.
+
+    Nothing is created: a missing folder is made later by whoever writes into it.
+
+    Raises:
+        UserError: ``path`` (or a folder above it) is a file, or cannot be written.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"cannot write {what} into {str(path)!r}: {str(probe)!r} is a file, not a folder")
+    reason = _cannot_write(probe)
+    if reason:
+        raise UserError(f"cannot write {what} into {str(path)!r}: {reason}")
+
+
+def check_file(path, what: str) -> None:
+    """Fail now, before any work, unless the file ``path`` can be written (its folder must exist).
+
+    Raises:
+        UserError: ``path`` is a folder, its folder is missing or cannot be written, or it exists
+            and cannot be written.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a folder; give a file name")
+    if not folder.is_dir():
+        raise UserError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
+    reason = _cannot_write(folder)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "permission denied"
+    if reason:
+        raise UserError(f"cannot write {what} {str(path)!r}: {reason}")

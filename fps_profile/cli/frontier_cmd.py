@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from fps_profile.cli.args import comma_list, parse_bytes, positive_int
+from fps_profile.cli.args import check_folder, comma_list, parse_bytes, positive_int
 from fps_profile.errors import UserError
 
 
@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--images", type=positive_int, default=2048,
                    help="N of 'time to select on N images' (default 2048)")
     p.add_argument("--memory", default="24GiB,40GiB,80GiB,141GiB",
-                   help="comma list of memory budgets of the table (default 24GiB,40GiB,80GiB,141GiB)")
+                   help="comma list of memory budgets of the table, sizes with their units (GiB = 2^30 bytes, "
+                   "GB = 10^9; default 24GiB,40GiB,80GiB,141GiB)")
     p.add_argument("--format", default="png,svg", help="comma list of image formats (default png,svg)")
     p.add_argument("--json", action="store_true", help="print the table as JSON lines instead of markdown")
     p.set_defaults(run=run)
@@ -41,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.plots import RC, figure_folder, save
     from fps_profile.plots.frontier import frontier_figure
 
-    budgets = [parse_bytes(b) for b in comma_list(args.memory)]
+    budgets = [parse_bytes(b, "--memory") for b in comma_list(args.memory)]
     if not budgets:
         raise UserError("no memory budget given (e.g. --memory 24GiB,80GiB)")
     formats = [f.lower() for f in comma_list(args.format)]
+    check_folder(args.out, "figures and frontier.md")
     rows = [r for path in args.results for r in load_rows(path)]
     what = " ".join(repr(p) for p in args.results)
     if not any(r.phase == "select" for r in rows):

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from fps_profile.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -20,10 +23,18 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "selectors":
         from fps_profile.selection.selectors import get, list_selectors
 
+        broken = 0
         for name in list_selectors(args.pattern):
-            cls = get(name)
+            try:
+                cls = get(name)
+            except UserError as exc:  # one broken plugin does not hide the others
+                broken += 1
+                print(f"{name:<12} {'broken':<9} {exc}")
+                continue
             needs = "backward" if cls.needs_backward else ("forward" if cls.needs_data else "no data")
             print(f"{name:<12} {needs:<9} {cls.describe()}")
+        if broken:
+            print(f"fps-profile: note: {broken} selector plugin(s) failed to load; the others work", file=sys.stderr)
     elif args.what == "scopes":
         from fps_profile.selection.scope import SCOPES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fps_profile.cli.args import comma_list, positive_int
+from fps_profile.cli.args import check_folder, comma_list, positive_int
 from fps_profile.errors import UserError
 
 
@@ -47,10 +47,11 @@ def warn_missing_reference(rows, reference: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from fps_profile.plots import plot_all
 
-    rows = load_rows(args.results)
     formats = [f.lower() for f in comma_list(args.format)]
     if not formats:
         raise UserError("no figure format given")
+    check_folder(args.out, "figures")
+    rows = load_rows(args.results)
     warn_missing_reference(rows, args.reference)
     paths = plot_all(rows, args.out, formats=formats, reference=args.reference, batch=args.batch)
     for path in paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fps_profile.cli.args import comma_list
+from fps_profile.cli.args import check_file, check_folder, comma_list
 
 
 def add_parser(sub) -> None:
@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
     from fps_profile.cli.plot_cmd import load_rows, warn_missing_reference
     from fps_profile.plots.report import write_report
 
+    from pathlib import Path
+
+    check_file(args.out, "report")
+    if not args.no_figures:  # the figures' folder, as write_report chooses it
+        check_folder(args.figures or Path(args.out).with_name(f"{Path(args.out).stem}_figures"), "figures")
     rows = load_rows(args.results)
     warn_missing_reference(rows, args.reference)
     out, figures = write_report(rows, args.out, figures_dir=args.figures, draw_figures=not args.no_figures,

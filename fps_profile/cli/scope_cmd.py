@@ -18,9 +18,9 @@ def add_parser(sub) -> None:
         epilog="Example: fps-profile scope resnet50 --scope gps",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model", help="timm model name")
+    p.add_argument("model", help="timm model name, or language model hf:<name> / hf:<path>.json")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "all-weights, attention or mlp")
+                   "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width to build the model for (default: its own)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (every tensor's role too)")
@@ -28,15 +28,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from fps_profile.models import build_timm
+    from fps_profile.models import meta_model
     from fps_profile.selection.scope import get_scope
     from fps_profile.selection.scope_report import scope_report
 
     scope = get_scope(args.scope)  # an unknown scope fails before the model is built
-    with torch.device("meta"):
-        model = build_timm(args.model, image_size=args.image_size)
+    model = meta_model(args.model, image_size=args.image_size)
     report = scope_report(model, scope, args.model)
     print(json.dumps(report.to_dict()) if args.json else report.format())
     return 0

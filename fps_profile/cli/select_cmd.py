@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from fps_profile.cli.args import parse_option, positive_int
+from fps_profile.cli.args import check_file, parse_option, positive_int
 from fps_profile.errors import UserError
 
 
@@ -14,13 +13,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "select",
         help="choose trainable parameters with a selector and save the mask",
-        description="Run one selector on a randomly initialised timm model with synthetic "
-        "inputs, print the mask's statistics and optionally save it (safetensors).",
+        description="Run one selector on a randomly initialised timm model (or hf: language model) with "
+        "synthetic inputs, print the mask's statistics and optionally save it (safetensors). On "
+        "--device sim[:target] the selection is predicted instead (peak memory, FLOPs, counts; no mask).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per batch (images, or sequences of a language model)")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width, the model built for it (default: the model's own)")
@@ -28,9 +28,10 @@ def add_parser(sub) -> None:
                    help="tokens per sequence of a language model (default 512)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
-    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
+    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget: the fraction of all ranked "
+                        "entries trained, in (0, 1] (0.01 = 1%%, not a percentage)")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "all-weights, attention or mlp")
+                   "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
     p.add_argument("--amp", default=None, help="autocast the selector's passes: fp16, bf16, or "
@@ -39,7 +40,9 @@ def add_parser(sub) -> None:
                    "set_grad_checkpointing) during a backward selector's passes (gps, snip)")
     p.add_argument("--micro-batch", type=positive_int, default=None, metavar="M",
                    help="process each batch in chunks of M samples (statistics and gradients accumulated)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N], or sim[:target] (h100, h200, a100): on "
+                   "the sim nothing is selected; it predicts the selection's peak memory, FLOPs and the mask's "
+                   "trainable counts (exact for k; for a fraction, exact in total), and --out is an error")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
@@ -48,7 +51,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _breakdown(model, mask, scope: str) -> str:
+def breakdown_line(model, mask, scope: str) -> str:
     """Ranked entries vs whole trainable tensors, and the count without the classifier
     head (the figure GPS and FPS papers quote, e.g. 0.195% of ViT-B/16 at k=1)."""
     from fps_profile.models.parts import find_classifier
@@ -66,21 +69,37 @@ def _breakdown(model, mask, scope: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import fps_profile
+    from fps_profile.knobs import parse_amp
     from fps_profile.measure.backends import backend_for
-    from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.models import check_model_name, create_model, parse_dtype, synthetic_batches
+    from fps_profile.models.hf import check_name_seq_len, is_hf_name
+    from fps_profile.selection.budget import make_budget
+    from fps_profile.selection.scope import get_scope
     from fps_profile.selection.selectors import create
 
+    # Everything that can be checked is checked before a model is built.
     options = dict(parse_option(o) for o in args.option)
-    create(args.selector, **options)  # fail on a bad selector or option before building anything
-    from fps_profile.knobs import parse_amp
-
+    create(args.selector, **options)  # the selector, and its options against their defaults' types
     parse_amp(args.amp)
-    if args.out and not Path(args.out).parent.is_dir():  # ... and on an --out that cannot be written
-        raise UserError(f"cannot write mask to {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist")
-    device = _torch_device(args.device, backend_for)
-    dtype = parse_dtype(args.dtype)
+    get_scope(args.scope)
     if args.fraction is None and args.k is None:
         args.k = 1
+    make_budget(args.k, args.fraction)
+    dtype = parse_dtype(args.dtype)
+    check_model_name(args.model)
+    if is_hf_name(args.model):
+        check_name_seq_len(args.model, args.seq_len)
+    elif args.seq_len is not None:
+        raise UserError(f"--seq-len applies to language models (hf:...), not to image model {args.model!r}")
+    backend = backend_for(args.device)
+    backend.check(args.device)
+    if backend.predicts:
+        from fps_profile.cli.select_sim import run_on_sim
+
+        return run_on_sim(args, options, breakdown_line)
+    if args.out:
+        check_file(args.out, "mask")
+    device = backend.torch_device(args.device)
     model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
                                 image_size=args.image_size, seq_len=args.seq_len)
@@ -101,17 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
               f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
         print(stats.format(per_tensor=args.per_tensor))
-        print(_breakdown(model, mask, args.scope))
+        print(breakdown_line(model, mask, args.scope))
         if args.out:
             print(f"mask written to {args.out}")
     return 0
-
-
-def _torch_device(name: str, backend_for):
-    """The torch device ``select`` runs on (a real one: the sim predicts memory, it computes no mask)."""
-    from fps_profile.errors import UserError
-
-    backend = backend_for(name)
-    if not hasattr(backend, "torch_device"):
-        raise UserError(f"select needs a real device to compute a mask, not {name!r} (use cpu or cuda)")
-    return backend.torch_device(name)

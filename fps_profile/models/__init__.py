@@ -106,6 +106,17 @@ def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dty
     return model.to(device=device, dtype=dtype)
 
 
+def meta_model(name: str, dtype: torch.dtype = torch.float32, *, image_size: int | None = None) -> nn.Module:
+    """:func:`create_model` on the meta device: every shape, no storage (a 70B model costs nothing).
+
+    Raises:
+        UserError: Unknown name, or a model that cannot be built (as :func:`create_model`).
+    """
+    check_model_name(name)
+    with torch.device("meta"):
+        return create_model(name, device="meta", dtype=dtype, image_size=image_size)
+
+
 def input_size(model: nn.Module, image_size: int | None = None) -> tuple[int, int, int]:
     """``(channels, height, width)`` the model expects: its ``pretrained_cfg["input_size"]``
     (FastViT 256, Inception 299, ...), with height and width ``image_size`` when given."""

@@ -82,9 +82,9 @@ def load_config_dict(name: str) -> dict:
 
 
 def check_hf_name(name: str) -> None:
-    """Fail with one line unless ``name`` is a config this installation can build."""
-    load_config_dict(name)
-    require_transformers()
+    """Fail with one line unless ``name`` is a config this installation can read (its ``model_type``
+    known to transformers, its values accepted): checked before anything is measured."""
+    build_config(name)
 
 
 def build_config(name: str):
@@ -93,6 +93,11 @@ def build_config(name: str):
     data = load_config_dict(name)
     model_type = data.pop("model_type")
     data.pop("architectures", None)
+    known = transformers.CONFIG_MAPPING.keys()
+    if model_type not in known:
+        error = did_you_mean(str(model_type), known, "model_type", show_known=False)
+        raise UserError(f"model {name!r}: {error} (transformers {transformers.__version__} knows {len(known)}; "
+                        "transformers.CONFIG_MAPPING lists them)")
     try:
         config = transformers.AutoConfig.for_model(model_type, **data)
     except (ValueError, KeyError, TypeError) as exc:
@@ -128,7 +133,20 @@ def vocab_size(model: nn.Module) -> int:
 
 def max_positions(model: nn.Module) -> int | None:
     """Longest sequence the model's position table or RoPE setting allows (None: unknown)."""
-    cfg = model.config
+    return config_max_positions(model.config)
+
+
+def check_name_seq_len(name: str, seq_len: int | None) -> None:
+    """Fail with one line unless language model ``name`` takes sequences of ``seq_len`` tokens
+    (None: :data:`DEFAULT_SEQ_LEN`), read from its config before anything is built."""
+    seq_len = DEFAULT_SEQ_LEN if seq_len is None else seq_len
+    limit = config_max_positions(build_config(name))
+    if limit is not None and seq_len > limit:
+        raise UserError(f"sequence length {seq_len} is longer than {name!r} allows ({limit} positions)")
+
+
+def config_max_positions(cfg) -> int | None:
+    """Longest sequence a ``transformers`` config allows (None: it does not say)."""
     for attr in ("max_position_embeddings", "n_positions"):
         value = getattr(cfg, attr, None)
         if isinstance(value, int):

@@ -34,6 +34,11 @@ class Metric:
             figure is deterministic and gated as ``exact``.
         default: The value of a row that lacks it.
         doc: What it means.
+        samples: The row field holding every repeat this figure summarises (the gate tests
+            whether two rows' repeats differ before calling a change worse).
+        form: What a row holds (checked when a results file is read): ``number``, ``numbers`` (a
+            list), ``numbers_by`` (name -> number), ``numbers_by_by`` (name -> name -> number),
+            ``text`` or ``records`` (a list of objects).
     """
 
     name: str
@@ -43,6 +48,8 @@ class Metric:
     better: str = "lower"
     exact_on_predictions: bool = False
     default: Any = None
+    samples: str | None = None
+    form: str = "number"
 
 
 METRICS: tuple[Metric, ...] = (
@@ -54,18 +61,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("nvml_process_peak_bytes", "memory", "bytes", "peak NVML figure for this process, where the driver "
            "gives one"),
     Metric("rss_peak_bytes", "memory", "bytes", "process resident-set high-water mark during the phase"),
-    Metric("wall_time_s", "time", "s", "median of wall_times_s"),
-    Metric("wall_times_s", None, "s", "every timed repeat", default=list),
+    Metric("wall_time_s", "time", "s", "median of wall_times_s", samples="wall_times_s"),
+    Metric("wall_times_s", None, "s", "every timed repeat", default=list, form="numbers"),
     Metric("params_total", "count", "count", "parameters of the model"),
     Metric("params_trainable", "count", "count", "trainable parameters in this phase"),
     Metric("flops", "exact", "count", "floating-point operations of one run of the phase, where known"),
     Metric("time_floor_s", "exact", "s", "flops over the target device's peak rate, where known"),
     Metric("peak_breakdown_bytes", None, "bytes", "category -> bytes at the peak, summing to it "
-           "(fps_profile.trackers.breakdown)"),
-    Metric("peak_phase", "breakdown", None, "phase of the run at the peak: " + ", ".join(PEAK_PHASES)),
-    Metric("peak_top_modules", None, None, "the largest holders at the peak: {module, category, bytes}"),
-    Metric("peak_breakdown_by_phase", None, "bytes", "phase -> its own peak's breakdown"),
-    Metric("peak_breakdown_run", None, None, "measured (cpu, sim) or extra (one more run: cuda)"),
+           "(fps_profile.trackers.breakdown)", form="numbers_by"),
+    Metric("peak_phase", "breakdown", None, "phase of the run at the peak: " + ", ".join(PEAK_PHASES), form="text"),
+    Metric("peak_top_modules", None, None, "the largest holders at the peak: {module, category, bytes}",
+           form="records"),
+    Metric("peak_breakdown_by_phase", None, "bytes", "phase -> its own peak's breakdown", form="numbers_by_by"),
+    Metric("peak_breakdown_run", None, None, "measured (cpu, sim) or extra (one more run: cuda)", form="text"),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 
@@ -90,3 +98,27 @@ def better(metric: str) -> str:
     """``"lower"`` or ``"higher"`` for a :func:`gated` metric name."""
     m = BY_NAME.get(metric.partition(".")[0])
     return m.better if m else "lower"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FORMS = {
+    "number": (_number, "a number"),
+    "numbers": (lambda v: isinstance(v, list) and all(map(_number, v)), "a list of numbers"),
+    "numbers_by": (lambda v: isinstance(v, dict) and all(map(_number, v.values())), "an object of numbers"),
+    "numbers_by_by": (lambda v: isinstance(v, dict) and all(isinstance(d, dict) and all(map(_number, d.values()))
+                                                            for d in v.values()), "an object of objects of numbers"),
+    "text": (lambda v: isinstance(v, str), "text"),
+    "records": (lambda v: isinstance(v, list) and all(isinstance(d, dict) for d in v), "a list of objects"),
+}
+
+
+def figure_problem(name: str, value) -> str | None:
+    """Why ``value`` cannot be the figure ``name`` of a row (None: it can, or ``name`` is no figure)."""
+    m = BY_NAME.get(name)
+    if m is None or value is None:
+        return None
+    ok, want = _FORMS[m.form]
+    return None if ok(value) else f"field {name!r} must be {want}, not {value!r}"

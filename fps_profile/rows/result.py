@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from fps_profile.rows.key import cell_key
-from fps_profile.rows.metrics import METRICS
+from fps_profile.rows.metrics import METRICS, figure_problem
 from fps_profile.rows.schema import AXES, selector_variant
 
 SCHEMA = "fps-profile/results/1"
@@ -52,6 +52,12 @@ class _RowMethods:
         missing = [n for n in REQUIRED if n not in data and n != "selector"]
         if missing:
             raise ValueError(f"missing field {missing[0]!r}")
+        if data.get("status", "ok") not in STATUSES:
+            raise ValueError(f"field 'status' must be one of {', '.join(STATUSES)}, not {data['status']!r}")
+        for name, value in data.items():
+            problem = figure_problem(name, value)
+            if problem:
+                raise ValueError(problem)
         return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
 

@@ -74,6 +74,11 @@ class Axis:
         return [self.default] if self.swept else self.default
 
     @property
+    def takes_text(self) -> bool:
+        """Its values are names (selectors, models, devices ...): text, kept as given."""
+        return self.parse is same
+
+    @property
     def row_default(self) -> Any:
         """The value of a row written before this axis existed (or that leaves it unset)."""
         return False if isinstance(self.default, bool) else None
@@ -123,10 +128,10 @@ AXES: tuple[Axis, ...] = (
     Axis("options", (), key="none", grid="options", grid_default=dict, doc="the selector's options (part of the selector's slot)"),
     Axis("image_size", None, positive_int("image size", optional=True), key="bare",
          label=lambda v: f"@{v}px", label_group="model", grid="image_size", flag="--image-size",
-         doc="input height and width; None: the model's own (pretrained_cfg['input_size'])"),
+         doc="input height and width in pixels; none: the model's own (pretrained_cfg['input_size'])"),
     Axis("seq_len", None, positive_int("sequence length", optional=True), swept=True, grid="seq_lens", grid_default=(),
          label=lambda v: f"seq={v}", label_group="model", flag="--seq-len",
-         doc="tokens per sequence of a language model; None for image models"),
+         doc="tokens per sequence of a language model (none: 512); none for image models"),
     Axis("amp", None, parse_amp, label=lambda v: f"+{v}", swept=True, grid="amp", flag="--amp",
          doc="autocast around every phase's passes: fp16, bf16 (a GradScaler for fp16 training), or "
          "fp16-nocache/bf16-nocache, which turn off autocast's cache of cast weight copies (kept for the whole "

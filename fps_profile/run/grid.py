@@ -127,7 +127,7 @@ class _GridMethods:
         self._validate_seq_lens()
 
     def _validate_seq_lens(self) -> None:
-        from fps_profile.models.hf import is_hf_name
+        from fps_profile.models.hf import check_name_seq_len, is_hf_name
 
         image = [m for m in self.models if not is_hf_name(m)]
         if self.seq_lens and image:
@@ -137,6 +137,9 @@ class _GridMethods:
             lm = next(m for m in self.models if is_hf_name(m))
             raise UserError(f"--image-size applies to image models, not to language model {lm!r}: "
                             "sweep the two kinds separately")
+        for m in self.models:
+            if is_hf_name(m):
+                check_name_seq_len(m, max(self.seq_lens_for(m)))
 
 
 Grid = dataclasses.make_dataclass(

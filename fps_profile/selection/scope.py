@@ -144,6 +144,9 @@ SCOPES.register("gps", Scope("gps", about="GPS: Linear/Conv2d weights ranked; bi
 SCOPES.register("gps+lm-head", Scope("gps+lm-head", trainable=("head", "bias", "gamma", "lm_head"),
                                      about="gps, and a language model's lm_head trained whole (tied: the token "
                                      "embedding, the same tensor)"))
+SCOPES.register("linear", Scope("linear", rank_modules=(nn.Linear,),
+                                about="gps with only Linear weights ranked (GPT-2's Conv1D too): convolutions such "
+                                "as a ViT's patch embedding frozen; for selectors that read Linear inputs only"))
 SCOPES.register("all-weights", Scope("all-weights", frozen=(), trainable=(),
                                      about="every Linear/Conv2d weight ranked, the classifier's too; the rest frozen "
                                      "(a language model's embeddings and lm_head too)"))

@@ -13,6 +13,7 @@ from fps_profile.selection.budget import Budget, make_budget
 from fps_profile.selection.sharding import tensors as sharding
 from fps_profile.errors import UserError
 from fps_profile.selection.batches import Batches, left_as_found
+from fps_profile.selection.failures import guarded
 from fps_profile.rows.values import parse_amp, parse_micro_batch
 from fps_profile.selection.mask import Mask
 from fps_profile.selection.mask_entry import MaskEntry
@@ -120,9 +121,10 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     with left_as_found(model):
         try:
             with knobs.checkpointing(model, checkpointing and sel.needs_backward), knobs.autocast(amp, device):
-                sel.prepare(model, data, targets)
+                with guarded(selector, "prepare"):
+                    sel.prepare(model, data, targets)
             with breakdown_marks.phase("scoring"):
-                scored = ((t.name, sel.score(t)) for t in targets)
+                scored = ((t.name, _score(sel, t, selector)) for t in targets)
                 if keep_scores is not None:
                     scored = _kept(scored, keep_scores)
                 out_axes = {t.name: t.out_axis for t in targets if t.out_axis}
@@ -152,3 +154,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
 
         meta |= {"rank": dist.get_rank(group), "world_size": dist.get_world_size(group)}
     return Mask({n: out[n] for n in params}, meta)
+
+
+def _score(sel, target: Target, selector: str) -> torch.Tensor:
+    with guarded(selector, f"score of {target.name!r}"):
+        return sel.score(target)

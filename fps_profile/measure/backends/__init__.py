@@ -31,11 +31,14 @@ class Backend:
         predicts: Its figures are predictions, not measurements (no wall time; memory and
             FLOPs are deterministic, so the gate judges them exactly).
         timed: Rows carry wall times.
+        time_noise: Why its wall times are noise, not a measurement the gate should fail on (None:
+            they can be trusted). The gate then compares memory only unless asked for time.
     """
 
     name: ClassVar[str] = ""
     predicts: ClassVar[bool] = False
     timed: ClassVar[bool] = True
+    time_noise: ClassVar[str | None] = None
 
     def matches(self, device: str) -> bool:
         """Whether ``device`` names this backend (``name`` or ``name:...``)."""
@@ -110,3 +113,12 @@ def predicts(device: str) -> bool:
         return backend_for(device).predicts
     except UserError:
         return False
+
+
+def time_noise(device: str) -> str | None:
+    """Why wall times of ``device`` are noise (see :attr:`Backend.time_noise`); None: they can be
+    trusted, or the device is unknown here."""
+    try:
+        return backend_for(device).time_noise
+    except UserError:
+        return None

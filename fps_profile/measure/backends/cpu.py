@@ -10,6 +10,9 @@ class CpuBackend(DeviceBackend):
     """Measures on this machine's CPU with :class:`~fps_profile.trackers.LiveTensorBytes`."""
 
     name = "cpu"
+    # A CPU runs whatever else the machine runs (other sweeps, builds, frequency scaling): two
+    # identical sweeps differ by factors, while the peak of live tensor bytes repeats to the byte.
+    time_noise = "wall times on a CPU are noise (shared with other processes, frequency scaling)"
 
     def check(self, device: str, *, local: bool = True) -> None:
         import torch

@@ -47,12 +47,49 @@ def list_selectors(pattern: str = "*") -> list[str]:
     return SELECTORS.names(pattern)
 
 
+_TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+
+
+def option_value(selector: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` of option ``key`` as the type of its default, or a one-line error naming both.
+
+    A default of type bool, int, float or str fixes the type: text (the command line's
+    ``-o key=value``) is converted (``"3"`` for an int, ``"on"``/``"false"`` for a bool), an int is
+    a float where a float is expected, a number is text where text is; anything else is an error.
+    A default of another type (None, a callable) accepts any value.
+    """
+    kind = type(default)
+    if default is None or kind not in (bool, int, float, str) or isinstance(value, kind) and (
+            kind is not int or not isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    if kind is bool:
+        if text.lower() in _TRUE + _FALSE and not isinstance(value, float):
+            return text.lower() in _TRUE
+    elif kind is int and not isinstance(value, (bool, float)):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif kind is float and not isinstance(value, bool):
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    elif kind is str and not isinstance(value, bool):
+        return text
+    want = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
+    raise UserError(f"selector {selector!r}: option {key} must be {want} (its default is {default!r}), "
+                    f"not {value!r}")
+
+
 def create(name: str, **options: Any):
-    """Instantiate selector ``name`` with its options, rejecting unknown ones clearly."""
+    """Instantiate selector ``name`` with its options, rejecting unknown ones and values of the
+    wrong type (:func:`option_value`) clearly."""
     cls = get(name)
     accepted = cls.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "no options"
         raise UserError(f"selector {name!r} has no option {unknown[0]!r} (it takes: {takes})")
-    return cls(**options)
+    return cls(**{k: option_value(name, k, v, accepted[k]) for k, v in options.items()})
