@@ -96,12 +96,17 @@ def parse_dtype_name(value) -> str:
 
 
 def parse_budget(value) -> str:
-    """A selection budget as rows write it: ``k=1`` or ``fraction=0.01``.
+    """A selection budget as rows write it: ``k=1``, ``fraction=0.01`` or ``shira:8`` (the ``r*(m+n)``
+    best entries of every ranked ``m x n`` tensor, PEFT SHiRA's size: :mod:`fps_profile.selection.shira`).
 
     Raises:
         UserError: Anything else.
     """
-    key, sep, rest = str(value).partition("=")
+    text = str(value).strip()
+    head, colon, r = text.partition(":")
+    if colon and head.strip() == "shira" and r.strip().isdigit() and int(r) >= 1:
+        return f"shira:{int(r)}"
+    key, sep, rest = text.partition("=")
     try:
         if sep and key.strip() == "k" and int(rest) >= 1:
             return f"k={int(rest)}"
@@ -109,7 +114,38 @@ def parse_budget(value) -> str:
             return f"fraction={float(rest)}"  # as the sweep has always written it (rows' keys)
     except ValueError:
         pass
-    raise UserError(f"budget must look like k=1 or fraction=0.01 (k >= 1, 0 < fraction <= 1), not {value!r}")
+    raise UserError(f"budget must look like k=1, fraction=0.01 or shira:8 (k >= 1, 0 < fraction <= 1, "
+                    f"r >= 1), not {value!r}")
+
+
+#: The trainers of a sparse ``train_step``: name -> ``"module:function"`` building the step (as
+#: :func:`fps_profile.measure.phases.train_step_fn` takes its arguments; imported when used).
+TRAINERS: dict[str, str] = {
+    "fps-profile": "fps_profile.measure.phases:train_step_fn",
+    "peft-shira": "fps_profile.integrations.peft_step:peft_train_step_fn",
+}
+
+
+def parse_trainer(value) -> str:
+    """A :data:`TRAINERS` name (``fps-profile``, ``peft-shira``).
+
+    Raises:
+        UserError: Anything else.
+    """
+    text = str(value).strip().lower()
+    if text not in TRAINERS:
+        from fps_profile.errors import did_you_mean
+
+        raise did_you_mean(str(value), TRAINERS, "trainer")
+    return text
+
+
+def trainer_of(c):
+    """The trainer where it means something: a ``train_step`` with a selector's mask (else None)."""
+    from fps_profile.rows import phases
+
+    trains = c.selector is not None and phases.get_phase(c.phase).trains_mask
+    return getattr(c, "trainer", None) if trains else None
 
 
 def _nonneg_int(what: str):
@@ -217,7 +253,8 @@ AXES: tuple[Axis, ...] = (
     Axis("phase", "select", key="slot", swept=True, grid="phases", flag="--phase",
          grid_default=("select", "inference", "train_step"), doc="what runs (fps_profile.rows.phases)"),
     Axis("budget", "k=1", parse_budget, key="slot", key_value=_if_selector("budget"), swept=True, grid="budget",
-         doc="k=1 (per output row) or fraction=0.01 (global) for selection and sparse steps"),
+         doc="k=1 (per output row), fraction=0.01 (global) or shira:R (R*(m+n) entries of every ranked m x n "
+         "tensor, PEFT SHiRA's size) for selection and sparse steps"),
     Axis("scope", "gps", key="slot", key_value=_if_selector("scope"), grid="scope", flag="--scope",
          doc="parameter scope of selection and sparse steps"),
     Axis("options", (), key="none", grid="options", grid_default=dict, doc="the selector's options (part of the selector's slot)"),
@@ -243,6 +280,11 @@ AXES: tuple[Axis, ...] = (
     Axis("num_batches", 1, positive_int("num_batches"), key_value=_selection_batches,
          label=lambda v: f"x{v} batches", label_group="who", grid="num_batches", flag="--num-batches",
          doc="selection batches one select run goes through (in the key above one, on select rows)"),
+    Axis("trainer", "fps-profile", parse_trainer, key_value=trainer_of, label=lambda v: f"via {v}", label_group="who",
+         swept=True, grid="trainers", flag="--trainer",
+         doc="what trains a sparse train_step's mask: fps-profile (its in-place sparse step) or peft-shira (the "
+         "same entries through Hugging Face PEFT's SHiRA adapter: a mask it can hold, e.g. budget shira:R, scope "
+         "shira; needs peft); other phases and full fine-tuning ignore it"),
     Axis("warmup", 1, _nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",

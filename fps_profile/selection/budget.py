@@ -200,13 +200,13 @@ def _cuts(order: torch.Tensor, sizes: list[int]) -> list[int]:
 
 def make_budget(k: int | None = None, fraction: float | None = None, budget: Budget | str | None = None) -> Budget:
     """The budget for exactly one of ``k`` (per-row top-K), ``fraction`` (global) or ``budget``:
-    a :class:`Budget`, or ``"shira:R"`` (:class:`fps_profile.integrations.peft_budget.ShiraRank`)."""
+    a :class:`Budget`, or ``"shira:R"`` (:class:`fps_profile.selection.shira.ShiraRank`)."""
     if budget is not None:
         if k is not None or fraction is not None:
             raise UserError("give exactly one of k, fraction or budget")
         if isinstance(budget, Budget):
             return budget
-        from fps_profile.integrations.peft_budget import ShiraRank
+        from fps_profile.selection.shira import ShiraRank
 
         return ShiraRank.parse(budget)
     if (k is None) == (fraction is None):

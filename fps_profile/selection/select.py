@@ -99,9 +99,10 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         fraction: Global top-fraction budget, in ``(0, 1]``. Exactly one of k / fraction / budget.
         budget: Any :class:`~fps_profile.selection.budget.Budget`, or ``"shira:R"``: the ``R*(m+n)``
             best entries of every ranked ``m x n`` tensor (PEFT SHiRA's size,
-            :class:`~fps_profile.integrations.peft_budget.ShiraRank`).
+            :class:`~fps_profile.selection.shira.ShiraRank`).
         scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
-            (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
+            (default), ``"all-weights"``, ``"attention"``, ``"mlp"``, ``"shira"`` (what PEFT SHiRA
+            can train) or a :class:`Scope`.
         amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
             ``"fp16-nocache"``/``"bf16-nocache"`` without autocast's weight-copy cache
             (:mod:`fps_profile.knobs`). ``amp=True`` is GPS's old option (autocast around
