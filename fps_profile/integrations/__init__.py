@@ -2,9 +2,12 @@
 
 * :mod:`fps_profile.integrations.peft`: a :class:`~fps_profile.selection.mask.Mask` as a Hugging Face
   PEFT SHiRA adapter (needs ``peft``; imported only when used);
+* :mod:`fps_profile.integrations.peft_write`: a mask as an adapter directory (``write_adapter``,
+  also importable from :mod:`fps_profile.integrations.peft`);
 * :mod:`fps_profile.integrations.peft_read`: a saved SHiRA adapter as a mask (no ``peft`` needed);
 * :mod:`fps_profile.integrations.peft_budget`: the ``shira:R`` budget and the ``shira`` scope,
-  which give masks SHiRA can hold exactly (no ``peft`` needed);
+  which give masks SHiRA can hold exactly (no ``peft`` needed; defined in
+  :mod:`fps_profile.selection.shira` and :mod:`fps_profile.selection.scope`);
 * :mod:`fps_profile.integrations.peft_step`: a train step through PEFT SHiRA, the twin of
-  :func:`fps_profile.measure.phases.train_step_fn`.
+  :func:`fps_profile.measure.phases.train_step_fn` (the ``peft-shira`` trainer of the cell schema).
 """
