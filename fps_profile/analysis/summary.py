@@ -17,7 +17,7 @@ class SummaryLine:
     dtype: str
     model: str
     batch_size: int
-    what: str  # selector name, "floor" (inference), "train:floor", "train:full" or "train:<selector>"
+    what: str  # selector name, "floor" (inference), "train:floor", "train:full", "train:<selector> [via <trainer>]"
     status: str
     peak_bytes: int | None
     time_s: float | None
@@ -43,6 +43,8 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
         groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     from fps_profile.analysis.explain import mostly
+    from fps_profile.rows.label import who
+    from fps_profile.rows.schema import label_tokens
 
     out = []
     order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
@@ -56,15 +58,15 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
         floor = next((r for r in plain if r.phase == "inference"), None)
         ref = next((r for r in plain if r.phase == "select" and r.variant == reference), None)
         for r in sorted(rs, key=lambda r: (order.get(r.phase, 4), r.selector is not None, r.variant or "", r.knobs,
-                                           r.num_batches or 1)):
+                                           r.num_batches or 1, getattr(r, "trainer", None) or "")):
             if r.phase == "inference":
                 what = "floor"
             elif r.phase == "select":
                 what = r.variant + (f" x{r.num_batches} batches" if (r.num_batches or 1) > 1 else "")
             elif r.phase == "train_floor":
                 what = "train:floor"
-            else:
-                what = f"train:{r.variant or 'full'}"
+            else:  # with its trainer where it is not fps-profile's own step ("via peft-shira")
+                what = " ".join([who(r), *label_tokens(r, "who")])
             what += r.knobs
             is_sel = r.phase == "select"
             out.append(SummaryLine(

@@ -29,8 +29,10 @@ def add_parser(sub) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
     budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget, in (0, 1]")
+    budget.add_argument("--shira", type=positive_int, default=None, metavar="R",
+                        help="R*(m+n) entries of every ranked m x n tensor: PEFT SHiRA's size (budget shira:R)")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "all-weights, attention or mlp")
+                   "all-weights, attention, mlp or shira (what PEFT SHiRA can train; see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
     p.add_argument("--amp", default=None, help="autocast the selector's passes: fp16, bf16, or "
@@ -43,6 +45,11 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
+    p.add_argument("--peft-adapter", default=None, metavar="DIR",
+                   help="also write the mask as an untrained PEFT SHiRA adapter to DIR (new or empty; needs peft), "
+                   "ready for PeftModel.from_pretrained; select with --shira R (and --scope shira on an image model)")
+    p.add_argument("--peft-partial", action="store_true",
+                   help="with --peft-adapter: leave out what SHiRA cannot train (listed in DIR) instead of failing")
     p.add_argument("--per-tensor", action="store_true", help="print every tensor's count")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(run=run)
@@ -77,23 +84,35 @@ def run(args: argparse.Namespace) -> int:
     parse_amp(args.amp)
     if args.out and not Path(args.out).parent.is_dir():  # ... and on an --out that cannot be written
         raise UserError(f"cannot write mask to {args.out!r}: directory {str(Path(args.out).parent)!r} does not exist")
+    if args.peft_adapter:
+        _check_adapter_dir(args.peft_adapter)
+    elif args.peft_partial:
+        raise UserError("--peft-partial applies to --peft-adapter DIR")
     device = _torch_device(args.device, backend_for)
     dtype = parse_dtype(args.dtype)
-    if args.fraction is None and args.k is None:
+    if args.fraction is None and args.k is None and args.shira is None:
         args.k = 1
     model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
                                 image_size=args.image_size, seq_len=args.seq_len)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
-                              scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
+                              budget=f"shira:{args.shira}" if args.shira else None, scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
                               micro_batch=args.micro_batch, **options)
     mask.meta["model"] = args.model
     stats = mask.stats()
+    plan = None
+    if args.peft_adapter:  # first: a mask SHiRA cannot hold fails before anything is written
+        from fps_profile.integrations.peft_write import write_adapter
+
+        plan = write_adapter(model, mask, args.peft_adapter, partial=args.peft_partial)
     if args.out:
         mask.save(args.out)
     if args.json:
+        adapter = None if plan is None else {"dir": args.peft_adapter, "r": plan.r, "targets": len(plan.targets),
+                                             "modules_to_save": list(plan.modules_to_save),
+                                             "left_out": [name for name, _ in plan.left_out]}
         print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
-                          "out": args.out, "stats": stats.to_dict()}))
+                          "out": args.out, "stats": stats.to_dict(), "peft_adapter": adapter}))
     else:
         from fps_profile.rows.schema import knob_label
 
@@ -104,7 +123,24 @@ def run(args: argparse.Namespace) -> int:
         print(_breakdown(model, mask, args.scope))
         if args.out:
             print(f"mask written to {args.out}")
+        if plan is not None:
+            left = f"; left out {len(plan.left_out)} tensor(s), listed there" if plan.left_out else ""
+            print(f"PEFT SHiRA adapter (r={plan.r}, {len(plan.targets)} Linear layers, modules_to_save "
+                  f"{', '.join(plan.modules_to_save) or 'none'}{left}) written to {args.peft_adapter}")
     return 0
+
+
+def _check_adapter_dir(path: str) -> None:
+    """Fail before selecting on an adapter directory that cannot be written, or without peft."""
+    out = Path(path)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"cannot write the adapter to {path!r}: it exists and is not an empty directory")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"cannot write the adapter to {path!r}: directory {str(out.absolute().parent)!r} "
+                        "does not exist")
+    from fps_profile.integrations.peft import require_peft
+
+    require_peft()
 
 
 def _torch_device(name: str, backend_for):

@@ -114,7 +114,7 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
         if entry.count % (m + n):
             raise UserError(f"SHiRA trains r*(m+n) entries of each Linear weight; {name!r} ({m}x{n}) has "
                             f"{entry.count:,} trainable, not a multiple of m+n = {m + n}; select with budget "
-                            "'shira:R' (fps_profile.select(..., budget='shira:8'))")
+                            "'shira:R' (fps_profile.select(..., budget='shira:8'), or --shira 8)")
         if r is not None and entry.count // (m + n) != r:
             raise UserError(f"SHiRA has one r for all layers; {first!r} has r={r}, {name!r} has "
                             f"r={entry.count // (m + n)}; select with budget 'shira:R'")
