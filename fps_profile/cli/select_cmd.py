@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
                                 image_size=args.image_size, seq_len=args.seq_len)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
-                              budget=f"shira:{args.shira}" if args.shira else None, scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
-                              micro_batch=args.micro_batch, **options)
+                              budget=f"shira:{args.shira}" if args.shira else None, scope=args.scope,
+                              amp=args.amp, checkpointing=args.checkpointing, micro_batch=args.micro_batch,
+                              **options)
     mask.meta["model"] = args.model
     stats = mask.stats()
     plan = None
