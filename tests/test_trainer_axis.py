@@ -196,3 +196,44 @@ def test_sim_predicts_the_peft_step_measured_on_the_cpu():
     extra = sim.peak_allocated_bytes - rows["sim:cpu", "fps-profile"].peak_allocated_bytes
     assert extra == copies + head + (20 + 8 - 4) * entries
     assert cpu.peak_phase == sim.peak_phase == rows["cpu", "fps-profile"].peak_phase == "backward"
+
+
+def test_readme_peft_table_is_the_committed_rows_of_its_commands():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from fps_profile.cli import build_parser
+    from fps_profile.cli.sweep_cmd import build_grid
+    from fps_profile.rows.label import model_label
+    from fps_profile.rows.store import read_results
+    from fps_profile.units import fmt_bytes
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    section = text[text.index("### The same mask through Hugging Face PEFT"):]
+    section = section[:section.index("\n## ")]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    keys, outs = set(), set()
+    for line in filter(str.strip, block.splitlines()):
+        argv = shlex.split(line.split("#")[0])
+        assert argv[:2] == ["fps-profile", "sweep"]
+        args = build_parser().parse_args(argv[1:])
+        keys |= {c.key() for c in build_grid(args).cells()}
+        outs.add(args.out)
+    (out,) = outs
+    rows = read_results(root / out)
+    assert sorted(map(repr, (r.key() for r in rows))) == sorted(map(repr, keys))  # the commands' cells, each once
+    assert all(r.status == "ok" for r in rows)
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        col = "floor" if r.phase == "train_floor" else "full" if r.selector is None else r.trainer
+        cells.setdefault((r.device, model_label(r), r.batch_size), {})[col] = r.peak_allocated_bytes
+    expected = [f"| {d} | {m} | {b} | {fmt_bytes(c['floor'])} | {fmt_bytes(c['fps-profile'])} | "
+                f"{fmt_bytes(c['peft-shira'])} | {c['peft-shira'] / c['fps-profile']:.2f}x | {fmt_bytes(c['full'])} |"
+                for (d, m, b), c in cells.items()]
+    table = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| device",
+                                                                                                      "| ---"))]
+    assert table == expected
+    # PEFT's step needs more than fps-profile's everywhere, and less than full fine-tuning
+    assert all(c["fps-profile"] < c["peft-shira"] < c["full"] for c in cells.values())
