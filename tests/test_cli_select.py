@@ -147,7 +147,7 @@ def test_list_selectors_and_scopes(capsys):
     gps_line = next(line for line in out.splitlines() if line.startswith("gps "))
     assert "forward" in fps_line and "backward" in gps_line
     scopes = [line.split()[0] for line in run_ok(capsys, "list", "scopes").splitlines() if not line.startswith("(")]
-    assert scopes == ["all-weights", "attention", "gps", "gps+lm-head", "linear", "mlp"]
+    assert scopes == ["all-weights", "attention", "gps", "gps+lm-head", "linear", "mlp", "shira"]
     assert run_ok(capsys, "list", "models", "test_vit").split() == ["test_vit"]
 
 

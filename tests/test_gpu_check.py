@@ -39,7 +39,7 @@ def test_dry_run_writes_the_files_and_a_passing_report(tmp_path):
     for heading in ("## Headline", "## FPS and GPS on this device", "## Sim vs measured (12 cells: median |error| "
                     "0.0%, worst 0.0%)", "## NVML vs allocator", "## Reduction scratch"):
         assert heading in report
-    assert "select:gps[loss=ce,views=1]" in report and "GPS (CE, 1 view)" in report
+    assert "gps[loss=ce,views=1]" in report and "GPS (CE, 1 view)" in report  # the series and its name
     assert '"nearly 9x"' in report and '"about 2x"' in report
     assert "skipped" in (out / "pytest.log").read_text()
     probes = json.loads((out / "probes.json").read_text())

@@ -17,7 +17,8 @@ from torch import nn
 import fps_profile
 from conftest import make_batches, make_tiny_vit
 from fps_profile.errors import UserError
-from fps_profile.integrations.peft import mask_from_adapter, plan_shira, write_adapter
+from fps_profile.integrations.peft import mask_from_adapter, plan_shira
+from fps_profile.integrations.peft_write import write_adapter
 from fps_profile.selection.shira import SHIRA_SCOPE, ShiraRank
 from fps_profile.selection.mask import Mask
 from fps_profile.selection.mask_entry import MaskEntry

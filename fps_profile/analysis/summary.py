@@ -20,7 +20,7 @@ class SummaryLine:
     dtype: str
     model: str
     batch_size: int
-    what: str  # selector name, "floor" (inference), "train:floor", "train:full" or "train:<selector>"
+    what: str  # selector name, "floor" (inference), "train:floor", "train:full", "train:<selector> [via <trainer>]"
     status: str
     peak_bytes: int | None
     time_s: float | None
@@ -56,7 +56,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
         floor = next((r for r in plain if r.phase == "inference"), None)
         ref = next((r for r in plain if r.phase == "select" and r.variant == reference), None)
         for r in sorted(rs, key=lambda r: (phases.order(r.phase), r.selector is not None, r.variant or "", r.knobs,
-                                           r.num_batches or 1)):
+                                           r.num_batches or 1, getattr(r, "trainer", None) or "")):
             is_sel = r.phase == "select"
             out.append(SummaryLine(
                 device, dtype, model, batch, series(r), r.status, r.peak_allocated_bytes, r.wall_time_s,

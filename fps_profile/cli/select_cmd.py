@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from fps_profile.cli.args import check_file, parse_option, positive_int
 from fps_profile.errors import UserError
@@ -30,8 +31,11 @@ def add_parser(sub) -> None:
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
     budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget: the fraction of all ranked "
                         "entries trained, in (0, 1] (0.01 = 1%%, not a percentage)")
+    budget.add_argument("--shira", type=positive_int, default=None, metavar="R",
+                        help="R*(m+n) entries of every ranked m x n tensor: PEFT SHiRA's size (budget shira:R)")
     p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
-                   "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
+                   "linear (gps, Linear weights only), all-weights, attention, mlp or shira (what PEFT SHiRA can "
+                   "train; see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="selector option, e.g. -o seed=3 for random or -o loss=ce for gps (repeatable)")
     p.add_argument("--amp", default=None, help="autocast the selector's passes: fp16, bf16, or "
@@ -46,6 +50,11 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
+    p.add_argument("--peft-adapter", default=None, metavar="DIR",
+                   help="also write the mask as an untrained PEFT SHiRA adapter to DIR (new or empty; needs peft), "
+                   "ready for PeftModel.from_pretrained; select with --shira R (and --scope shira on an image model)")
+    p.add_argument("--peft-partial", action="store_true",
+                   help="with --peft-adapter: leave out what SHiRA cannot train (listed in DIR) instead of failing")
     p.add_argument("--per-tensor", action="store_true", help="print every tensor's count")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(run=run)
@@ -82,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     create(args.selector, **options)  # the selector, and its options against their defaults' types
     parse_amp(args.amp)
     get_scope(args.scope)
-    if args.fraction is None and args.k is None:
+    if args.peft_partial and not args.peft_adapter:
+        raise UserError("--peft-partial applies to --peft-adapter DIR")
+    if args.fraction is None and args.k is None and args.shira is None:
         args.k = 1
-    make_budget(args.k, args.fraction)
+    make_budget(args.k, args.fraction, f"shira:{args.shira}" if args.shira else None)
     dtype = parse_dtype(args.dtype)
     check_model_name(args.model)
     if is_hf_name(args.model):
@@ -94,25 +105,39 @@ def run(args: argparse.Namespace) -> int:
     backend = backend_for(args.device)
     backend.check(args.device)
     if backend.predicts:
+        if args.peft_adapter:
+            raise UserError("--peft-adapter needs a mask: select on cpu or cuda (the sim predicts memory, it "
+                            "computes no mask)")
         from fps_profile.cli.select_sim import run_on_sim
 
         return run_on_sim(args, options, breakdown_line)
     if args.out:
         check_file(args.out, "mask")
+    if args.peft_adapter:
+        _check_adapter_dir(args.peft_adapter)
     device = backend.torch_device(args.device)
     model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
     batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
                                 image_size=args.image_size, seq_len=args.seq_len)
     mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
-                              scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
-                              micro_batch=args.micro_batch, **options)
+                              budget=f"shira:{args.shira}" if args.shira else None, scope=args.scope,
+                              amp=args.amp, checkpointing=args.checkpointing, micro_batch=args.micro_batch,
+                              **options)
     mask.meta["model"] = args.model
     stats = mask.stats()
+    plan = None
+    if args.peft_adapter:  # first: a mask SHiRA cannot hold fails before anything is written
+        from fps_profile.integrations.peft_write import write_adapter
+
+        plan = write_adapter(model, mask, args.peft_adapter, partial=args.peft_partial)
     if args.out:
         mask.save(args.out)
     if args.json:
+        adapter = None if plan is None else {"dir": args.peft_adapter, "r": plan.r, "targets": len(plan.targets),
+                                             "modules_to_save": list(plan.modules_to_save),
+                                             "left_out": [name for name, _ in plan.left_out]}
         print(json.dumps({"selector": args.selector, "model": args.model, **mask.meta,
-                          "out": args.out, "stats": stats.to_dict()}))
+                          "out": args.out, "stats": stats.to_dict(), "peft_adapter": adapter}))
     else:
         from fps_profile.rows.schema import knob_label
 
@@ -123,4 +148,21 @@ def run(args: argparse.Namespace) -> int:
         print(breakdown_line(model, mask, args.scope))
         if args.out:
             print(f"mask written to {args.out}")
+        if plan is not None:
+            left = f"; left out {len(plan.left_out)} tensor(s), listed there" if plan.left_out else ""
+            print(f"PEFT SHiRA adapter (r={plan.r}, {len(plan.targets)} Linear layers, modules_to_save "
+                  f"{', '.join(plan.modules_to_save) or 'none'}{left}) written to {args.peft_adapter}")
     return 0
+
+
+def _check_adapter_dir(path: str) -> None:
+    """Fail before selecting on an adapter directory that cannot be written, or without peft."""
+    out = Path(path)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"cannot write the adapter to {path!r}: it exists and is not an empty directory")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"cannot write the adapter to {path!r}: directory {str(out.absolute().parent)!r} "
+                        "does not exist")
+    from fps_profile.integrations.peft import require_peft
+
+    require_peft()

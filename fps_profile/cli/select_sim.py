@@ -40,9 +40,10 @@ def run_on_sim(args: argparse.Namespace, options: dict, breakdown) -> int:
         raise UserError(f"a mask needs real tensors: on {args.device} nothing is selected, only predicted "
                         "(peak memory, FLOPs, trainable counts); write a mask with --device cpu or cuda")
     target = get_target(args.device)
-    budget = parse_budget(f"k={args.k}" if args.fraction is None else f"fraction={args.fraction}")
+    budget = parse_budget(f"shira:{args.shira}" if getattr(args, "shira", None) else
+                          f"k={args.k}" if args.fraction is None else f"fraction={args.fraction}")
     spec = BudgetSpec.parse(budget)
-    about = make_budget(spec.k, spec.fraction).describe()
+    about = make_budget(**spec.select_kwargs()).describe()
     model = build_model(args.model, parse_dtype(args.dtype), args.image_size)  # meta: shapes, no storage
     mask = synthetic_mask(model, spec, args.scope)
     cell = Cell(model=args.model, batch_size=args.batch_size, phase="select", selector=args.selector,

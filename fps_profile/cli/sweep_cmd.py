@@ -57,6 +57,8 @@ def add_parser(sub) -> None:
     grid_flags.add_argument("--fraction", metavar="LIST", help="global top-fraction budgets: the fraction of all "
                             "ranked entries trained, 0 < f <= 1 (0.01 = 1%%, not a percentage), e.g. 0.01,0.001 "
                             "(with --k, both kinds are crossed with the grid)")
+    grid_flags.add_argument("--shira", metavar="LIST", help="SHiRA budgets: R*(m+n) entries of every ranked m x n "
+                            "tensor, e.g. 2,8 (budget shira:R; crossed with --k and --fraction when given)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="SELECTOR:KEY=VALUE",
                    help="selector option, e.g. -o gps:loss=ce -o random:seed=1 (repeatable)")
     p.add_argument("--frontier", action="store_true", help="the preset behind the memory-time frontier: "
@@ -126,6 +128,7 @@ def build_grid(args: argparse.Namespace):
             setattr(grid, a.grid, axis_value(a, value, a.flag))
     budgets = [f"k={k}" for k in (comma_list(args.k) if args.k else [])]
     budgets += [f"fraction={f}" for f in (comma_list(args.fraction) if args.fraction else [])]
+    budgets += [f"shira:{r}" for r in (comma_list(args.shira) if args.shira else [])]
     if budgets:
         grid.budget = [axis_value(schema.axis("budget"), b, "--k" if b[0] == "k" else "--fraction")[0]
                        for b in budgets]

@@ -18,31 +18,26 @@ beside a weight that is not (``modules_to_save`` would train the weight too); a
 module without a ``weight`` such as a LayerScale (peft 0.21.2 can train it in
 ``modules_to_save`` but not unload or merge it); parameters of the model's root
 module. :func:`plan_shira` lists them; the conversion refuses such a mask unless
-told to leave them out (``partial=True``). :func:`mask_from_adapter`
-(:mod:`fps_profile.integrations.peft_read`) reads an adapter back.
+told to leave them out (``partial=True``). :func:`write_adapter`
+(:mod:`fps_profile.integrations.peft_write`) writes an adapter directory, :func:`mask_from_adapter`
+(:mod:`fps_profile.integrations.peft_read`) reads one back.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from fps_profile.errors import UserError
-from fps_profile.integrations.peft_read import META_FILE, check_plain, mask_from_adapter
+from fps_profile.integrations.peft_read import check_plain, mask_from_adapter
 from fps_profile.selection.mask import Mask
 from fps_profile.selection.mask_entry import MaskEntry
 
-__all__ = ["ShiraPlan", "mask_from_adapter", "plan_shira", "require_peft", "shira_config", "to_shira",
-           "write_adapter"]
+__all__ = ["ShiraPlan", "mask_from_adapter", "plan_shira", "require_peft", "shira_config", "to_shira", "unwrap"]
 
 #: ``mask_type`` written to ``adapter_config.json`` (PEFT keeps the indices; the name is a label).
 MASK_TYPE = "fps-profile"
@@ -119,7 +114,7 @@ def plan_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], partial: bool
         if entry.count % (m + n):
             raise UserError(f"SHiRA trains r*(m+n) entries of each Linear weight; {name!r} ({m}x{n}) has "
                             f"{entry.count:,} trainable, not a multiple of m+n = {m + n}; select with budget "
-                            "'shira:R' (fps_profile.select(..., budget='shira:8'))")
+                            "'shira:R' (fps_profile.select(..., budget='shira:8'), or --shira 8)")
         if r is not None and entry.count // (m + n) != r:
             raise UserError(f"SHiRA has one r for all layers; {first!r} has r={r}, {name!r} has "
                             f"r={entry.count // (m + n)}; select with budget 'shira:R'")
@@ -230,13 +225,13 @@ def to_shira(model: nn.Module, mask: Mapping[str, torch.Tensor], *, partial: boo
     got = {n for n, m in base.named_modules() if isinstance(m, peft.tuners.shira.ShiraLayer)}
     saved = {n for n, m in base.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"}
     if got != set(plan.targets) or saved != set(plan.modules_to_save):
-        _unwrap(base)
+        unwrap(base)
         odd = sorted((got ^ set(plan.targets)) | (saved ^ set(plan.modules_to_save)))
         raise UserError(f"PEFT's name matching wrapped other modules than the mask's (e.g. {odd[0]!r})")
     return pm
 
 
-def _unwrap(model: nn.Module) -> None:
+def unwrap(model: nn.Module) -> None:
     """Put the original modules back where PEFT wrapped them (in place).
 
     Not ``peft_model.unload()``: peft 0.21.2's unload puts the *copy* of a ``modules_to_save``
@@ -255,56 +250,3 @@ def _unwrap(model: nn.Module) -> None:
     if "peft_config" in vars(model):
         del model.peft_config
 
-
-def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: str | os.PathLike, *,
-                  partial: bool = False) -> ShiraPlan:
-    """Write ``mask`` as an untrained PEFT SHiRA adapter directory, ready for ``PeftModel.from_pretrained``.
-
-    The directory holds PEFT's ``adapter_config.json`` and ``adapter_model.safetensors``
-    (zero deltas, the indices, the whole modules' current tensors) and
-    :data:`META_FILE` (the mask's metadata and what was left out). It is written
-    under a temporary name and renamed at the end: nothing half-written remains.
-    ``model`` is left as found.
-
-    Args:
-        model: The plain model the mask was selected on.
-        mask: The selection.
-        out_dir: A new (or empty) directory.
-        partial: Leave out what PEFT cannot express instead of failing.
-
-    Returns:
-        The :class:`ShiraPlan` written (its ``left_out`` says what the adapter lacks).
-
-    Raises:
-        UserError: ``out_dir`` exists and is not an empty directory, its parent is missing,
-            or the mask cannot be converted (:func:`plan_shira`).
-    """
-    out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"cannot write the adapter to {str(out)!r}: it exists and is not an empty directory")
-    if not out.absolute().parent.is_dir():
-        raise UserError(f"cannot write the adapter to {str(out)!r}: directory {str(out.absolute().parent)!r} "
-                        "does not exist")
-    mask = mask if isinstance(mask, Mask) else Mask(mask)
-    plan = plan_shira(model, mask, partial)
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    tmp = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the left-out warning: the returned plan says it
-        pm = to_shira(model, mask, partial=partial)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.absolute().parent))
-        pm.save_pretrained(str(tmp))
-        meta = {"mask": mask.meta, "r": plan.r, "left_out": [list(x) for x in plan.left_out]}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp, out)  # onto a missing or empty directory: atomic
-        tmp = None
-    except OSError as exc:
-        raise UserError(f"cannot write the adapter to {str(out)!r}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _unwrap(model)
-        for p, flag in grads:
-            p.requires_grad_(flag)
-    return plan

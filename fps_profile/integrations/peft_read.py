@@ -18,7 +18,7 @@ from fps_profile.errors import UserError
 from fps_profile.selection.mask import Mask
 from fps_profile.selection.mask_entry import MaskEntry
 
-#: The mask's metadata, written beside PEFT's files by :func:`fps_profile.integrations.peft.write_adapter`.
+#: The mask's metadata, written beside PEFT's files by :func:`fps_profile.integrations.peft_write.write_adapter`.
 META_FILE = "fps_profile_mask.json"
 PREFIX = "base_model.model."  # PEFT's key prefix in adapter_model.safetensors
 
@@ -39,7 +39,7 @@ def mask_from_adapter(model: nn.Module, adapter_dir: str | os.PathLike) -> Mask:
     Args:
         model: The plain base model the adapter was made for.
         adapter_dir: A directory written by PEFT's ``save_pretrained`` (or
-            :func:`fps_profile.integrations.peft.write_adapter`).
+            :func:`fps_profile.integrations.peft_write.write_adapter`).
 
     Raises:
         UserError: Not a SHiRA adapter directory, or one that does not fit ``model``.

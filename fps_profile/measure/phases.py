@@ -29,15 +29,20 @@ from fps_profile.trackers import labels as breakdown_marks
 
 @dataclass(frozen=True)
 class BudgetSpec:
-    """A selection budget as written in results: ``k=1`` or ``fraction=0.01``."""
+    """A selection budget as written in results: ``k=1``, ``fraction=0.01`` or ``shira:8``."""
 
     k: int | None = 1
     fraction: float | None = None
+    shira: int | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> BudgetSpec:
         if text is None:
             return cls()
+        from fps_profile.selection.shira import is_shira, parse_rank
+
+        if is_shira(text):
+            return cls(k=None, shira=parse_rank(text))
         key, sep, value = str(text).partition("=")
         try:
             if sep and key.strip() == "k":
@@ -46,9 +51,15 @@ class BudgetSpec:
                 return cls(k=None, fraction=float(value))
         except ValueError:
             pass
-        raise UserError(f"budget must look like k=1 or fraction=0.01, not {text!r}")
+        raise UserError(f"budget must look like k=1, fraction=0.01 or shira:8, not {text!r}")
+
+    def select_kwargs(self) -> dict:
+        """``k``, ``fraction`` and ``budget`` as :func:`fps_profile.select` takes them."""
+        return {"k": self.k, "fraction": self.fraction, "budget": None if self.shira is None else str(self)}
 
     def __str__(self) -> str:
+        if self.shira is not None:
+            return f"shira:{self.shira}"
         return f"k={self.k}" if self.k is not None else f"fraction={self.fraction:g}"
 
 
@@ -60,8 +71,8 @@ def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scop
     options = dict(options or {})
 
     def run() -> Mask:
-        return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope,
-                      amp=knobs.amp, checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, **options)
+        return select(model, batches, selector, **budget.select_kwargs(), scope=scope, amp=knobs.amp,
+                      checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, **options)
 
     return run
 
@@ -198,10 +209,21 @@ def build_select(cell, model, batches, budget, options, backend) -> Prepared:
     return Prepared(fn, backend.select_trainable(model, budget, cell.scope))
 
 
+def trainer_fn(name: str | None) -> Callable[..., TrainStep]:
+    """The step builder of trainer ``name`` (:data:`fps_profile.rows.values.TRAINERS`; None: fps-profile's):
+    ``fn(model, images, labels, mask=, knobs=) -> TrainStep``."""
+    import importlib
+
+    from fps_profile.rows.values import TRAINERS, parse_trainer
+
+    module, _, attr = TRAINERS[parse_trainer(name or "fps-profile")].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def build_train_step(cell, model, batches, budget, options, backend) -> Prepared:
     # The mask is built without the knobs: only its counts matter to the step's memory.
     mask = backend.train_mask(model, batches, cell, budget, options) if cell.selector is not None else None
-    fn = backend.train_step(model, batches[0], mask, Knobs.of(cell))
+    fn = backend.train_step(model, batches[0], mask, Knobs.of(cell), trainer=cell.trainer)
     return Prepared(fn, fn.trainable)
 
 

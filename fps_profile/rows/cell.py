@@ -12,7 +12,7 @@ import json
 from fps_profile.rows import phases
 from fps_profile.rows.key import cell_key
 from fps_profile.rows.result import Result
-from fps_profile.rows.schema import AXES, selector_variant
+from fps_profile.rows.schema import AXES, axis, selector_variant, trainer_of
 
 
 class _CellMethods:
@@ -24,6 +24,8 @@ class _CellMethods:
             object.__setattr__(self, "options", ())
         if self.phase == "inference":  # no backward: checkpointing changes nothing
             object.__setattr__(self, "checkpointing", False)
+        if self.trainer is not None and trainer_of(self) is None:  # nothing trains a mask: no trainer
+            object.__setattr__(self, "trainer", axis("trainer").default)
 
     def key(self) -> tuple:
         """:func:`cell_key` of this cell."""

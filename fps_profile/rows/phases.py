@@ -30,6 +30,8 @@ class Phase:
             what the measured run needs.
         passes: ``("forward", "backward")`` subset it runs; None: the selector's.
         default: Measured by a sweep that names no phases.
+        trains_mask: With a selector it trains the selector's mask, through the cell's ``trainer``
+            (:data:`fps_profile.rows.values.TRAINERS`).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Phase:
     keeps_state: bool = False
     passes: tuple[str, ...] | None = ("forward", "backward")
     default: bool = True
+    trains_mask: bool = False
 
 
 _BUILD = "fps_profile.measure.phases:"
@@ -54,7 +57,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           default=False),
     Phase("train_step", "one fine-tuning step (forward, loss, backward, clipping, AdamW): sparse with a "
           "selector's mask, full without one", "optional", lambda v: f"train:{v or 'full'}", "train",
-          _BUILD + "build_train_step", keeps_state=True),
+          _BUILD + "build_train_step", keeps_state=True, trains_mask=True),
 )}
 NAMES: tuple[str, ...] = tuple(PHASES)
 DEFAULTS: tuple[str, ...] = tuple(n for n, p in PHASES.items() if p.default)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fps_profile.rows.values import (nonneg_int, parse_amp, parse_budget, parse_checkpointing,
-                                      parse_dtype_name, parse_micro_batch, positive_int, same)
+                                      parse_dtype_name, parse_micro_batch, parse_trainer, positive_int, same)
 
 @dataclass(frozen=True)
 class Axis:
@@ -101,6 +101,14 @@ def _if_selector(name: str):
     return lambda c: getattr(c, name) if c.selector is not None else None
 
 
+def trainer_of(c):
+    """The trainer where it means something: a ``train_step`` with a selector's mask (else None)."""
+    from fps_profile.rows import phases
+
+    trains = c.selector is not None and phases.get_phase(c.phase).trains_mask
+    return getattr(c, "trainer", None) if trains else None
+
+
 def _selection_batches(c):
     n = getattr(c, "num_batches", None)
     return int(n) if c.phase == "select" and n and int(n) > 1 else None
@@ -122,7 +130,8 @@ AXES: tuple[Axis, ...] = (
     Axis("phase", "select", key="slot", swept=True, grid="phases", flag="--phase",
          grid_default=("select", "inference", "train_step"), doc="what runs (fps_profile.rows.phases)"),
     Axis("budget", "k=1", parse_budget, key="slot", key_value=_if_selector("budget"), swept=True, grid="budget",
-         doc="k=1 (per output row) or fraction=0.01 (global) for selection and sparse steps"),
+         doc="k=1 (per output row), fraction=0.01 (global) or shira:R (R*(m+n) entries of every ranked m x n "
+         "tensor, PEFT SHiRA's size) for selection and sparse steps"),
     Axis("scope", "gps", key="slot", key_value=_if_selector("scope"), grid="scope", flag="--scope",
          doc="parameter scope of selection and sparse steps"),
     Axis("options", (), key="none", grid="options", grid_default=dict, doc="the selector's options (part of the selector's slot)"),
@@ -148,6 +157,11 @@ AXES: tuple[Axis, ...] = (
     Axis("num_batches", 1, positive_int("num_batches"), key_value=_selection_batches,
          label=lambda v: f"x{v} batches", label_group="who", grid="num_batches", flag="--num-batches",
          doc="selection batches one select run goes through (in the key above one, on select rows)"),
+    Axis("trainer", "fps-profile", parse_trainer, key_value=trainer_of, label=lambda v: f"via {v}", label_group="who",
+         swept=True, grid="trainers", flag="--trainer",
+         doc="what trains a sparse train_step's mask: fps-profile (its in-place sparse step) or peft-shira (the "
+         "same entries through Hugging Face PEFT's SHiRA adapter: a mask it can hold, e.g. budget shira:R, scope "
+         "shira; needs peft); other phases and full fine-tuning ignore it"),
     Axis("warmup", 1, nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",

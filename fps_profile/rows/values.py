@@ -79,12 +79,17 @@ def parse_dtype_name(value) -> str:
 
 
 def parse_budget(value) -> str:
-    """A selection budget as rows write it: ``k=1`` or ``fraction=0.01``.
+    """A selection budget as rows write it: ``k=1``, ``fraction=0.01`` or ``shira:8`` (the ``r*(m+n)``
+    best entries of every ranked ``m x n`` tensor, PEFT SHiRA's size: :mod:`fps_profile.selection.shira`).
 
     Raises:
         UserError: Anything else.
     """
-    key, sep, rest = str(value).partition("=")
+    text = str(value).strip()
+    head, colon, r = text.partition(":")
+    if colon and head.strip() == "shira" and r.strip().isdigit() and int(r) >= 1:
+        return f"shira:{int(r)}"
+    key, sep, rest = text.partition("=")
     try:
         if sep and key.strip() == "k" and int(rest) >= 1:
             return f"k={int(rest)}"
@@ -92,7 +97,30 @@ def parse_budget(value) -> str:
             return f"fraction={float(rest)}"  # as the sweep has always written it (rows' keys)
     except ValueError:
         pass
-    raise UserError(f"budget must look like k=1 or fraction=0.01 (k >= 1, 0 < fraction <= 1), not {value!r}")
+    raise UserError(f"budget must look like k=1, fraction=0.01 or shira:8 (k >= 1, 0 < fraction <= 1, "
+                    f"r >= 1), not {value!r}")
+
+
+#: The trainers of a sparse ``train_step``: name -> ``"module:function"`` building the step (as
+#: :func:`fps_profile.measure.phases.train_step_fn` takes its arguments; imported when used).
+TRAINERS: dict[str, str] = {
+    "fps-profile": "fps_profile.measure.phases:train_step_fn",
+    "peft-shira": "fps_profile.integrations.peft_step:peft_train_step_fn",
+}
+
+
+def parse_trainer(value) -> str:
+    """A :data:`TRAINERS` name (``fps-profile``, ``peft-shira``).
+
+    Raises:
+        UserError: Anything else.
+    """
+    text = str(value).strip().lower()
+    if text not in TRAINERS:
+        from fps_profile.errors import did_you_mean
+
+        raise did_you_mean(str(value), TRAINERS, "trainer")
+    return text
 
 
 def nonneg_int(what: str):

@@ -156,10 +156,14 @@ SCOPES.register("attention", Scope("attention", trainable=("head",), rank_patter
 SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)mlp\.",
                              about="Linear/Conv2d weights under an 'mlp' module ranked; the classifier "
                              "trained whole; the rest frozen"))
+SCOPES.register("shira", Scope("shira", trainable=("head",), rank_modules=(nn.Linear,),
+                               about="what PEFT SHiRA can train: nn.Linear weights ranked, the classifier trained "
+                               "whole (modules_to_save); biases, norms, layer scales, convolutions frozen"))
 
 
 def get_scope(scope: str | Scope) -> Scope:
-    """A :class:`Scope` by name (``gps``, ``gps+lm-head``, ``all-weights``, ``attention``, ``mlp``) or as given."""
+    """A :class:`Scope` by name (``gps``, ``gps+lm-head``, ``all-weights``, ``attention``, ``mlp``, ``shira``) or
+    as given."""
     if isinstance(scope, Scope):
         return scope
     if scope not in SCOPES:

@@ -51,7 +51,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             best entries of every ranked ``m x n`` tensor (PEFT SHiRA's size,
             :class:`~fps_profile.selection.shira.ShiraRank`).
         scope: Which tensors are ranked, fully trainable or frozen: ``"gps"``
-            (default), ``"all-weights"``, ``"attention"``, ``"mlp"`` or a :class:`Scope`.
+            (default), ``"all-weights"``, ``"attention"``, ``"mlp"``, ``"shira"`` (what PEFT SHiRA
+            can train) or a :class:`Scope`.
         amp: ``"fp16"`` or ``"bf16"``: the selector's passes run under autocast;
             ``"fp16-nocache"``/``"bf16-nocache"`` without autocast's weight-copy cache
             (:mod:`fps_profile.knobs`). ``amp=True`` is GPS's old option (autocast around

@@ -104,8 +104,8 @@ class SimPhaseHooks(Backend):
         with real_tensors():
             return synthetic_mask(model, budget, cell.scope)
 
-    def train_step(self, model, batch, mask, knobs):
-        fn = _train_step(self.sim, model, batch, mask, knobs)
+    def train_step(self, model, batch, mask, knobs, trainer=None):
+        fn = _train_step(self.sim, model, batch, mask, knobs, trainer)
         if fn.scaler is not None:
             fn.scaler = _FakeScaler("cpu")  # the sim's fake tensors are CPU tensors
         return fn
@@ -125,24 +125,45 @@ class _FakeScaler(torch.amp.GradScaler):
         return optimizer.step(*args, **kwargs)
 
 
-def _train_step(sim, model, batch, mask, knobs):
-    """:func:`fps_profile.measure.phases.train_step_fn`, with a host mask turned into fake index buffers.
+def _train_step(sim, model, batch, mask, knobs, trainer=None):
+    """The ``train_step`` of ``trainer`` (:func:`fps_profile.measure.phases.trainer_fn`), built on a
+    host mask, with every real tensor it made then replaced by a fake one of the same size.
 
-    ``make_sparse_trainable`` counts and indexes the mask's entries, which a fake
-    mask cannot answer, so the mask is real; its index buffers (on the GPU in a
-    real run) are then replaced by fake tensors of the same size so they count.
+    A sparse step counts and indexes the mask's entries (``make_sparse_trainable``; PEFT SHiRA's
+    ``torch.where`` over a 0/1 mask), which a fake mask cannot answer, so it is built with real
+    tensors. Whatever real tensor that leaves in the model (index buffers, SHiRA's deltas and
+    indices, on the GPU in a real run) or in the optimizer is then swapped for a fake one, so it
+    counts, and so is a fake tensor of another fake mode (a ``deepcopy`` outside the sim's mode
+    makes one: PEFT's copy of a ``modules_to_save`` module); ops on the fake weights made fake
+    tensors of the sim's mode already.
     """
-    import torch
-
     from fps_profile.measure import phases
     from fps_profile.sim.fake import real_tensors
 
+    build = phases.trainer_fn(trainer)
     if mask is None:
-        return phases.train_step_fn(model, *batch, knobs=knobs)
+        return build(model, *batch, knobs=knobs)
     with real_tensors():
-        fn = phases.train_step_fn(model, *batch, mask=mask, knobs=knobs)
-    for module in model.modules():
-        for name, buf in list(module._buffers.items()):
-            if isinstance(buf, torch.Tensor) and not isinstance(buf, torch._subclasses.FakeTensor):
-                module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype)
+        fn = build(model, *batch, mask=mask, knobs=knobs)
+    swapped: dict[int, torch.Tensor] = {}
+
+    def fake(t):
+        if not isinstance(t, torch.Tensor) or getattr(t, "fake_mode", None) is sim.fake_mode:
+            return t
+        if id(t) not in swapped:
+            new = torch.empty(t.shape, dtype=t.dtype)
+            swapped[id(t)] = torch.nn.Parameter(new, t.requires_grad) if isinstance(t, torch.nn.Parameter) else new
+        return swapped[id(t)]
+
+    for module in fn.model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in list(table.items()):
+                table[name] = fake(t)
+        for name, value in vars(module).items():  # plain dicts of tensors (SHiRA's indices)
+            if not name.startswith("_") and isinstance(value, dict) and any(isinstance(t, torch.Tensor)
+                                                                            for t in value.values()):
+                value.update({k: fake(t) for k, t in value.items()})
+    for group in fn.optimizer.param_groups:
+        group["params"] = [fake(p) for p in group["params"]]
+    fn.params = [fake(p) for p in fn.params]
     return fn

@@ -5,8 +5,10 @@ on *which*: per-row top-K trains exactly K entries of every output row of a
 ranked tensor, the scope fixes the fully trainable and frozen tensors. The
 sim cannot read a fake mask's values, so it counts from the budget, and a
 sparse ``train_step`` gets a synthetic mask with those counts (the first K
-entries of each row). A global ``fraction`` budget is split over the ranked
-tensors in proportion to their sizes (the real split depends on the scores).
+entries of each row). A ``shira:R`` budget keeps exactly ``R*(m+n)`` entries of
+every ranked ``m x n`` tensor (the first ones in the synthetic mask). A global
+``fraction`` budget is split over the ranked tensors in proportion to their sizes
+(the real split depends on the scores).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
     """Trainable entries per parameter for ``budget`` in ``scope``.
 
     Raises:
-        UserError: As :mod:`fps_profile.selection.budget` would (``k`` longer than a row, bad fraction).
+        UserError: As :mod:`fps_profile.selection.budget` would (``k`` longer than a row, bad fraction,
+            ``shira:R`` larger than a tensor).
     """
     from fps_profile.selection.budget import make_budget, proportional_split
+    from fps_profile.selection.shira import shira_size
 
-    policy = make_budget(budget.k, budget.fraction)
+    policy = make_budget(**budget.select_kwargs())
     roles = assign_roles(model, scope)
     params = dict(model.named_parameters())
     ranked = [n for n, (role, _, _) in roles.items() if role is Role.RANKED]
@@ -41,6 +45,9 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
 
                 raise UserError(f"k={policy.k} is larger than a row of {n!r} ({cols} entries)")
             counts[n] = rows * policy.k
+    elif budget.shira is not None:
+        for n in ranked:
+            counts[n] = shira_size(budget.shira, n, tuple(params[n].shape), output_axis(*roles[n][1:]))
     elif ranked:
         sizes = [params[n].numel() for n in ranked]
         counts.update(zip(ranked, proportional_split(policy.keep(sum(sizes)), sizes)))
@@ -49,7 +56,7 @@ def trainable_counts(model: nn.Module, budget: BudgetSpec, scope: str) -> dict[s
 
 def synthetic_mask(model: nn.Module, budget: BudgetSpec, scope: str) -> Mask:
     """A real (host) mask with :func:`trainable_counts` entries per tensor: the first
-    ``k`` of every row (per-row budget) or the first entries (global fraction)."""
+    ``k`` of every row (per-row budget) or the first entries (``shira:R``, global fraction)."""
     import torch
 
     counts = trainable_counts(model, budget, scope)

@@ -18,7 +18,9 @@ It also corrects one fake kernel whose output layout differs from both real
 ones: ``native_layer_norm_backward`` returns the input gradient contiguous on
 CPU and CUDA, the fake kernel with the output gradient's strides, after
 which a reshape (e.g. PVT-v2's LayerNorm on transposed tokens into a Linear)
-copies where the real run takes a view.
+copies where the real run takes a view; and ``sparse_mask`` of a dense tensor, whose
+fake kernel gives no values (the backward of a sparse COO tensor's values, e.g.
+PEFT SHiRA's delta) where the real ones give one per entry of the mask.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ class SimTensorBytes(LiveTensorBytes):
             self.workspace("backward" if torch._C._current_autograd_node() is not None else "forward")
         if func is aten.native_layer_norm_backward.default:
             func = _layer_norm_backward
+        elif func is aten.sparse_mask.default:
+            func = _sparse_mask
         out = super().__torch_dispatch__(func, types, args, kwargs)
         if self.reduction_gpu is not None and func in REDUCTIONS:
             self._reduction_scratch(func, args, kwargs or {})
@@ -173,3 +177,16 @@ def _layer_norm_backward(*args, **kwargs):
     if grad_input is not None and not grad_input.is_contiguous():
         grad_input = torch.empty_like(grad_input, memory_format=torch.contiguous_format)
     return (grad_input, *rest)
+
+
+def _sparse_mask(t, mask):
+    """``sparse_mask`` of a dense tensor with one value per entry of ``mask`` (the fake kernel makes
+    none): new values, ``mask``'s indices, as the CPU and CUDA kernels give a dense ``t``'s."""
+    out = aten.sparse_mask.default(t, mask)
+    nnz = mask._nnz()
+    if t.layout is not torch.strided or out._nnz() == nnz:
+        return out
+    values = t.new_empty((nnz, *t.shape[mask.sparse_dim():]))
+    return aten._sparse_coo_tensor_with_dims_and_tensors.default(
+        mask.sparse_dim(), mask.dense_dim(), list(mask.shape), mask._indices(), values,
+        dtype=t.dtype, layout=torch.sparse_coo, device=t.device, is_coalesced=mask.is_coalesced())

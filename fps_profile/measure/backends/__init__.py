@@ -75,11 +75,12 @@ class Backend:
 
         return phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)()
 
-    def train_step(self, model, batch, mask, knobs):
-        """The ``train_step`` callable for ``batch``."""
+    def train_step(self, model, batch, mask, knobs, trainer=None):
+        """The ``train_step`` callable for ``batch``, training ``mask`` through ``trainer``
+        (:data:`fps_profile.rows.values.TRAINERS`; None: fps-profile's own step)."""
         from fps_profile.measure import phases
 
-        return phases.train_step_fn(model, *batch, mask=mask, knobs=knobs)
+        return phases.trainer_fn(trainer)(model, *batch, mask=mask, knobs=knobs)
 
     def select_trainable(self, model, budget, scope) -> int | None:
         """Trainable scalars of a selection when known before it runs (None: counted on its mask)."""
