@@ -1,14 +1,18 @@
 """The performance gate: compare two results files cell by cell.
 
-Every metric of every cell present in both files is compared; lower is better
-for all of them. A metric *got worse* when ``new > old * (1 + tolerance)``.
-Tolerances depend on the kind of metric:
+Every metric of every cell present in both files is compared in its direction
+(:attr:`fps_profile.rows.metrics.Metric.better`): lower is better for costs, higher
+for accuracy. A metric *got worse* when ``new > old * (1 + tolerance)`` (lower is
+better) or ``new < old * (1 - tolerance)`` (higher is better). Tolerances depend on
+the kind of metric:
 
 ``exact``   deterministic figures - FLOPs, the time floor derived from them, and
             the bytes predicted by the ``sim`` backend: 0 by default, so any
             increase fails;
 ``memory``  measured memory (allocator peaks on cpu/cuda, NVML, host RSS): 5%;
-``time``    measured wall time: 10%.
+``time``    measured wall time: 10%;
+``quality`` what fine-tuning reached (accuracy, losses): 1% (the same seed on the same
+            machine repeats them exactly; another CPU's kernels may round differently).
 
 Parameter counts are shown when they change but never fail the gate (more
 trainable parameters is a behaviour change, not a cost: its cost shows in the
@@ -28,12 +32,12 @@ from dataclasses import dataclass, field
 
 from fps_profile.errors import UserError, did_you_mean
 from fps_profile.rows.label import describe
-from fps_profile.rows.metrics import BY_NAME, KINDS, SHOWN_ONLY, gated, metric_value
+from fps_profile.rows.metrics import BY_NAME, KINDS, SHOWN_ONLY, better, gated, metric_value
 from fps_profile.rows.result import Result
 from fps_profile.rows.store import latest
 from fps_profile.units import fmt_bytes, fmt_seconds
 
-DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10}
+DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10, "quality": 0.01}
 #: Metric name -> kind on a backend that measures (:data:`fps_profile.rows.metrics.METRICS`).
 METRICS = gated()
 _REL_EPS = 1e-9  # float noise of a JSON round trip is far below this
@@ -160,7 +164,7 @@ class GateReport:
         return strict and (bool(self.only_baseline) or any(c.verdict == "missing" for c in self.changes))
 
 
-def _judge(old, new, tol: float | None, kind: str) -> str | None:
+def _judge(old, new, tol: float | None, kind: str, direction: str = "lower") -> str | None:
     if new is None:
         return "missing"
     if old is None:
@@ -171,6 +175,10 @@ def _judge(old, new, tol: float | None, kind: str) -> str | None:
         return None
     if kind in SHOWN_ONLY:
         return "changed"
+    if direction == "higher":  # judged as its negative: higher is better
+        if new > old:
+            return "better"
+        return "worse" if new < old * (1 - tol) * (1 - _REL_EPS) else "within"
     if new < old:
         return "better"
     return "worse" if new > old * (1 + tol) * (1 + _REL_EPS) else "within"
@@ -213,7 +221,7 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
             kind = metric_kind(metric, old.device)
             limit = tol.get(metric, tol.get(kind))
             report.metrics += 1
-            verdict = _judge(a, b, limit, kind)
+            verdict = _judge(a, b, limit, kind, better(metric))
             if verdict:
                 report.changes.append(Change(key, metric, a, b, verdict, None if kind in SHOWN_ONLY else limit))
     return report
@@ -224,8 +232,11 @@ def _verdict_text(c: Change) -> str:
         return "**WORSE**" if c.verdict == "worse" else c.verdict
     if c.verdict in ("worse", "within"):
         pct = "inf" if c.ratio == math.inf else f"{(c.ratio - 1) * 100:+.1f}%"
-        sign = ">" if c.verdict == "worse" else "<="
-        return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {sign} {c.tolerance:.0%})"
+        if better(c.metric) == "higher":  # worse is down: -3.0% < -1%
+            bound = f"{'<' if c.verdict == 'worse' else '>='} -{c.tolerance:.0%}"
+        else:
+            bound = f"{'>' if c.verdict == 'worse' else '<='} {c.tolerance:.0%}"
+        return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {bound})"
     if c.verdict == "better" and c.ratio is not None:
         return f"better ({(c.ratio - 1) * 100:+.1f}%)"
     return {"missing": "missing in CURRENT", "new": "new in CURRENT"}.get(c.verdict, c.verdict)

@@ -16,9 +16,9 @@ def add_parser(sub) -> None:
         description="Compare CURRENT against BASELINE cell by cell (selector, model, batch size, dtype, "
         "device, phase, budget) and print a markdown table of every metric that changed, with old, new "
         "and ratio. Exit 0 when nothing got worse beyond its tolerance, 1 when something did, 2 on a "
-        "missing or malformed file. Lower is better for every metric. Default tolerances: exact 0% "
+        "missing or malformed file. Lower is better for every metric but accuracy. Default tolerances: exact 0% "
         "(FLOPs, time floor, bytes predicted by the sim backend), memory 5% (measured bytes), "
-        "time 10% (wall time). Parameter counts and the peak's breakdown (bytes per category, the phase "
+        "time 10% (wall time), quality 1% (the finetune phase's accuracy and losses). Parameter counts and the peak's breakdown (bytes per category, the phase "
         "of the peak) are shown when they change but never gated. "
         "Cells present in one file only are listed.",
         epilog="Example: fps-profile gate benchmarks/baseline.jsonl current.jsonl --strict\n"

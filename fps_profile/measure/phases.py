@@ -53,15 +53,17 @@ class BudgetSpec:
 
 
 def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scope: str = "gps",
-              options: dict | None = None, knobs: Knobs = Knobs()) -> Callable[[], Mask]:
-    """The ``select`` phase: ``fps_profile.select`` on prepared batches."""
+              options: dict | None = None, knobs: Knobs = Knobs(), seed: int | None = None) -> Callable[[], Mask]:
+    """The ``select`` phase: ``fps_profile.select`` on prepared batches (every run under ``seed``,
+    so every run gives the same mask)."""
     from fps_profile.selection.select import select
 
     options = dict(options or {})
 
     def run() -> Mask:
         return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope,
-                      amp=knobs.amp, checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, **options)
+                      amp=knobs.amp, checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, seed=seed,
+                      **options)
 
     return run
 
@@ -194,7 +196,7 @@ class Prepared:
 
 
 def build_select(cell, model, batches, budget, options, backend) -> Prepared:
-    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell))
+    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell), getattr(cell, "seed", 0))
     return Prepared(fn, backend.select_trainable(model, budget, cell.scope))
 
 

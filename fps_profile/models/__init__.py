@@ -30,13 +30,18 @@ def _timm_names() -> tuple[str, ...]:
 
 
 def check_model_name(name: str) -> None:
-    """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it)."""
+    """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it;
+    for ``package.module:factory`` / ``file.py:factory``, the factory is found)."""
     import timm
 
+    from fps_profile.models.factory import check_factory_name, is_factory_name
     from fps_profile.models.hf import check_hf_name, is_hf_name
 
     if is_hf_name(name):
         check_hf_name(name)
+        return
+    if is_factory_name(name):
+        check_factory_name(name)
         return
 
     if not timm.is_model(name):
@@ -86,23 +91,29 @@ def build_timm(name: str, *, image_size: int | None = None, **kwargs) -> nn.Modu
 
 def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  *, image_size: int | None = None, **kwargs) -> nn.Module:
-    """A randomly initialised timm model or ``hf:`` language model (no weights are downloaded).
+    """A randomly initialised timm model, ``hf:`` language model or user factory's model (no weights
+    are downloaded).
 
     Args:
-        name: A timm model name (``timm.list_models()``), or ``hf:<name>`` / ``hf:<path>.json``
-            (:mod:`fps_profile.models.hf`).
+        name: A timm model name (``timm.list_models()``), ``hf:<name>`` / ``hf:<path>.json``
+            (:mod:`fps_profile.models.hf`), or ``package.module:factory`` / ``file.py:factory``
+            (:mod:`fps_profile.models.factory`).
         device: Where to build it.
         dtype: Parameter dtype.
         image_size: Input size to build it for (see :func:`build_timm`); default the model's own.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``).
     """
+    from fps_profile.models.factory import build_factory_model, is_factory_name
     from fps_profile.models.hf import build_lm, is_hf_name
 
     if is_hf_name(name):
         if image_size is not None:
             raise UserError(f"--image-size applies to image models, not to language model {name!r}")
         return build_lm(name, dtype).to(device=device)
-    model = build_timm(name, image_size=image_size, **kwargs)
+    if is_factory_name(name):
+        model = build_factory_model(name, image_size=image_size, **kwargs)
+    else:
+        model = build_timm(name, image_size=image_size, **kwargs)
     return model.to(device=device, dtype=dtype)
 
 

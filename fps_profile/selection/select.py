@@ -86,7 +86,7 @@ def left_as_found(model: nn.Module) -> Iterator[None]:
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
            amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
-           budget: Budget | str | None = None, **options) -> Mask:
+           budget: Budget | str | None = None, seed: int | None = None, **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
@@ -114,6 +114,10 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             float rounding, except GPS's SupCon loss, whose pairs then stay inside a
             chunk. A plugin selector that does not handle micro-batches itself
             (``handles_micro_batch``) sees each chunk as a batch.
+        seed: Seed of everything random in the selection (:mod:`fps_profile.models.seeding`): the
+            global generators are seeded with it first (dropout in a train-mode pass, random
+            views), and a selector with a ``seed`` option (``random``) gets it unless the
+            options give one. None: nothing is seeded here.
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -132,6 +136,13 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
         options["amp"], amp = amp, None
     amp, micro_batch = parse_amp(amp), parse_micro_batch(micro_batch)
+    if seed is not None:
+        from fps_profile.models.seeding import seed_everything, takes_seed
+        from fps_profile.selection.selectors import get
+
+        if "seed" not in options and takes_seed(get(selector)):
+            options["seed"] = int(seed)
+        seed_everything(int(seed))
     sel = create(selector, **options)
     sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
@@ -193,6 +204,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             out[name] = whole(sharding.local_shape(params[name]), device=params[name].device)
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
+    if seed is not None:
+        meta["seed"] = int(seed)
     if group is not None:
         import torch.distributed as dist
 
