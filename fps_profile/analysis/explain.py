@@ -16,7 +16,8 @@ from fps_profile.rows.result import Result
 from fps_profile.analysis.summary import markdown_table
 from fps_profile.units import fmt_bytes
 
-CELL_KEYS = ("what", "selector", "model", "batch", "dtype", "device", "phase", "budget", "scope")
+CELL_KEYS = ("what", "selector", "model", "batch", "dtype", "device", "phase", "budget", "scope", "seed", "data",
+             "weights", "steps")
 BAR = 24
 
 
@@ -37,11 +38,14 @@ def mostly(breakdown: dict[str, int] | None) -> str:
 
 
 def what(row: Result) -> str:
-    """The row as the summary names it: a selector, ``floor``, ``train:full`` or ``train:<selector>``."""
+    """The row as the summary names it: a selector, ``floor``, ``train:full``, ``train:<selector>``,
+    ``finetune:full``, ``finetune:<selector>``, ``finetune:head`` or ``finetune:frozen``."""
     if row.phase == "inference":
         return "floor"
     if row.phase == "train_step":
         return f"train:{row.selector or 'full'}"
+    if row.phase == "finetune":
+        return f"finetune:{row.selector or 'full'}"
     return row.selector or "?"
 
 
@@ -57,8 +61,10 @@ def missing_reason(row: Result) -> str:
 
 
 def explain(row: Result, top: int = 10) -> str:
-    """The text ``fps-profile explain`` prints for one row."""
-    head = f"{describe(row)}: peak {fmt_bytes(row.peak_allocated_bytes)}"
+    """The text ``fps-profile explain`` prints for one row (a finetune row: what it reached first)."""
+    from fps_profile.analysis.quality import explain_lines
+
+    head = "\n".join([f"{describe(row)}: peak {fmt_bytes(row.peak_allocated_bytes)}", *explain_lines(row)])
     bd = row.peak_breakdown_bytes
     if not bd:
         return f"{head}\n  no breakdown: {missing_reason(row)}."
@@ -143,7 +149,11 @@ def overview(rows: Sequence[Result]) -> str:
     """One line per row: what it is, its peak, the phase of the peak and its largest category."""
     from fps_profile.plots.data import dedupe
 
+    rows = dedupe(rows)
+    tuned = any(r.eval_accuracy is not None for r in rows)  # finetune rows: their accuracy too
     body = [[what(r), r.model, str(r.batch_size), r.dtype, r.device, fmt_bytes(r.peak_allocated_bytes),
-             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)] for r in dedupe(rows)]
-    return markdown_table(["what", "model", "batch", "dtype", "device", "peak", "peak phase", "peak is mostly"],
-                          body)
+             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)]
+            + ([f"{100 * r.eval_accuracy:.1f}%" if r.eval_accuracy is not None else "-"] if tuned else [])
+            for r in rows]
+    return markdown_table(["what", "model", "batch", "dtype", "device", "peak", "peak phase", "peak is mostly"]
+                          + (["accuracy"] if tuned else []), body)

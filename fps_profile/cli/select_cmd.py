@@ -14,12 +14,19 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "select",
         help="choose trainable parameters with a selector and save the mask",
-        description="Run one selector on a randomly initialised timm model with synthetic "
-        "inputs, print the mask's statistics and optionally save it (safetensors).",
+        description="Run one selector on a model (timm, hf:, or your own factory; randomly initialised, "
+        "pretrained, or with your weights) with synthetic inputs or a real data set, print the mask's "
+        "statistics and optionally save it (safetensors), with where the model, weights and data came from. "
+        "The same command (and --seed) always gives the same mask.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
-    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, language model hf:<name>, "
+                   "or package.module:factory / path/to/file.py:factory")
+    p.add_argument("--weights", default=None, help="pretrained (timm's), or a .safetensors/.pt/.pth/.bin state dict "
+                   "(default: random initialisation)")
+    p.add_argument("--data", default=None, help="digits[:classes], an image folder, a .npz/.pt file or a "
+                   ".txt/.jsonl text file: selection batches from its training split (default: synthetic)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
     p.add_argument("--image-size", type=positive_int, default=None,
@@ -41,7 +48,8 @@ def add_parser(sub) -> None:
                    help="process each batch in chunks of M samples (statistics and gradients accumulated)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--seed", default=0, help="seed of everything random: model init, data, its split, the random "
+                   "selector's scores")
     p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
     p.add_argument("--per-tensor", action="store_true", help="print every tensor's count")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
@@ -67,7 +75,8 @@ def _breakdown(model, mask, scope: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import fps_profile
     from fps_profile.measure.backends import backend_for
-    from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.measure.inputs import build_inputs, check_sources
+    from fps_profile.models import parse_dtype
     from fps_profile.selection.selectors import create
 
     options = dict(parse_option(o) for o in args.option)
@@ -81,13 +90,14 @@ def run(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype)
     if args.fraction is None and args.k is None:
         args.k = 1
-    model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
-    batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
-                                image_size=args.image_size, seq_len=args.seq_len)
-    mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
+    cell = _cell(args)
+    check_sources(cell.model, cell.weights, cell.data)  # one line, exit 2, before anything is built
+    built = build_inputs(cell, device, dtype)
+    model = built.model
+    mask = fps_profile.select(model, built.batches, args.selector, k=args.k, fraction=args.fraction,
                               scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
-                              micro_batch=args.micro_batch, **options)
-    mask.meta["model"] = args.model
+                              micro_batch=args.micro_batch, seed=cell.seed, **options)
+    mask.meta.update(model=args.model, **_flat(built.provenance))
     stats = mask.stats()
     if args.out:
         mask.save(args.out)
@@ -100,11 +110,42 @@ def run(args: argparse.Namespace) -> int:
         knobs = knob_label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
               f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
+        print(_sources(cell, built.provenance))
         print(stats.format(per_tensor=args.per_tensor))
         print(_breakdown(model, mask, args.scope))
         if args.out:
             print(f"mask written to {args.out}")
     return 0
+
+
+def _flat(provenance: dict) -> dict[str, str]:
+    """The provenance as a mask's string metadata: ``weights_source``, ``weights_sha256``,
+    ``weights_reinitialized``, ``data``, ``data_sha256``, ``data_classes`` ... (lists comma-joined)."""
+    out = {f"weights_{k}": v for k, v in provenance.get("weights", {}).items()}
+    out.update(provenance.get("data", {}))
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in out.items()}
+
+
+def _sources(cell, provenance: dict) -> str:
+    """``weights: ... · data: ... · seed N``: where the model's weights and the batches came from."""
+    w, d = provenance.get("weights"), provenance.get("data")
+    weights = f"{w['source']} (sha256 {str(w['sha256'])[:12]}" + (
+        f", {len(w['reinitialized'])} tensor(s) left at random init" if w["reinitialized"] else "") + ")" \
+        if w else "random initialisation"
+    data = f"{d['data']} ({d.get('data_train')} train / {d.get('data_val')} held out)" if d and "data_train" in d \
+        else d["data"] if d else "synthetic"
+    return f"weights: {weights} · data: {data} · seed {cell.seed}"
+
+
+def _cell(args: argparse.Namespace):
+    """The select cell the arguments describe (paths resolved, the seed parsed, by the cell schema)."""
+    from fps_profile.rows.cell import Cell
+    from fps_profile.rows.schema import axis
+
+    values = {n: axis(n).parse(getattr(args, n)) for n in ("model", "weights", "data", "seed")}
+    return Cell(**values, batch_size=args.batch_size, dtype=args.dtype, device=args.device, phase="select",
+                selector=args.selector, image_size=args.image_size, seq_len=args.seq_len,
+                num_batches=args.num_batches)
 
 
 def _torch_device(name: str, backend_for):

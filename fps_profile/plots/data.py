@@ -29,6 +29,8 @@ def _series(row: Result) -> str:
         return f"train:{row.variant}" if row.selector else FULL
     if row.phase == "train_floor":
         return TRAIN_FLOOR
+    if row.phase == "finetune":  # never mixed with the selection of the same selector
+        return f"finetune:{row.variant or FULL}"
     return row.variant or "?"
 
 
