@@ -1,8 +1,8 @@
 """What a selection is worth: ``finetune`` rows summarised over seeds.
 
 A *point* is one series (a selector with its options and knobs, or a baseline: ``full``,
-``head``, ``frozen``) at one budget in one *group* (model, data, weights, device, dtype,
-batch, steps, learning rate); its figures are the mean and the sample standard deviation
+``head``, ``frozen``) at one budget and learning rate in one *group* (model, data, weights,
+device, dtype, batch, steps); its figures are the mean and the sample standard deviation
 over the group's seeds of the held-out accuracy, and the means of the selection's peak,
 the fine-tuning step's peak, the trainable fraction and the time per step. Tables
 (:func:`format_quality`), figures (:mod:`fps_profile.plots.quality`), ``fps-profile report``
@@ -19,6 +19,7 @@ from fps_profile.rows.label import knobs as knob_suffix
 from fps_profile.rows.label import model_label
 from fps_profile.rows.phases import trains
 from fps_profile.rows.result import Result
+from fps_profile.rows.schema import selector_variant
 from fps_profile.rows.sources import short
 from fps_profile.units import fmt_bytes, fmt_seconds
 
@@ -38,15 +39,14 @@ class Group:
     dtype: str
     batch_size: int
     steps: int | None
-    lr: float | None
 
     def describe(self) -> str:
-        """``resnet10t @32px · data digits:5-9 · weights ckpt.pt · cpu float32 · batch 32 · 100 steps, lr 0.001``."""
+        """``resnet10t @32px · data digits:5-9 · weights ckpt.pt · cpu float32 · batch 32 · 100 steps``."""
         parts = [self.model, f"data {short(self.data) if self.data else 'synthetic'}",
                  f"weights {short(self.weights) if self.weights else 'random init'}",
                  f"{self.device} {self.dtype}", f"batch {self.batch_size}"]
         if self.steps:
-            parts.append(f"{self.steps} steps, lr {self.lr:g}" if self.lr else f"{self.steps} steps")
+            parts.append(f"{self.steps} steps")
         return " · ".join(parts)
 
 
@@ -57,6 +57,7 @@ class Point:
     group: Group
     series: str
     budget: str | None
+    lr: float | None = None
     rows: list[Result] = field(default_factory=list)
     failed: list[Result] = field(default_factory=list)
 
@@ -107,13 +108,15 @@ class Point:
 
 
 def series_of(row: Result) -> str:
-    """``fps``, ``gps[loss=ce]``, ``full``, ``head`` or ``frozen``, then the knobs (``+bf16``)."""
-    return (row.variant or FULL) + knob_suffix(row)
+    """``fps``, ``gps[loss=ce]``, ``full``, ``head`` or ``frozen``, then the knobs (``+bf16``); an option
+    naming a file shows its name (``gd-fps[anchor=a.safetensors]``)."""
+    options = {k: short(v) if isinstance(v, str) else v for k, v in (row.options or {}).items()}
+    return (selector_variant(row.selector, options) or FULL) + knob_suffix(row)
 
 
 def group_of(row: Result) -> Group:
     return Group(model_label(row), row.data, row.weights, row.device, row.dtype, row.batch_size,
-                 row.steps if row.selector != FROZEN else None, row.lr if row.selector != FROZEN else None)
+                 row.steps if row.selector != FROZEN else None)
 
 
 def points(rows: Sequence[Result]) -> dict[Group, list[Point]]:
@@ -124,7 +127,7 @@ def points(rows: Sequence[Result]) -> dict[Group, list[Point]]:
     mine = [r for r in dedupe(rows) if trains(r.phase)]
     found: dict[tuple, Point] = {}
     for r in mine:
-        key = (group_of(r), series_of(r), r.budget)
+        key = (group_of(r), series_of(r), r.budget, r.lr)
         point = found.setdefault(key, Point(*key))
         (point.rows if r.status == "ok" and r.eval_accuracy is not None else point.failed).append(r)
     out: dict[Group, list[Point]] = {}
@@ -134,7 +137,7 @@ def points(rows: Sequence[Result]) -> dict[Group, list[Point]]:
     for p in [p for p in found.values() if p.group.steps is None]:  # frozen: beside every step count
         homes = [g for g in out if g.steps is not None and _inputs(g) == _inputs(p.group)]
         for g in homes or [p.group]:
-            out.setdefault(g, []).append(Point(g, p.series, p.budget, p.rows, p.failed))
+            out.setdefault(g, []).append(Point(g, p.series, p.budget, p.lr, p.rows, p.failed))
     return {g: sorted(ps, key=_order) for g, ps in out.items()}
 
 
@@ -146,7 +149,7 @@ def _order(p: Point) -> tuple:
     name = p.series.split(" ")[0]
     budget = p.budget or ""
     k = budget.partition("=")[2]
-    return (BASELINES.index(name) if name in BASELINES else -1, name, p.series,
+    return (BASELINES.index(name) if name in BASELINES else -1, name, p.series, p.lr or 0.0,
             budget.partition("=")[0], float(k) if k else 0.0)
 
 
@@ -167,11 +170,12 @@ def _pm(mean: float | None, std: float | None, n: int) -> str:
 
 def quality_table(group_points: list[Point]) -> tuple[list[str], list[list[str]]]:
     """``(head, body)`` of one group: a line per series and budget."""
-    head = ["what", "budget", "accuracy %", "seeds", "trainable", "selection peak", "step peak", "time/step"]
+    head = ["what", "budget", "lr", "accuracy %", "seeds", "trainable", "selection peak", "step peak", "time/step"]
     body = []
     for p in group_points:
         frac = p.trainable_fraction
-        body.append([p.series, p.budget or "-", _pm(p.accuracy, p.accuracy_std, len(p.rows)),
+        body.append([p.series, p.budget or "-", f"{p.lr:g}" if p.lr else "-",
+                     _pm(p.accuracy, p.accuracy_std, len(p.rows)),
                      str(len(p.rows)) + (f" ({len(p.failed)} failed)" if p.failed else ""),
                      "-" if frac is None else f"{100 * frac:.3g}%",
                      fmt_bytes(p.select_peak) if p.select_peak else "-",

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     model = built.model
     mask = fps_profile.select(model, built.batches, args.selector, k=args.k, fraction=args.fraction,
                               scope=args.scope, amp=args.amp, checkpointing=args.checkpointing,
-                              micro_batch=args.micro_batch, seed=cell.seed, **options)
+                              micro_batch=args.micro_batch, seed=options.pop("seed", cell.seed), **options)
     mask.meta.update(model=args.model, **_flat(built.provenance))
     stats = mask.stats()
     if args.out:

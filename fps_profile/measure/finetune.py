@@ -94,6 +94,7 @@ class FineTune:
         knobs: The cell's knobs (evaluation runs under its autocast too).
         select_peak: Peak bytes of the selection that made the mask, where the backend measured it.
         done: Steps run so far.
+        staged: The step whose batch is in place (-1: none yet).
         last: Loss of the last step run (a tensor: on the sim it has no value).
     """
 
@@ -105,6 +106,7 @@ class FineTune:
     knobs: Knobs = Knobs()
     select_peak: int | None = None
     done: int = 0
+    staged: int = -1
     last: torch.Tensor | None = None
 
     @property
@@ -120,13 +122,18 @@ class FineTune:
     def trainable(self) -> int:
         return self.step.trainable if self.step is not None else 0
 
-    def batch(self, i: int | None = None):
-        """The batch of step ``i`` (default: the next step's)."""
-        return self.feed.train(self.done if i is None else i)
+    def stage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Put the next step's batch in place (the last step's is dropped); returns it."""
+        if self.staged != self.done:
+            self.step.images = self.step.labels = None  # never two batches at once
+            self.step.images, self.step.labels = self.feed.train(self.done)
+            self.staged = self.done
+        return self.step.images, self.step.labels
 
     def __call__(self) -> torch.Tensor:
-        """Run the next step; returns its loss (detached)."""
-        self.step.images, self.step.labels = self.batch()
+        """Run the next step (its batch staged first, unless :meth:`stage` did it); returns its loss (detached)."""
+        self.stage()
+        self.last = None  # the last step's loss is not kept through this one
         loss = self.step()
         self.scheduler.step()
         self.done += 1
@@ -137,7 +144,7 @@ class FineTune:
         """``(accuracy, loss)`` on the held-out batches, or None without any (the sim)."""
         if self.feed.held_out is None:
             return None
-        return evaluate(self.model, self.feed.held_out, self.knobs)
+        return evaluate(self.model, self.feed.held_out(), self.knobs)
 
 
 def build_finetune(cell, model, batches, budget, options, backend) -> Prepared:
@@ -153,9 +160,8 @@ def build_finetune(cell, model, batches, budget, options, backend) -> Prepared:
         mask = head_mask(model)
     elif cell.selector is not None:
         mask, select_peak = backend.finetune_mask(model, batches, cell, budget, options)
-    first = feed.train(0)
-    step = backend.train_step(model, first, mask, knobs, cell.lr or DEFAULT_LR)
+    step = backend.train_step(model, feed.train(0), mask, knobs, cell.lr or DEFAULT_LR)
     if cell.selector == HEAD:
         model.eval()  # a linear probe: the features stay what the frozen model computes
     scheduler = torch.optim.lr_scheduler.LambdaLR(step.optimizer, lambda i: cosine(i, steps))
-    return Prepared(FineTune(model, feed, steps, step, scheduler, knobs, select_peak), step.trainable)
+    return Prepared(FineTune(model, feed, steps, step, scheduler, knobs, select_peak, staged=0), step.trainable)

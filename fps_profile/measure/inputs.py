@@ -82,7 +82,6 @@ def batches_for(cell, model: nn.Module, data, num_batches: int | None = None, sp
                 seed_offset: int = 0) -> list:
     """``num_batches`` (default the cell's) batches for ``model``: real ones from ``data``'s ``split``,
     else synthetic, drawn with the cell's seed (plus ``seed_offset``)."""
-    from fps_profile.data import data_batches
     from fps_profile.models import synthetic_batches
 
     n = num_batches or cell.num_batches
@@ -90,6 +89,8 @@ def batches_for(cell, model: nn.Module, data, num_batches: int | None = None, sp
     if data is None:
         return synthetic_batches(model, cell.batch_size, n, seed=seed, image_size=cell.image_size,
                                  seq_len=cell.seq_len)
+    from fps_profile.data import data_batches
+
     return data_batches(data, model, cell.batch_size, n, seed=seed, image_size=cell.image_size,
                         seq_len=cell.seq_len, split=split)
 

@@ -55,10 +55,12 @@ class BudgetSpec:
 def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scope: str = "gps",
               options: dict | None = None, knobs: Knobs = Knobs(), seed: int | None = None) -> Callable[[], Mask]:
     """The ``select`` phase: ``fps_profile.select`` on prepared batches (every run under ``seed``,
-    so every run gives the same mask)."""
+    so every run gives the same mask; a ``seed`` among a selector's options, e.g. ``random:seed=3``,
+    wins over the cell's)."""
     from fps_profile.selection.select import select
 
     options = dict(options or {})
+    seed = options.pop("seed", seed)
 
     def run() -> Mask:
         return select(model, batches, selector, k=budget.k, fraction=budget.fraction, scope=scope,

@@ -19,8 +19,10 @@ repeats), which a training run cannot do without training more. A training phase
 
 3. **evaluation** on the held-out split (untracked, untimed): ``eval_accuracy``, ``eval_loss``.
 
-``frozen`` trains nothing: its tracked run is the evaluation (an inference peak), its time
-is the evaluation's (its row has no ``steps`` or ``lr``). ``train_loss_final`` is the last
+``frozen`` trains nothing (its row has no ``steps`` or ``lr``): its tracked and timed run is
+an eval-mode forward of one batch, the ``inference`` phase's figures. The evaluation itself
+(held-out chunks of :data:`~fps_profile.measure.feed.EVAL_CHUNK` samples under ``no_grad``)
+is never measured. ``train_loss_final`` is the last
 step's loss, ``examples_seen`` the samples of all steps.
 """
 
@@ -32,14 +34,17 @@ import time
 import torch
 
 
-def _timed(fn, device: torch.device) -> tuple[object, float]:
+def _timed(fn, device: torch.device) -> tuple[None, float]:
+    """``(None, seconds)`` of one call of ``fn`` between device synchronisations (its output dropped)."""
     from fps_profile.trackers.timer import synchronize
 
     synchronize(device)
     start = time.perf_counter()
     out = fn()
     synchronize(device)
-    return out, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    del out
+    return None, seconds
 
 
 def _tracked(backend, device, cell, model, row, inputs, optimizer, fn):
@@ -49,9 +54,9 @@ def _tracked(backend, device, cell, model, row, inputs, optimizer, fn):
         fill = backend.trackers(stack, device, cell, model, inputs, optimizer)
         rss = stack.enter_context(RssPeak())
         out = fn()
+    del out
     fill(row)
     row.rss_peak_bytes = rss.peak
-    return out
 
 
 def measure_training(backend, ft, device: torch.device, cell, model, row) -> None:
@@ -63,16 +68,17 @@ def measure_training(backend, ft, device: torch.device, cell, model, row) -> Non
     times = []
     tracked = min(1, ft.steps - 1)
     for i in range(ft.steps):
-        if i == tracked:
-            _tracked(backend, device, cell, model, row, [ft.batch()], ft.optimizer, ft)
+        if i == tracked:  # its batch in place before the region, as a train_step's is
+            _tracked(backend, device, cell, model, row, [ft.stage()], ft.optimizer, ft)
         else:
-            _, seconds = _timed(ft, device)
-            times.append(seconds)
-    if ft.steps == 0:  # frozen: the evaluation is the tracked run, then timed once
-        held_out = ft.feed.held_out or []
-        _tracked(backend, device, cell, model, row, held_out, None, ft.evaluate)
-        _, seconds = _timed(ft.evaluate, device)
-        times.append(seconds)
+            times.append(_timed(ft, device)[1])  # the loss is not kept (it would live through the next step)
+    if ft.steps == 0:  # frozen: an eval forward of one batch, as the inference phase's, tracked then timed
+        from fps_profile.measure.phases import inference_fn
+
+        batch = ft.feed.train(0)
+        forward = inference_fn(model, batch[0], ft.knobs)
+        _tracked(backend, device, cell, model, row, [batch], None, forward)
+        times.append(_timed(forward, device)[1])
     result = ft.evaluate()
     if result is not None:
         row.eval_accuracy, row.eval_loss = result

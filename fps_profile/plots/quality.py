@@ -38,17 +38,25 @@ def _style(series: str) -> st.SeriesStyle:
     return BASELINE_STYLES[name] if name in BASELINE_STYLES else st.style(series)
 
 
-def _selectors(ps: list[Point]) -> dict[str, list[Point]]:
-    out: dict[str, list[Point]] = {}
+def _selectors(ps: list[Point]) -> dict[tuple[str, float | None], list[Point]]:
+    """Each selector's points (its budgets) by ``(series, learning rate)``."""
+    out: dict[tuple, list[Point]] = {}
     for p in ps:
         if not p.baseline and p.accuracy is not None:
-            out.setdefault(p.series, []).append(p)
+            out.setdefault((p.series, p.lr), []).append(p)
     return out
 
 
-def _band(ax, p: Point) -> None:
+def _labelled(s: st.SeriesStyle, lr: float | None, ps: list[Point]) -> st.SeriesStyle:
+    """``s`` with its learning rate in the label where the panel has several."""
+    if len({p.lr for p in ps if p.lr}) < 2 or not lr:
+        return s
+    return st.SeriesStyle(s.color, s.marker, s.linestyle, f"{s.label} (lr {lr:g})", s.zorder)
+
+
+def _band(ax, p: Point, ps: list[Point]) -> None:
     """A baseline as a horizontal line at its mean, its sample std shaded."""
-    s = _style(p.series)
+    s = _labelled(_style(p.series), p.lr, ps)
     y, sd = 100 * p.accuracy, 100 * (p.accuracy_std or 0)
     ax.axhline(y, color=s.color, linestyle=s.linestyle, linewidth=1.0, label=s.label, gid=f"baseline:{p.series}",
                zorder=s.zorder)
@@ -92,15 +100,15 @@ def accuracy_vs_memory(rows: Sequence[Result]) -> Figure | None:
         ps = by_group[g]
         peak = max(p.select_peak or 0 for p in ps)
         div, unit = bytes_scale(peak)
-        for series, mine in _selectors(ps).items():
+        for (series, lr), mine in _selectors(ps).items():
             mine = [p for p in mine if p.select_peak]
-            s = _style(series)
+            s = _labelled(_style(series), lr, ps)
             xs, ys = [p.select_peak / div for p in mine], [100 * p.accuracy for p in mine]
             _line(ax, xs, ys, [100 * (p.accuracy_std or 0) for p in mine], s, f"points:{series}")
             _budget_labels(ax, xs, ys, [p.budget for p in mine], s.color)
         for p in ps:
             if p.baseline and p.accuracy is not None:
-                _band(ax, p)
+                _band(ax, p, ps)
         _chance(ax, ps)
         lay.log_axis(ax, lambda v: f"{v:g}", "x")
         ax.set_xlabel(f"peak memory of the selection ({unit})")
@@ -120,18 +128,18 @@ def accuracy_vs_fraction(rows: Sequence[Result]) -> Figure | None:
     groups, (fig, grid) = _frame(by_group)
     for g, (ax,) in zip(groups, grid):
         ps = by_group[g]
-        for series, mine in _selectors(ps).items():
+        for (series, lr), mine in _selectors(ps).items():
             mine = [p for p in mine if p.trainable_fraction]
-            s = _style(series)
+            s = _labelled(_style(series), lr, ps)
             xs, ys = [100 * p.trainable_fraction for p in mine], [100 * p.accuracy for p in mine]
             _line(ax, xs, ys, [100 * (p.accuracy_std or 0) for p in mine], s, f"points:{series}")
         for p in ps:
             if not p.baseline or p.accuracy is None:
                 continue
             if p.series.split(" ")[0] == FROZEN or not p.trainable_fraction:
-                _band(ax, p)
+                _band(ax, p, ps)
                 continue
-            s = _style(p.series)
+            s = _labelled(_style(p.series), p.lr, ps)
             _line(ax, [100 * p.trainable_fraction], [100 * p.accuracy], [100 * (p.accuracy_std or 0)], s,
                   f"baseline:{p.series}", markersize=7, linestyle="none")
         _chance(ax, ps)

@@ -55,7 +55,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("nvml_process_peak_bytes", "memory", "bytes", "peak NVML figure for this process, where the driver "
            "gives one"),
     Metric("rss_peak_bytes", "memory", "bytes", "process resident-set high-water mark during the phase"),
-    Metric("wall_time_s", "time", "s", "median of wall_times_s"),
+    Metric("wall_time_s", "time", "s", "median of wall_times_s (finetune rows: the time per step)"),
     Metric("wall_times_s", None, "s", "every timed repeat", default=list),
     Metric("params_total", "count", "count", "parameters of the model"),
     Metric("params_trainable", "count", "count", "trainable parameters in this phase"),
@@ -73,7 +73,6 @@ METRICS: tuple[Metric, ...] = (
     Metric("eval_loss", "quality", None, "mean task loss (cross-entropy) on the held-out split after fine-tuning"),
     Metric("train_loss_final", "quality", None, "training loss of the last fine-tuning step"),
     Metric("examples_seen", "count", "count", "training samples the fine-tuning went through (steps x batch)"),
-    Metric("step_time_s", "time", "s", "median wall time of one fine-tuning step (the untracked steps)"),
     Metric("select_peak_bytes", "memory", "bytes", "peak of the selection that made the fine-tuning mask "
            "(measured as the select phase measures it)", exact_on_predictions=True),
 )

@@ -116,8 +116,9 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             (``handles_micro_batch``) sees each chunk as a batch.
         seed: Seed of everything random in the selection (:mod:`fps_profile.models.seeding`): the
             global generators are seeded with it first (dropout in a train-mode pass, random
-            views), and a selector with a ``seed`` option (``random``) gets it unless the
-            options give one. None: nothing is seeded here.
+            views), and a selector with a ``seed`` option (``random``) gets it as that option
+            (so ``select(..., "random", seed=3)`` means what it always meant). None: nothing
+            is seeded here.
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -140,7 +141,7 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         from fps_profile.models.seeding import seed_everything, takes_seed
         from fps_profile.selection.selectors import get
 
-        if "seed" not in options and takes_seed(get(selector)):
+        if takes_seed(get(selector)):
             options["seed"] = int(seed)
         seed_everything(int(seed))
     sel = create(selector, **options)

@@ -48,12 +48,11 @@ class DeviceBackend(Backend):
         with contextlib.ExitStack() as stack:
             fill = self.trackers(stack, self.torch_device(cell.device), cell, model, batches, None)
             mask, _ = mask_of(model, batches, cell, budget, options)
-        fill(scratch)
-        gc.collect()
+        fill(scratch)  # (the tracked step's tracker collects garbage on entry: no gc.collect here)
         return mask, scratch.peak_allocated_bytes
 
     def measure(self, cell, row) -> None:
-        from fps_profile.measure.inputs import build_inputs
+        from fps_profile.measure.inputs import build_inputs, cell_data
         from fps_profile.measure.runner import build_cell
         from fps_profile.models import parse_dtype
         from fps_profile.rows.phases import trains
@@ -66,9 +65,12 @@ class DeviceBackend(Backend):
         model, batches = built.model, built.batches
         self.limit(device, cell.memory_budget)
         fn = build_cell(cell, model, batches, self, row)
+        built.data = None  # a data set is read while building (batches, a finetune's feed), never measured:
+        cell_data.cache_clear()  # its tensors would count as the cpu's live bytes
         if trains(cell.phase):  # it changes its model: one run, its own protocol
             from fps_profile.measure.training import measure_training
 
+            del built, batches  # the selection's batches: done with (its steps feed their own)
             return measure_training(self, fn, device, cell, model, row)
         for _ in range(cell.warmup):
             fn()
