@@ -152,14 +152,14 @@ def build_finetune(cell, model, batches, budget, options, backend) -> Prepared:
     (``backend.finetune_feed``), the optimizer and its schedule; nothing trained yet."""
     knobs = Knobs.of(cell)
     steps = cell.steps or DEFAULT_STEPS
+    mask, select_peak = None, None  # the selection first, with nothing of the feed alive yet
+    if cell.selector == HEAD:
+        mask = head_mask(model)
+    elif cell.selector not in (None, FROZEN):
+        mask, select_peak = backend.finetune_mask(model, batches, cell, budget, options)
     feed = backend.finetune_feed(cell, model, batches, steps)
     if cell.selector == FROZEN:
         return Prepared(FineTune(model, feed, 0, knobs=knobs), 0)
-    mask, select_peak = None, None
-    if cell.selector == HEAD:
-        mask = head_mask(model)
-    elif cell.selector is not None:
-        mask, select_peak = backend.finetune_mask(model, batches, cell, budget, options)
     step = backend.train_step(model, feed.train(0), mask, knobs, cell.lr or DEFAULT_LR)
     if cell.selector == HEAD:
         model.eval()  # a linear probe: the features stay what the frozen model computes

@@ -64,9 +64,12 @@ class DeviceBackend(Backend):
         row.env.update(built.provenance)
         model, batches = built.model, built.batches
         self.limit(device, cell.memory_budget)
+        # The data set made the batches; from here on it is never held while anything is measured (on the
+        # cpu its tensors would count as live bytes): a finetune's feed reads it again after its selection.
+        built.data = None
+        cell_data.cache_clear()
         fn = build_cell(cell, model, batches, self, row)
-        built.data = None  # a data set is read while building (batches, a finetune's feed), never measured:
-        cell_data.cache_clear()  # its tensors would count as the cpu's live bytes
+        cell_data.cache_clear()
         if trains(cell.phase):  # it changes its model: one run, its own protocol
             from fps_profile.measure.training import measure_training
 
