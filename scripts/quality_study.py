@@ -37,7 +37,7 @@ import numpy as np
 MODEL, IMAGE_SIZE, PRETRAIN_CLASSES, TASK_CLASSES = "resnet10t", 32, "0-4", (5, 6, 7, 8, 9)
 PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_LR = 150, 64, 2e-3
 PER_CLASS, NOISE = 30, 0.3
-SELECTORS = "fps,gps,magnitude,random,wanda,gd-fps"
+SELECTORS = "fps,gps,magnitude,random,wanda,snip,gd-fps"
 ANCHOR_BATCHES, ANCHOR_BATCH = 4, 64
 ROOT = Path(__file__).resolve().parent.parent
 
