@@ -207,7 +207,7 @@ def test_bad_tolerance_is_a_user_error(tmp_path, capsys, spec):
 def test_parse_tolerance_forms():
     tol = dict(DEFAULT_TOLERANCES)
     parse_tolerance("20%", tol)
-    assert tol == {"exact": 0.0, "memory": 0.2, "time": 0.2}
+    assert tol == {"exact": 0.0, "memory": 0.2, "time": 0.2, "quality": 0.01}  # a bare value sets the measured costs
     parse_tolerance("exact=1%", tol)
     parse_tolerance("wall_time_s=50%", tol)
     assert tol["exact"] == 0.01 and tol["wall_time_s"] == 0.5
@@ -221,7 +221,8 @@ def test_per_metric_tolerance_beats_kind():
 
 
 def test_select_metrics_expands_kinds():
-    assert select_metrics(["exact"]) == {"flops", "time_floor_s", "peak_allocated_bytes", "peak_reserved_bytes"}
+    assert select_metrics(["exact"]) == {"flops", "time_floor_s", "peak_allocated_bytes", "peak_reserved_bytes",
+                                         "select_peak_bytes"}
     assert select_metrics(["time"]) == {"wall_time_s"}
 
 

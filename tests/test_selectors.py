@@ -551,7 +551,7 @@ def test_entry_point_plugin_is_loaded_lazily(tiny_vit, monkeypatch):
 
     plugin.FirstColumn = FirstColumn
     monkeypatch.setitem(sys.modules, "fake_fps_plugin", plugin)
-    group = "fps_profile.selectors"
+    group = "fps_profile.selection.selectors"
     eps = [importlib.metadata.EntryPoint("first_column", "fake_fps_plugin:FirstColumn", group),
            importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Nope", group)]
     calls = []

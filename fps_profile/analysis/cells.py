@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fps_profile.errors import UserError, did_you_mean
-from fps_profile.rows import schema
+from fps_profile.rows import phases, schema
 
 #: Axes a row list always shows; ``what`` stands for selector and phase.
 FRAME = ("model", "batch_size", "dtype", "device")
@@ -21,12 +21,9 @@ _HIDDEN = ("selector", "phase", "options", "warmup", "repeats")
 
 
 def what(row) -> str:
-    """The row as the summary names it: a selector, ``floor``, ``train:full`` or ``train:<selector>``."""
-    if row.phase == "inference":
-        return "floor"
-    if row.phase == "train_step":
-        return f"train:{row.selector or 'full'}"
-    return row.selector or "?"
+    """The row as the summary names it, from the phase table: a selector, ``floor``, ``train:full``,
+    ``train:<selector>``, ``finetune:<selector>``, ``finetune:head``, ..."""
+    return phases.get_phase(row.phase).series(row.selector) or "?"
 
 
 def keys() -> tuple[str, ...]:

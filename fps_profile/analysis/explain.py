@@ -30,10 +30,13 @@ def missing_reason(row: Result) -> str:
 
 
 def explain(row: Result, top: int = 10) -> str:
-    """The text ``fps-profile explain`` prints for one row."""
+    """The text ``fps-profile explain`` prints for one row (a finetune row: what it reached first)."""
+    from fps_profile.analysis.quality import explain_lines
+
     head = f"{describe(row)}: peak {fmt_bytes(row.peak_allocated_bytes)}"
     if row.status != "ok":  # an oom row of a simulated card keeps the peak it needed
         head += f" ({row.status.upper()}: {row.error})" if row.error else f" ({row.status.upper()})"
+    head = "\n".join([head, *explain_lines(row)])
     bd = row.peak_breakdown_bytes
     if not bd:
         return f"{head}\n  no breakdown: {missing_reason(row)}."
@@ -87,6 +90,10 @@ def overview(rows: Sequence[Result]) -> str:
 
     rows = dedupe(rows)
     names = cells.columns(rows)
+    tuned = any(r.eval_accuracy is not None for r in rows)  # finetune rows: their accuracy too
     body = [[cells.what(r), *(cells.shown(getattr(r, n, None)) for n in names), fmt_bytes(r.peak_allocated_bytes),
-             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)] for r in rows]
-    return markdown_table(["what", *map(cells.header, names), "peak", "peak phase", "peak is mostly"], body)
+             r.peak_phase or "-", mostly(r.peak_breakdown_bytes)]
+            + ([f"{100 * r.eval_accuracy:.1f}%" if r.eval_accuracy is not None else "-"] if tuned else [])
+            for r in rows]
+    return markdown_table(["what", *map(cells.header, names), "peak", "peak phase", "peak is mostly"]
+                          + (["accuracy"] if tuned else []), body)

@@ -1,8 +1,10 @@
 """The performance gate: compare two results files cell by cell.
 
-Every metric of every cell present in both files is compared; lower is better
-for all of them. A metric *got worse* when ``new > old * (1 + tolerance)``.
-Tolerances depend on the kind of metric:
+Every metric of every cell present in both files is compared in its direction
+(:attr:`fps_profile.rows.metrics.Metric.better`): lower is better for costs, higher
+for accuracy. A metric *got worse* when ``new > old * (1 + tolerance)`` (lower is
+better) or ``new < old * (1 - tolerance)`` (higher is better). Tolerances depend on
+the kind of metric:
 
 ``exact``   deterministic figures - FLOPs, the time floor derived from them, and
             the bytes predicted by the ``sim`` backend: 0 by default, so any
@@ -12,7 +14,9 @@ Tolerances depend on the kind of metric:
             repeats (``wall_times_s``) differ: their confidence intervals do not overlap
             (:mod:`fps_profile.analysis.noise`). On a backend whose times are noise (the
             backend table's ``time_noise``: a shared CPU) time is not gated unless asked for
-            by name (``--metric time``); the report says so.
+            by name (``--metric time``); the report says so;
+``quality`` what fine-tuning reached (accuracy, losses): 1% (the same seed on the same
+            machine repeats them exactly; another CPU's kernels may round differently).
 
 Parameter counts are shown when they change but never fail the gate (more
 trainable parameters is a behaviour change, not a cost: its cost shows in the
@@ -34,12 +38,12 @@ from dataclasses import dataclass, field
 from fps_profile.analysis import envdiff, noise
 from fps_profile.errors import UserError, did_you_mean
 from fps_profile.rows.label import describe
-from fps_profile.rows.metrics import BY_NAME, KINDS, SHOWN_ONLY, gated, metric_value
+from fps_profile.rows.metrics import BY_NAME, KINDS, SHOWN_ONLY, better, gated, metric_value
 from fps_profile.rows.result import Result
 from fps_profile.rows.store import latest
 from fps_profile.units import fmt_bytes, fmt_seconds, parse_percent
 
-DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10}
+DEFAULT_TOLERANCES = {"exact": 0.0, "memory": 0.05, "time": 0.10, "quality": 0.01}
 #: Metric name -> kind on a backend that measures (:data:`fps_profile.rows.metrics.METRICS`).
 METRICS = gated()
 _REL_EPS = 1e-9  # float noise of a JSON round trip is far below this
@@ -164,7 +168,8 @@ class GateReport:
         return strict and (bool(self.only_baseline) or any(c.verdict == "missing" for c in self.changes))
 
 
-def _judge(old, new, tol: float | None, kind: str, differ: bool | None = None) -> str | None:
+def _judge(old, new, tol: float | None, kind: str, differ: bool | None = None,
+           direction: str = "lower") -> str | None:
     if new is None:
         return "missing"
     if old is None:
@@ -175,6 +180,10 @@ def _judge(old, new, tol: float | None, kind: str, differ: bool | None = None) -
         return None
     if kind in SHOWN_ONLY:
         return "changed"
+    if direction == "higher":  # judged as its negative: higher is better
+        if new > old:
+            return "better"
+        return "worse" if new < old * (1 - tol) * (1 - _REL_EPS) else "within"
     if new < old:
         return "better"
     if new <= old * (1 + tol) * (1 + _REL_EPS):
@@ -225,7 +234,7 @@ def compare(baseline: Sequence[Result], current: Sequence[Result], tolerances: d
             report.metrics += 1
             samples = BY_NAME[metric].samples if metric in BY_NAME else None
             differ = noise.differ(getattr(old, samples), getattr(new, samples)) if samples else None
-            verdict = _judge(a, b, limit, kind, differ)
+            verdict = _judge(a, b, limit, kind, differ, better(metric))
             if verdict:
                 report.changes.append(Change(key, metric, a, b, verdict, None if kind in SHOWN_ONLY else limit))
     return report
@@ -246,8 +255,11 @@ def _verdict_text(c: Change) -> str:
         return "**WORSE**" if c.verdict == "worse" else c.verdict
     if c.verdict in ("worse", "within"):
         pct = "inf" if c.ratio == math.inf else f"{(c.ratio - 1) * 100:+.1f}%"
-        sign = ">" if c.verdict == "worse" else "<="
-        return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {sign} {c.tolerance:.0%})"
+        if better(c.metric) == "higher":  # worse is down: -3.0% < -1%
+            bound = f"{'<' if c.verdict == 'worse' else '>='} -{c.tolerance:.0%}"
+        else:
+            bound = f"{'>' if c.verdict == 'worse' else '<='} {c.tolerance:.0%}"
+        return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {bound})"
     if c.verdict == "noise":
         return f"within noise ({(c.ratio - 1) * 100:+.1f}% > {c.tolerance:.0%}, but the repeats' confidence intervals overlap)"
     if c.verdict == "better" and c.ratio is not None:

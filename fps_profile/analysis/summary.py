@@ -41,9 +41,12 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     Groups are ordered by device, dtype, model size (``params_total``) and batch;
     within a group: the floor, the selectors, full fine-tuning, sparse steps.
     """
+    from fps_profile.rows.phases import trains
+
     groups: dict[tuple, list[Result]] = {}
     size: dict[str, int] = {}
-    for r in rows:  # image size and sequence length as numbers, so that seq=512 sorts before seq=2048
+    # Image size and sequence length as numbers, so that seq=512 sorts before seq=2048; finetune rows: analysis.quality.
+    for r in [r for r in rows if not trains(r.phase)]:
         groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     out = []
@@ -75,9 +78,12 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
     Columns that hold one value throughout (device, dtype) become a heading instead; the
     "peak is mostly" column (the peak's largest category) appears where rows have a breakdown.
     """
+    from fps_profile.analysis.quality import format_quality
+
     lines = summarize(rows, reference)
+    quality = format_quality(rows)
     if not lines:
-        return "(no rows)"
+        return quality or "(no rows)"
     constant = [c for c in ("device", "dtype") if len({getattr(s, c) for s in lines}) == 1]
     keys = [c for c in ("device", "dtype", "model", "batch_size") if c not in constant]
     heading = " · ".join(str(getattr(lines[0], c)) for c in constant)
@@ -105,6 +111,8 @@ def format_summary(rows: Sequence[Result], reference: str = "gps") -> str:
         out += ["" if out else None, f"Fine-tuning step{' (' + heading + ')' if heading else ''}: "
                 "full, and sparse with each selector's mask", "",
                 markdown_table(head + ["peak", "peak/floor", "time", *extra], train)]
+    if quality:
+        out += ["", quality]
     return "\n".join(x for x in out if x is not None)
 
 

@@ -14,14 +14,22 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "select",
         help="choose trainable parameters with a selector and save the mask",
-        description="Run one selector on a randomly initialised timm model (or hf: language model) with "
-        "synthetic inputs, print the mask's statistics and optionally save it (safetensors). On "
-        "--device sim[:target] the selection is predicted instead (peak memory, FLOPs, counts; no mask).",
+        description="Run one selector on a model (timm, hf:, or your own factory; randomly initialised, "
+        "pretrained, or with your weights) with synthetic inputs or a real data set, print the mask's "
+        "statistics and optionally save it (safetensors), with where the model, weights and data came from. "
+        "The same command (and --seed) always gives the same mask. On --device sim[:target] the selection "
+        "is predicted instead (peak memory, FLOPs, counts; no mask).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--selector", default="fps", help="selector name (see 'fps-profile list')")
-    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, or language model hf:<name>")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="samples per batch (images, or sequences of a language model)")
+    p.add_argument("--model", default="vit_tiny_patch16_224", help="timm model name, language model hf:<name>, "
+                   "or package.module:factory / path/to/file.py:factory")
+    p.add_argument("--weights", default=None, help="pretrained (timm's), or a .safetensors/.pt/.pth/.bin state dict "
+                   "(default: random initialisation)")
+    p.add_argument("--data", default=None, help="digits[:classes], an image folder, a .npz/.pt file or a "
+                   ".txt/.jsonl text file: selection batches from its training split (default: synthetic)")
+    p.add_argument("--batch-size", type=positive_int, default=8,
+                   help="samples per batch (images, or sequences of a language model)")
     p.add_argument("--num-batches", type=positive_int, default=1, help="batches of selection data")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width, the model built for it (default: the model's own)")
@@ -48,7 +56,8 @@ def add_parser(sub) -> None:
                    "the sim nothing is selected; it predicts the selection's peak memory, FLOPs and the mask's "
                    "trainable counts (exact for k; for a fraction, exact in total), and --out is an error")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--seed", default=0, help="seed of everything random: model init, data, its split, the random "
+                   "selector's scores")
     p.add_argument("--out", default=None, help="write the mask here (.safetensors)")
     p.add_argument("--peft-adapter", default=None, metavar="DIR",
                    help="also write the mask as an untrained PEFT SHiRA adapter to DIR (new or empty; needs peft), "
@@ -80,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     import fps_profile
     from fps_profile.knobs import parse_amp
     from fps_profile.measure.backends import backend_for
-    from fps_profile.models import check_model_name, create_model, parse_dtype, synthetic_batches
+    from fps_profile.measure.inputs import build_inputs, check_sources
+    from fps_profile.models import parse_dtype
     from fps_profile.models.hf import check_name_seq_len, is_hf_name
     from fps_profile.selection.budget import make_budget
     from fps_profile.selection.scope import get_scope
@@ -97,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         args.k = 1
     make_budget(args.k, args.fraction, f"shira:{args.shira}" if args.shira else None)
     dtype = parse_dtype(args.dtype)
-    check_model_name(args.model)
+    cell = _cell(args)
+    check_sources(cell.model, cell.weights, cell.data)  # one line, exit 2, before anything is built
     if is_hf_name(args.model):
         check_name_seq_len(args.model, args.seq_len)
     elif args.seq_len is not None:
@@ -116,14 +127,13 @@ def run(args: argparse.Namespace) -> int:
     if args.peft_adapter:
         _check_adapter_dir(args.peft_adapter)
     device = backend.torch_device(args.device)
-    model = create_model(args.model, device=device, dtype=dtype, image_size=args.image_size)
-    batches = synthetic_batches(model, args.batch_size, args.num_batches, seed=args.seed,
-                                image_size=args.image_size, seq_len=args.seq_len)
-    mask = fps_profile.select(model, batches, args.selector, k=args.k, fraction=args.fraction,
+    built = build_inputs(cell, device, dtype)
+    model = built.model
+    mask = fps_profile.select(model, built.batches, args.selector, k=args.k, fraction=args.fraction,
                               budget=f"shira:{args.shira}" if args.shira else None, scope=args.scope,
                               amp=args.amp, checkpointing=args.checkpointing, micro_batch=args.micro_batch,
-                              **options)
-    mask.meta["model"] = args.model
+                              seed=options.pop("seed", cell.seed), **options)
+    mask.meta.update(model=args.model, **_flat(built.provenance))
     stats = mask.stats()
     plan = None
     if args.peft_adapter:  # first: a mask SHiRA cannot hold fails before anything is written
@@ -144,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         knobs = knob_label(parse_amp(args.amp), args.checkpointing, args.micro_batch)
         print(f"{args.selector} on {args.model} ({mask.meta['budget']}, scope {mask.meta['scope']}, "
               f"batch {args.batch_size} x {args.num_batches}, {args.dtype}, {device}{knobs})")
+        print(_sources(cell, built.provenance))
         print(stats.format(per_tensor=args.per_tensor))
         print(breakdown_line(model, mask, args.scope))
         if args.out:
@@ -166,3 +177,33 @@ def _check_adapter_dir(path: str) -> None:
     from fps_profile.integrations.peft import require_peft
 
     require_peft()
+
+
+def _flat(provenance: dict) -> dict[str, str]:
+    """The provenance as a mask's string metadata: ``weights_source``, ``weights_sha256``,
+    ``weights_reinitialized``, ``data``, ``data_sha256``, ``data_classes`` ... (lists comma-joined)."""
+    out = {f"weights_{k}": v for k, v in provenance.get("weights", {}).items()}
+    out.update(provenance.get("data", {}))
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in out.items()}
+
+
+def _sources(cell, provenance: dict) -> str:
+    """``weights: ... · data: ... · seed N``: where the model's weights and the batches came from."""
+    w, d = provenance.get("weights"), provenance.get("data")
+    weights = f"{w['source']} (sha256 {str(w['sha256'])[:12]}" + (
+        f", {len(w['reinitialized'])} tensor(s) left at random init" if w["reinitialized"] else "") + ")" \
+        if w else "random initialisation"
+    data = f"{d['data']} ({d.get('data_train')} train / {d.get('data_val')} held out)" if d and "data_train" in d \
+        else d["data"] if d else "synthetic"
+    return f"weights: {weights} · data: {data} · seed {cell.seed}"
+
+
+def _cell(args: argparse.Namespace):
+    """The select cell the arguments describe (paths resolved, the seed parsed, by the cell schema)."""
+    from fps_profile.rows.cell import Cell
+    from fps_profile.rows.schema import axis
+
+    values = {n: axis(n).parse(getattr(args, n)) for n in ("model", "weights", "data", "seed")}
+    return Cell(**values, batch_size=args.batch_size, dtype=args.dtype, device=args.device, phase="select",
+                selector=args.selector, image_size=args.image_size, seq_len=args.seq_len,
+                num_batches=args.num_batches)

@@ -23,7 +23,9 @@ import torch
 
 from fps_profile.errors import UserError
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's convert("L")
+# ITU-R BT.601, as PIL's convert("L"); a tuple, not a tensor: a module-level tensor would live in every
+# process that imports this, and the cpu backend's live-bytes tracker would count it in every peak.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Pool:
         if x.shape[0] == 1:
             return x.expand(channels, -1, -1)
         if x.shape[0] == 3 and channels == 1:
-            return (x * _LUMA[:, None, None]).sum(0, keepdim=True)
+            return (x * torch.tensor(_LUMA)[:, None, None]).sum(0, keepdim=True)
         raise UserError(f"images have {x.shape[0]} channels; the model takes {channels}")
 
 

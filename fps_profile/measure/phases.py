@@ -64,15 +64,18 @@ class BudgetSpec:
 
 
 def select_fn(model: nn.Module, batches, selector: str, budget: BudgetSpec, scope: str = "gps",
-              options: dict | None = None, knobs: Knobs = Knobs()) -> Callable[[], Mask]:
-    """The ``select`` phase: ``fps_profile.select`` on prepared batches."""
+              options: dict | None = None, knobs: Knobs = Knobs(), seed: int | None = None) -> Callable[[], Mask]:
+    """The ``select`` phase: ``fps_profile.select`` on prepared batches (every run under ``seed``,
+    so every run gives the same mask; a ``seed`` among a selector's options, e.g. ``random:seed=3``,
+    wins over the cell's)."""
     from fps_profile.selection.select import select
 
     options = dict(options or {})
+    seed = options.pop("seed", seed)
 
     def run() -> Mask:
         return select(model, batches, selector, **budget.select_kwargs(), scope=scope, amp=knobs.amp,
-                      checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, **options)
+                      checkpointing=knobs.checkpointing, micro_batch=knobs.micro_batch, seed=seed, **options)
 
     return run
 
@@ -205,7 +208,7 @@ class Prepared:
 
 
 def build_select(cell, model, batches, budget, options, backend) -> Prepared:
-    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell))
+    fn = select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell), getattr(cell, "seed", 0))
     return Prepared(fn, backend.select_trainable(model, budget, cell.scope))
 
 

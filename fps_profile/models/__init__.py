@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fps_profile.errors import UserError, did_you_mean
+from fps_profile.models.checks import check_image_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -30,13 +31,18 @@ def _timm_names() -> tuple[str, ...]:
 
 
 def check_model_name(name: str) -> None:
-    """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it)."""
+    """Fail with close suggestions unless timm knows ``name`` (or, for ``hf:...``, a config builds it;
+    for ``package.module:factory`` / ``file.py:factory``, the factory is found)."""
     import timm
 
+    from fps_profile.models.factory import check_factory_name, is_factory_name
     from fps_profile.models.hf import check_hf_name, is_hf_name
 
     if is_hf_name(name):
         check_hf_name(name)
+        return
+    if is_factory_name(name):
+        check_factory_name(name)
         return
 
     if not timm.is_model(name):
@@ -86,23 +92,29 @@ def build_timm(name: str, *, image_size: int | None = None, **kwargs) -> nn.Modu
 
 def create_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  *, image_size: int | None = None, **kwargs) -> nn.Module:
-    """A randomly initialised timm model or ``hf:`` language model (no weights are downloaded).
+    """A randomly initialised timm model, ``hf:`` language model or user factory's model (no weights
+    are downloaded).
 
     Args:
-        name: A timm model name (``timm.list_models()``), or ``hf:<name>`` / ``hf:<path>.json``
-            (:mod:`fps_profile.models.hf`).
+        name: A timm model name (``timm.list_models()``), ``hf:<name>`` / ``hf:<path>.json``
+            (:mod:`fps_profile.models.hf`), or ``package.module:factory`` / ``file.py:factory``
+            (:mod:`fps_profile.models.factory`).
         device: Where to build it.
         dtype: Parameter dtype.
         image_size: Input size to build it for (see :func:`build_timm`); default the model's own.
         **kwargs: Passed to ``timm.create_model`` (e.g. ``num_classes``).
     """
+    from fps_profile.models.factory import build_factory_model, is_factory_name
     from fps_profile.models.hf import build_lm, is_hf_name
 
     if is_hf_name(name):
         if image_size is not None:
             raise UserError(f"--image-size applies to image models, not to language model {name!r}")
         return build_lm(name, dtype).to(device=device)
-    model = build_timm(name, image_size=image_size, **kwargs)
+    if is_factory_name(name):
+        model = build_factory_model(name, image_size=image_size, **kwargs)
+    else:
+        model = build_timm(name, image_size=image_size, **kwargs)
     return model.to(device=device, dtype=dtype)
 
 
@@ -130,14 +142,6 @@ def input_size(model: nn.Module, image_size: int | None = None) -> tuple[int, in
         else:
             c, h, w = 3, 224, 224
     return (c, image_size, image_size) if image_size else (c, h, w)
-
-
-def check_image_size(image_size: int | None) -> None:
-    """Fail with one line unless ``image_size`` is None or an integer >= 1."""
-    if image_size is None:
-        return
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise UserError(f"image size must be an integer >= 1, not {image_size!r}")
 
 
 def num_classes(model: nn.Module) -> int:

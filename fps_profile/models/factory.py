@@ -265,7 +265,7 @@ def build_factory_model(name: str, *, num_classes: int | None = None, image_size
             something that is not an ``nn.Module``, builds another number of classes
             than asked for, or its input size cannot be told.
     """
-    from fps_profile.models import check_image_size
+    from fps_profile.models.checks import check_image_size
 
     check_image_size(image_size)
     fn = check_factory_name(name)

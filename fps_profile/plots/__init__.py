@@ -21,12 +21,13 @@ from fps_profile.errors import UserError
 from fps_profile.plots.breakdown import breakdown_bars
 from fps_profile.analysis.series import by_group
 from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
+from fps_profile.plots.quality import accuracy_vs_fraction, accuracy_vs_memory
 from fps_profile.plots.seqlen import memory_vs_seq_len
 from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
 from fps_profile.rows.result import Result
 
-__all__ = ["FIGURES", "SEQ_LEN_FIGURES", "Drawn", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
+__all__ = ["FIGURES", "QUALITY_FIGURES", "SEQ_LEN_FIGURES", "Drawn", "accuracy_vs_fraction", "accuracy_vs_memory", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
            "memory_vs_params", "memory_vs_seq_len", "plot_all", "ratio_vs_batch", "time_vs_batch"]
 
 
@@ -62,6 +63,16 @@ SEQ_LEN_FIGURES: tuple[FigureKind, ...] = (
     FigureKind("memory_vs_seq_len", "Peak memory vs sequence length of a language model at one batch size: each "
                "selector's selection, the inference floor, full and sparse fine-tuning steps.",
                lambda rows, o: memory_vs_seq_len(rows)),
+)
+
+
+#: Figures of the finetune rows (:mod:`fps_profile.plots.quality`): one per (device, dtype), a panel per group.
+QUALITY_FIGURES: tuple[FigureKind, ...] = (
+    FigureKind("accuracy_vs_memory", "What a selection is worth: held-out accuracy after sparse fine-tuning with "
+               "each selector's mask (mean over seeds, bars: std) against the peak memory of the selection; "
+               "full fine-tuning, head only and the frozen model as lines.", lambda rows, o: accuracy_vs_memory(rows)),
+    FigureKind("accuracy_vs_fraction", "Held-out accuracy after fine-tuning against the share of parameters "
+               "trained, per selector and budget, with the baselines.", lambda rows, o: accuracy_vs_fraction(rows)),
 )
 
 
@@ -101,12 +112,20 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
     import matplotlib
 
     out = figure_folder(out_dir, formats)
+    from fps_profile.rows.phases import trains
+
     opts = {"reference": reference, "batch": batch}
     rows = list(rows)
+    tuned = [r for r in rows if trains(r.phase)]  # fine-tuning rows have figures of their own
+    rows = [r for r in rows if not trains(r.phase)]
     drawn = []
     with matplotlib.rc_context(RC):
-        for kinds, split in ((FIGURES, True), (SEQ_LEN_FIGURES, False)):
-            for (device, dtype, budget), group in by_group(rows, split_seq_len=split).items():
+        by_device: dict[tuple, list[Result]] = {}
+        for r in tuned:  # every budget in one figure: the budgets are its points
+            by_device.setdefault((r.device, r.dtype, None), []).append(r)
+        for kinds, groups in ((FIGURES, by_group(rows)), (SEQ_LEN_FIGURES, by_group(rows, split_seq_len=False)),
+                              (QUALITY_FIGURES, dict(sorted(by_device.items())))):
+            for (device, dtype, budget), group in groups.items():
                 for kind in kinds:
                     fig = kind.draw(group, opts)
                     if fig is None:

@@ -209,15 +209,21 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
         reference: Selector the ratios divide by.
         source: Name of the results file, for the first line.
     """
-    groups = by_group(rows)
+    from fps_profile.analysis.quality import format_quality
+    from fps_profile.rows.phases import trains
+
+    quality = format_quality(rows)  # the finetune rows: a section of their own, not in the memory tables
     flat = dedupe(rows)
+    env_groups = by_group(rows)
+    rows = [r for r in rows if not trains(r.phase)]
+    groups = by_group(rows)
     counts = {s: sum(r.status == s for r in flat) for s in ("ok", "oom", "error", "timeout")}
     lines = ["# fps-profile report", ""]
     lines.append(f"{len(flat)} measurements" + (f" from `{source}`" if source else "") + ": "
                  + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + ". "
                  "Peak memory is the peak of live tensor bytes; times are medians of the timed repeats. "
                  "The inference floor is a no-grad forward of the same batch.")
-    lines += ["", "## Environment", "", environment_table(groups)]
+    lines += ["", "## Environment", "", environment_table(env_groups)]
     ref_name = st.label(reference)
     head = [f"{ref_name} peak" if h == "reference peak" else h for h in HEADLINE_HEAD]
     body = [[_group_name(key), *line] for key, g in groups.items() for m in models(g)
@@ -236,6 +242,11 @@ def build_report(rows: Sequence[Result], *, figures: Sequence = (), base: str | 
             for caption, head, body in model_tables(g, model, reference):
                 lines += ["", f"{caption}:", "", markdown_table(head, body)]
             lines += breakdown_section(g, model)
+    if quality:
+        lines += ["", "## What a selection is worth", "",
+                  "Held-out accuracy after fine-tuning with each selector's mask (finetune rows; mean ± sample "
+                  "std over seeds, in %), beside full fine-tuning, the classifier alone (head) and the frozen "
+                  "model; the selection's peak, a fine-tuning step's peak and the time per step.", "", quality]
     failed = [r for r in flat if r.status in ("error", "timeout")]
     if failed:
         lines += ["", "## Failed measurements", ""]

@@ -26,6 +26,9 @@ class _CellMethods:
             object.__setattr__(self, "checkpointing", False)
         if self.trainer is not None and trainer_of(self) is None:  # nothing trains a mask: no trainer
             object.__setattr__(self, "trainer", axis("trainer").default)
+        if not phases.takes_training(self.phase, self.selector):  # no steps taken: no steps or learning rate
+            object.__setattr__(self, "steps", None)
+            object.__setattr__(self, "lr", None)
 
     def key(self) -> tuple:
         """:func:`cell_key` of this cell."""
@@ -55,7 +58,7 @@ class _CellMethods:
         """A result row for this cell with nothing measured yet."""
         values = {a.name: getattr(self, a.name) for a in AXES if a.in_row}
         values["options"] = dict(self.options) or None
-        if self.selector is None:
+        if not phases.takes_selector(self.phase, self.selector):  # none, or a baseline (head, frozen)
             values["scope"] = None
         if self.phase != "select":
             values["num_batches"] = None

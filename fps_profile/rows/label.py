@@ -38,7 +38,9 @@ def model_label(obj) -> str:
 
 
 def describe(obj) -> str:
-    """``model [@Npx] [seq=N] b=B dtype device series [budget] [scope=...]``: the full name of a cell."""
+    """``model [@Npx] [seq=N] b=B dtype device series [budget] [scope=...] [data=... seed=N ...]``: the full
+    name of a cell (the axes of the ``cell`` label group last: where the inputs came from, the seed, the
+    fine-tuning settings)."""
     parts = [model_label(obj), f"b={obj.batch_size}", obj.dtype, obj.device, series(obj)]
     if phases.takes_selector(obj.phase, obj.selector):
         budget, scope = getattr(obj, "budget", None), getattr(obj, "scope", None)
@@ -46,4 +48,5 @@ def describe(obj) -> str:
             parts.append(budget)
         if scope not in (None, axis("scope").default):
             parts.append(f"scope={scope}")
+    parts += label_tokens(obj, "cell")
     return " ".join(str(p) for p in parts)

@@ -15,9 +15,10 @@ BREAKDOWN_CATEGORIES = ("weights", "buffers", "inputs", "gradients", "optimizer_
 #: ``peak_phase`` values.
 PEAK_PHASES = ("forward", "backward", "optimizer", "scoring")
 #: How the gate judges a kind: ``exact`` (deterministic: FLOPs, sim bytes) fails on any increase,
-#: ``memory`` and ``time`` (measured) within a tolerance; ``count`` and ``breakdown`` are shown
-#: when they change but never fail.
-KINDS = ("exact", "memory", "time", "count", "breakdown")
+#: ``memory`` and ``time`` (measured) within a tolerance, ``quality`` (what fine-tuning reached:
+#: accuracy, losses) on any change in its bad direction beyond a tolerance; ``count`` and
+#: ``breakdown`` are shown when they change but never fail.
+KINDS = ("exact", "memory", "time", "quality", "count", "breakdown")
 SHOWN_ONLY = ("count", "breakdown")
 
 
@@ -61,7 +62,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("nvml_process_peak_bytes", "memory", "bytes", "peak NVML figure for this process, where the driver "
            "gives one"),
     Metric("rss_peak_bytes", "memory", "bytes", "process resident-set high-water mark during the phase"),
-    Metric("wall_time_s", "time", "s", "median of wall_times_s", samples="wall_times_s"),
+    Metric("wall_time_s", "time", "s", "median of wall_times_s (finetune rows: the time per step)", samples="wall_times_s"),
     Metric("wall_times_s", None, "s", "every timed repeat", default=list, form="numbers"),
     Metric("params_total", "count", "count", "parameters of the model"),
     Metric("params_trainable", "count", "count", "trainable parameters in this phase"),
@@ -74,6 +75,14 @@ METRICS: tuple[Metric, ...] = (
            form="records"),
     Metric("peak_breakdown_by_phase", None, "bytes", "phase -> its own peak's breakdown", form="numbers_by_by"),
     Metric("peak_breakdown_run", None, None, "measured (cpu, sim) or extra (one more run: cuda)", form="text"),
+    # The finetune phase (fps_profile.measure.finetune); None on the sim, which has no values.
+    Metric("eval_accuracy", "quality", "fraction", "top-1 accuracy on the held-out split after fine-tuning "
+           "(a language model: next-token accuracy)", better="higher"),
+    Metric("eval_loss", "quality", None, "mean task loss (cross-entropy) on the held-out split after fine-tuning"),
+    Metric("train_loss_final", "quality", None, "training loss of the last fine-tuning step"),
+    Metric("examples_seen", "count", "count", "training samples the fine-tuning went through (steps x batch)"),
+    Metric("select_peak_bytes", "memory", "bytes", "peak of the selection that made the fine-tuning mask "
+           "(measured as the select phase measures it)", exact_on_predictions=True),
 )
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
 

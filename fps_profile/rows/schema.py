@@ -24,6 +24,7 @@ from typing import Any
 
 from fps_profile.rows.values import (nonneg_int, parse_amp, parse_budget, parse_checkpointing,
                                       parse_dtype_name, parse_micro_batch, parse_trainer, positive_int, same)
+from fps_profile.rows.sources import parse_data, parse_lr, parse_model, parse_seed, parse_weights, short
 
 @dataclass(frozen=True)
 class Axis:
@@ -38,7 +39,8 @@ class Axis:
         key_value: ``cell -> value`` for the key where it is not the field itself.
         label: ``value -> token`` of a label, for values other than the default.
         label_group: ``"model"`` (shown with the model, e.g. ``seq=512``), ``"who"`` (right after
-            the series name, e.g. ``x8 batches``) or ``"knob"`` (after those, e.g. ``+bf16``).
+            the series name, e.g. ``x8 batches``), ``"knob"`` (after those, e.g. ``+bf16``) or ``"cell"``
+            (in a cell's full name only, not in its series: ``seed=1``, ``data=digits``).
         swept: A sweep crosses it: a comma list on the command line, a list in TOML.
         grid: The :class:`~fps_profile.run.grid.Grid` field holding it (plural when swept).
         flag: The ``sweep`` command-line flag, or None where the CLI sets it otherwise.
@@ -98,7 +100,10 @@ def selector_variant(selector: str | None, options=None) -> str | None:
 
 
 def _if_selector(name: str):
-    return lambda c: getattr(c, name) if c.selector is not None else None
+    from fps_profile.rows.phases import PHASES  # a phase's baselines (head, frozen) take no budget or scope
+
+    return lambda c: getattr(c, name) if c.selector is not None and c.selector not in getattr(
+        PHASES.get(c.phase), "baselines", ()) else None
 
 
 def trainer_of(c):
@@ -118,9 +123,9 @@ AXES: tuple[Axis, ...] = (
     Axis("selector", None, key="slot", key_value=lambda c: selector_variant(c.selector, c.options), swept=True,
          grid="selectors", flag="--selector", grid_default=("fps", "gps", "magnitude", "random"), doc="selector name; None for the inference floor, the train "
          "floor and full fine-tuning"),
-    Axis("model", None, key="slot", swept=True, grid="models", flag="--model",
+    Axis("model", None, parse_model, key="slot", swept=True, grid="models", flag="--model",
          grid_default=("vit_tiny_patch16_224", "vit_small_patch16_224"),
-         doc="timm model name, or a language model hf:<name>"),
+         doc="timm model name, a language model hf:<name>, or your own: package.module:factory or file.py:factory"),
     Axis("batch_size", None, positive_int("batch size"), key="slot", swept=True, grid="batch_sizes",
          flag="--batch-size", grid_default=(1, 4, 16), doc="samples per batch"),
     Axis("dtype", "float32", parse_dtype_name, key="slot", swept=True, grid="dtypes", flag="--dtype",
@@ -162,6 +167,18 @@ AXES: tuple[Axis, ...] = (
          doc="what trains a sparse train_step's mask: fps-profile (its in-place sparse step) or peft-shira (the "
          "same entries through Hugging Face PEFT's SHiRA adapter: a mask it can hold, e.g. budget shira:R, scope "
          "shira; needs peft); other phases and full fine-tuning ignore it"),
+    Axis("weights", None, parse_weights, label=lambda v: f"weights={short(v)}", label_group="cell", swept=True,
+         grid="weights", flag="--weights", doc="pretrained (timm's), a .safetensors/.pt/.pth/.bin state dict, or "
+         "none (random initialisation)"),
+    Axis("data", None, parse_data, label=lambda v: f"data={short(v)}", label_group="cell", swept=True, grid="data",
+         flag="--data", doc="digits[:classes], an image folder, a .npz/.pt file or a .txt/.jsonl text file "
+         "(optionally :classes), or none (synthetic inputs)"),
+    Axis("seed", 0, parse_seed, label=lambda v: f"seed={v}", label_group="cell", swept=True, grid="seeds",
+         flag="--seed", doc="seed of everything random in a cell: model init, data, splits, views, random scores"),
+    Axis("steps", 100, positive_int("steps", optional=True), label=lambda v: f"steps={v}", label_group="cell",
+         swept=True, grid="steps", flag="--steps", doc="fine-tuning steps of the finetune phase (None elsewhere)"),
+    Axis("lr", 1e-3, parse_lr, label=lambda v: f"lr={v:g}", label_group="cell", swept=True, grid="lr", flag="--lr",
+         doc="peak learning rate of the finetune phase's AdamW, cosine to 0 (None elsewhere)"),
     Axis("warmup", 1, nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",
@@ -203,7 +220,7 @@ def axis(name: str) -> Axis:
 
 
 def label_tokens(cell, group: str) -> list[str]:
-    """The label tokens of ``cell``'s axes in ``group`` (``"model"``, ``"who"`` or ``"knob"``), in axis order."""
+    """The label tokens of ``cell``'s axes in ``group`` (``"model"``, ``"who"``, ``"knob"`` or ``"cell"``), in axis order."""
     out = []
     for a in AXES:
         if a.label is None or a.label_group != group:

@@ -6,7 +6,8 @@ swept axis (``selectors``, ``models``, ``batch_sizes``, ``amp`` ...), one value 
 of each list; :meth:`Grid.cells` crosses them.
 
 Inference and full fine-tuning rows are measured once per (model, batch, dtype, device), not
-per selector (the phase table says which phases take a selector). A setting that cannot
+per selector (the phase table says which phases take a selector); a phase's baselines
+(``finetune``'s ``head`` and ``frozen``) come beside its selectors. A setting that cannot
 change a cell is dropped from it, so the cell is measured once: checkpointing on a phase or
 selector without a backward (inference, FPS, Wanda), any knob on a selector without data
 (magnitude, random), a micro-batch at least the batch size. A grid with sequence lengths
@@ -62,6 +63,7 @@ class _GridMethods:
                 continue
             if phase.selector in ("none", "optional"):
                 what.append((name, None))
+            what += [(name, b) for b in phase.baselines]
             if phase.selector in ("required", "optional"):
                 what += [(name, s) for s in self.selectors]
         return what
@@ -96,7 +98,7 @@ class _GridMethods:
                 runs the cells on other machines).
         """
         from fps_profile.measure.backends import check_device
-        from fps_profile.models import check_image_size, check_model_name
+        from fps_profile.models import check_image_size
         from fps_profile.selection.scope import get_scope
         from fps_profile.selection.selectors import create, get
 
@@ -118,8 +120,10 @@ class _GridMethods:
             create(s, **self.options.get(s, {}))
         for s in self.options:
             get(s)
-        for m in self.models:
-            check_model_name(m)
+        from fps_profile.measure.inputs import check_sources
+
+        for m, w, d in itertools.product(self.models, _as_list(self.weights), _as_list(self.data)):
+            check_sources(m, axis("weights").parse(w), axis("data").parse(d))
         for d in self.devices:
             check_device(d, local=local_devices)
         get_scope(self.scope)

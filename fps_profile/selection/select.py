@@ -36,7 +36,8 @@ def _kept(scored, into: dict):
 def select(model: nn.Module, batches: Iterable | None = None, selector: str = "fps", *,
            k: int | None = None, fraction: float | None = None, scope: str | Scope = "gps",
            amp: str | None = None, checkpointing: bool = False, micro_batch: int | None = None,
-           budget: Budget | str | None = None, keep_scores: dict | None = None, **options) -> Mask:
+           budget: Budget | str | None = None, keep_scores: dict | None = None, seed: int | None = None,
+           **options) -> Mask:
     """Choose which entries of ``model`` to fine-tune.
 
     Args:
@@ -68,6 +69,11 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         keep_scores: A dict that receives every ranked tensor's scores (a CPU copy each, as the
             selector made them; on FSDP2, this rank's shards): for comparing selectors
             (:mod:`fps_profile.selection.agreement`).
+        seed: Seed of everything random in the selection (:mod:`fps_profile.models.seeding`): the
+            global generators are seeded with it first (dropout in a train-mode pass, random
+            views), and a selector with a ``seed`` option (``random``) gets it as that option
+            (so ``select(..., "random", seed=3)`` means what it always meant). None: nothing
+            is seeded here.
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -86,6 +92,13 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
     if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
         options["amp"], amp = amp, None
     amp, micro_batch = parse_amp(amp), parse_micro_batch(micro_batch)
+    if seed is not None:
+        from fps_profile.models.seeding import seed_everything, takes_seed
+        from fps_profile.selection.selectors import get
+
+        if takes_seed(get(selector)):
+            options["seed"] = int(seed)
+        seed_everything(int(seed))
     sel = create(selector, **options)
     sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
@@ -150,6 +163,8 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             out[name] = whole(sharding.local_shape(params[name]), device=params[name].device)
     meta = {"selector": selector, "budget": budget.describe(), "scope": scope.name,
             "model": type(model).__name__, "options": repr(sorted(options.items()))}
+    if seed is not None:
+        meta["seed"] = int(seed)
     if group is not None:
         import torch.distributed as dist
 

@@ -44,22 +44,31 @@ class SimBackend(Backend):
         Raises:
             UserError: Bad target, model, budget, or a model that needs tensor values.
         """
+        from fps_profile.measure.inputs import cell_data, num_classes_of, provenance
         from fps_profile.measure.runner import build_cell
         from fps_profile.models import parse_dtype
+        from fps_profile.models.build import check_weights_on
         from fps_profile.rows.phases import get_phase
         from fps_profile.sim.session import Simulator
 
         start = time.perf_counter()
         target = get_target(cell.device)
         dtype = parse_dtype(cell.dtype)
+        data = cell_data(cell.data, cell.seed) if cell.data is not None else None  # its classes size the model
+        weights = []
         # No early stop at the limit: the whole run is predicted, then judged against it.
         with Simulator(target, what=repr(cell.model)) as sim:
-            model = sim.model(cell.model, dtype, cell.image_size)
+            model = sim.model(cell.model, dtype, cell.image_size, num_classes=num_classes_of(data),
+                              check=lambda meta: weights.append(check_weights_on(meta, cell.model, cell.weights)))
+            row.env.update(provenance(weights[0], data))
             batches = [sim.batch(model, cell.batch_size, dtype, cell.image_size, cell.seq_len)
                        for _ in range(cell.num_batches)]
             fn = build_cell(cell, model, batches, SimPhaseHooks(sim), row)
             phase = get_phase(cell.phase)
             warmup = min(cell.warmup, 1) if phase.keeps_state else 0
+            if phase.trains:  # the second step, as on a device (fn.steps: none for frozen)
+                warmup = min(fn.steps - 1, 1) if fn.steps else 0
+                fn = fn if fn.steps else _evaluation(fn)
             passes = phase.passes if phase.passes is not None else _selector_passes(cell.selector)
             stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else passes, model=model,
                                 inputs=batches, optimizer=getattr(fn, "optimizer", None))
@@ -104,8 +113,8 @@ class SimPhaseHooks(Backend):
         with real_tensors():
             return synthetic_mask(model, budget, cell.scope)
 
-    def train_step(self, model, batch, mask, knobs, trainer=None):
-        fn = _train_step(self.sim, model, batch, mask, knobs, trainer)
+    def train_step(self, model, batch, mask, knobs, trainer=None, lr: float = 1e-3):
+        fn = _train_step(self.sim, model, batch, mask, knobs, trainer, lr)
         if fn.scaler is not None:
             fn.scaler = _FakeScaler("cpu")  # the sim's fake tensors are CPU tensors
         return fn
@@ -114,6 +123,21 @@ class SimPhaseHooks(Backend):
         from fps_profile.sim.masks import trainable_counts
 
         return sum(trainable_counts(model, budget, scope).values())
+
+    def finetune_mask(self, model, batches, cell, budget, options):
+        return self.train_mask(model, batches, cell, budget, options), None
+
+    def finetune_feed(self, cell, model, batches, steps):
+        from fps_profile.measure.feed import cycling_feed
+
+        return cycling_feed(batches)
+
+
+def _evaluation(ft):
+    """``frozen`` on the sim: one forward of a batch in eval mode, as its evaluation runs."""
+    from fps_profile.measure import phases
+
+    return phases.inference_fn(ft.model, ft.feed.train(0)[0], ft.knobs)
 
 
 class _FakeScaler(torch.amp.GradScaler):
@@ -125,7 +149,7 @@ class _FakeScaler(torch.amp.GradScaler):
         return optimizer.step(*args, **kwargs)
 
 
-def _train_step(sim, model, batch, mask, knobs, trainer=None):
+def _train_step(sim, model, batch, mask, knobs, trainer=None, lr=1e-3):
     """The ``train_step`` of ``trainer`` (:func:`fps_profile.measure.phases.trainer_fn`), built on a
     host mask, with every real tensor it made then replaced by a fake one of the same size.
 
@@ -142,9 +166,9 @@ def _train_step(sim, model, batch, mask, knobs, trainer=None):
 
     build = phases.trainer_fn(trainer)
     if mask is None:
-        return build(model, *batch, knobs=knobs)
+        return build(model, *batch, lr=lr, knobs=knobs)
     with real_tensors():
-        fn = build(model, *batch, mask=mask, knobs=knobs)
+        fn = build(model, *batch, mask=mask, lr=lr, knobs=knobs)
     swapped: dict[int, torch.Tensor] = {}
 
     def fake(t):

@@ -25,9 +25,11 @@ def new_fake_mode() -> ft.FakeTensorMode:
     return ft.FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) -> nn.Module:
-    """Create timm model or ``hf:`` language model ``name`` on the meta device, in ``dtype``;
-    call :func:`materialize` next."""
+def build_model(name: str, dtype: torch.dtype, image_size: int | None = None,
+                num_classes: int | None = None) -> nn.Module:
+    """Create timm model, ``hf:`` language model or user factory ``name`` on the meta device, in
+    ``dtype`` (with ``num_classes`` classes where given: a data set's); call :func:`materialize` next."""
+    from fps_profile.models.factory import build_factory_model, is_factory_name
     from fps_profile.models.hf import build_lm, is_hf_name
     from fps_profile.models import build_timm, check_model_name
 
@@ -37,9 +39,13 @@ def build_model(name: str, dtype: torch.dtype, image_size: int | None = None) ->
             raise UserError(f"--image-size applies to image models, not to language model {name!r}")
         with torch.device("meta"):
             return build_lm(name, dtype)
+    classes = {} if num_classes is None else {"num_classes": num_classes}
+    if is_factory_name(name):  # the factory's own errors are one line already
+        with torch.device("meta"):
+            return build_factory_model(name, image_size=image_size, **classes).to(dtype=dtype)
     try:
         with torch.device("meta"):
-            model = build_timm(name, image_size=image_size)
+            model = build_timm(name, image_size=image_size, **classes)
     except UserError as exc:  # any failure here is a model the sim cannot build
         cause = exc.__cause__
         if cause is None:

@@ -106,13 +106,17 @@ class Simulator:
                 raise err from exc
             raise
 
-    def model(self, name: str, dtype: torch.dtype = torch.float32, image_size: int | None = None) -> nn.Module:
-        """A randomly initialised timm model ``name`` (built for ``image_size``) or ``hf:`` language
-        model, in fake storage."""
+    def model(self, name: str, dtype: torch.dtype = torch.float32, image_size: int | None = None, *,
+              num_classes: int | None = None, check=None) -> nn.Module:
+        """A randomly initialised timm model ``name`` (built for ``image_size``, with ``num_classes``
+        classes where given), ``hf:`` language model or user factory's model, in fake storage;
+        ``check(meta_model)`` runs on it before it gets storage (the weights' check)."""
         from fps_profile.models.hf import is_hf_name
 
         with _disable_current_modes():
-            meta = fake.build_model(name, dtype, image_size)
+            meta = fake.build_model(name, dtype, image_size, num_classes)
+            if check is not None:
+                check(meta)
         if is_hf_name(name):
             from fps_profile.sim.lm import unpacked_sequences
 

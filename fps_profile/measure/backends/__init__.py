@@ -73,14 +73,33 @@ class Backend:
         """The mask a sparse ``train_step`` trains (built outside the measured run)."""
         from fps_profile.measure import phases
 
-        return phases.select_fn(model, batches, cell.selector, budget, cell.scope, options)()
+        return phases.select_fn(model, batches, cell.selector, budget, cell.scope, options,
+                                seed=getattr(cell, "seed", 0))()
 
-    def train_step(self, model, batch, mask, knobs, trainer=None):
-        """The ``train_step`` callable for ``batch``, training ``mask`` through ``trainer``
-        (:data:`fps_profile.rows.values.TRAINERS`; None: fps-profile's own step)."""
+    def finetune_mask(self, model, batches, cell, budget, options):
+        """``(mask, peak bytes of its selection or None)`` for a ``finetune`` cell: the mask the
+        ``select`` phase computes (the cell's knobs and seed)."""
+        from fps_profile.knobs import Knobs
         from fps_profile.measure import phases
 
-        return phases.trainer_fn(trainer)(model, *batch, mask=mask, knobs=knobs)
+        return phases.select_fn(model, batches, cell.selector, budget, cell.scope, options, Knobs.of(cell),
+                                cell.seed)(), None
+
+    def finetune_feed(self, cell, model, batches, steps):
+        """What a ``finetune`` cell trains and evaluates on (:mod:`fps_profile.measure.feed`)."""
+        from fps_profile.measure.feed import feed_for
+        from fps_profile.measure.inputs import cell_data
+
+        data = cell_data(cell.data, cell.seed) if cell.data is not None else None
+        return feed_for(cell, model, data, steps)
+
+    def train_step(self, model, batch, mask, knobs, trainer=None, lr: float = 1e-3):
+        """The ``train_step`` callable for ``batch``, training ``mask`` through ``trainer``
+        (:data:`fps_profile.rows.values.TRAINERS`; None: fps-profile's own step) with AdamW at
+        learning rate ``lr``."""
+        from fps_profile.measure import phases
+
+        return phases.trainer_fn(trainer)(model, *batch, mask=mask, lr=lr, knobs=knobs)
 
     def select_trainable(self, model, budget, scope) -> int | None:
         """Trainable scalars of a selection when known before it runs (None: counted on its mask)."""

@@ -40,19 +40,41 @@ class DeviceBackend(Backend):
         gc.collect()
         return mask
 
+    def finetune_mask(self, model, batches, cell, budget, options):
+        """The selection, run once under the memory-tracked run's trackers: its peak as the
+        ``select`` phase measures it (without that phase's warm-up)."""
+        mask_of = super().finetune_mask
+        scratch = cell.empty_row()
+        with contextlib.ExitStack() as stack:
+            fill = self.trackers(stack, self.torch_device(cell.device), cell, model, batches, None)
+            mask, _ = mask_of(model, batches, cell, budget, options)
+        fill(scratch)  # (the tracked step's tracker collects garbage on entry: no gc.collect here)
+        return mask, scratch.peak_allocated_bytes
+
     def measure(self, cell, row) -> None:
+        from fps_profile.measure.inputs import build_inputs, cell_data
         from fps_profile.measure.runner import build_cell
-        from fps_profile.models import create_model, parse_dtype, synthetic_batches
+        from fps_profile.models import parse_dtype
+        from fps_profile.rows.phases import trains
         from fps_profile.selection.mask import Mask
         from fps_profile.trackers import RssPeak, median, time_repeats
 
         device = self.torch_device(cell.device)
-        torch.manual_seed(0)
-        model = create_model(cell.model, device=device, dtype=parse_dtype(cell.dtype), image_size=cell.image_size)
-        batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size,
-                                    seq_len=cell.seq_len)
+        built = build_inputs(cell, device, parse_dtype(cell.dtype))  # seeded with cell.seed
+        row.env.update(built.provenance)
+        model, batches = built.model, built.batches
         self.limit(device, cell.memory_budget)
+        # The data set made the batches; from here on it is never held while anything is measured (on the
+        # cpu its tensors would count as live bytes): a finetune's feed reads it again after its selection.
+        built.data = None
+        cell_data.cache_clear()
         fn = build_cell(cell, model, batches, self, row)
+        cell_data.cache_clear()
+        if trains(cell.phase):  # it changes its model: one run, its own protocol
+            from fps_profile.measure.training import measure_training
+
+            del built, batches  # the selection's batches: done with (its steps feed their own)
+            return measure_training(self, fn, device, cell, model, row)
         for _ in range(cell.warmup):
             fn()
         optimizer = getattr(fn, "optimizer", None)

@@ -8,7 +8,7 @@ never a sum), ``env["ranks"]`` has every rank's peak, the spread and the world
 size, and the wall times are the slowest rank's per repeat.
 
 Phases: ``select`` (the rank's mask of its shards), ``train_step`` (sparse with a
-selector, full without). Each rank builds the same model (seed 0), shards it,
+selector, full without). Each rank builds the same model (the cell's seed), shards it,
 takes its slice of the global batches, warms up, takes one memory-tracked run
 (:class:`~fps_profile.measure.distributed.memory.ShardedLiveBytes`) and ``repeats``
 timed runs, a barrier before each.
@@ -32,11 +32,11 @@ def _prepare(cell, model, batches, rank: int, world_size: int):
     local = local_batches(batches, rank, world_size)
     budget = BudgetSpec.parse(cell.budget) if cell.budget else BudgetSpec(k=None)
     if cell.phase == "select":
-        return select_fn(model, local, cell.selector, budget, cell.scope, dict(cell.options)), None
+        return select_fn(model, local, cell.selector, budget, cell.scope, dict(cell.options), seed=cell.seed), None
     if cell.phase == "train_step":
         mask = None
         if cell.selector is not None:
-            mask = select_fn(model, local, cell.selector, budget, cell.scope, dict(cell.options))()
+            mask = select_fn(model, local, cell.selector, budget, cell.scope, dict(cell.options), seed=cell.seed)()
         step = ShardedTrainStep(model, *local[0], mask=mask)
         return step, step.trainable
     raise UserError(f"phase {cell.phase!r} is not measured on sharded ranks (select, train_step)")
@@ -54,16 +54,15 @@ def measure_rank(rank: int, world_size: int, cell_json: str, offload: bool = Fal
     from fps_profile.measure.distributed.shard import shard_model
     from fps_profile.selection.sharding.tensors import local
     from fps_profile.selection.mask import Mask
-    from fps_profile.models import create_model, parse_dtype, synthetic_batches
+    from fps_profile.measure.inputs import build_inputs
+    from fps_profile.models import parse_dtype
     from fps_profile.rows.cell import Cell
 
     cell = Cell.from_json(cell_json)
     if cell.device != "cpu" or cell.amp or cell.checkpointing or cell.micro_batch:
         raise UserError("sharded cells run on the cpu, without amp, checkpointing or micro-batches (for now)")
-    torch.manual_seed(0)
-    model = create_model(cell.model, device="cpu", dtype=parse_dtype(cell.dtype), image_size=cell.image_size)
-    batches = synthetic_batches(model, cell.batch_size, cell.num_batches, image_size=cell.image_size,
-                                seq_len=cell.seq_len)
+    built = build_inputs(cell, torch.device("cpu"), parse_dtype(cell.dtype))  # every rank: the same seed, model, data
+    model, batches = built.model, built.batches
     shard_model(model, offload=offload)
     fn, trainable = _prepare(cell, model, batches, rank, world_size)
     del batches
