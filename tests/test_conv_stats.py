@@ -243,7 +243,7 @@ def test_weight_no_call_used_is_a_clear_error():
     model = Standardised()
     batches = _batches(3, (5, 5))
     with pytest.raises(UserError, match=r"selector 'fps' cannot score 'mlp.weight' \(StdConv2d\): no linear or "
-                                        r"convolution call used it .* the 'attention' or 'shira' scope skips it") as info:
+                                        r"convolution call used it .* the 'attention', 'linear' or 'shira' scopes skip it") as info:
         select(model, batches, "fps", k=1)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="'wanda' cannot score 'mlp.weight'"):

@@ -218,7 +218,9 @@ def _unseen_error(model: nn.Module, target: Target, selector: str) -> UserError:
                 skipping.append(repr(name))
         except (UserError, KeyError):  # a scope that ranks nothing here is no way out
             continue
-    way_out = (f"the {' or '.join(skipping)} scope skips it" if skipping
+    names = skipping[0] if len(skipping) == 1 else f"{', '.join(skipping[:-1])} or {skipping[-1]}"
+    way_out = (f"the {names} scope{'s' if len(skipping) > 1 else ''} skip{'' if len(skipping) > 1 else 's'} it"
+               if skipping
                else "no built-in scope skips it: pass a Scope that freezes it")
     return UserError(
         f"selector {selector!r} cannot score {target.name!r} ({type(target.module).__name__}): no linear or "
