@@ -112,6 +112,20 @@ def parse_budget(value) -> str:
     raise UserError(f"budget must look like k=1 or fraction=0.01 (k >= 1, 0 < fraction <= 1), not {value!r}")
 
 
+def parse_offload(value) -> str | None:
+    """``None``/``"none"``/``"off"`` -> None; ``"cpu"`` -> ``"cpu"`` (FSDP2's ``CPUOffloadPolicy``).
+
+    Raises:
+        UserError: Anything else.
+    """
+    text = "" if value is None or value is False else str(value).strip().lower()
+    if text in _OFF:
+        return None
+    if text != "cpu":
+        raise UserError(f"offload must be cpu or none, not {value!r}")
+    return text
+
+
 def _nonneg_int(what: str):
     def parse(value):
         try:
@@ -243,6 +257,12 @@ AXES: tuple[Axis, ...] = (
     Axis("num_batches", 1, positive_int("num_batches"), key_value=_selection_batches,
          label=lambda v: f"x{v} batches", label_group="who", grid="num_batches", flag="--num-batches",
          doc="selection batches one select run goes through (in the key above one, on select rows)"),
+    Axis("world_size", 1, positive_int("world size"), label=lambda v: f"ws={v}", label_group="who", swept=True,
+         grid="world_sizes", flag="--world-size", doc="ranks the model is sharded over with FSDP2 (fully_shard on every "
+         "block and the root; batch_size is then per rank); 1: one plain process, no FSDP2"),
+    Axis("offload", None, parse_offload, label=lambda v: f"+offload-{v}", swept=True, grid="offload",
+         flag="--offload", doc="cpu: FSDP2's CPUOffloadPolicy (sharded parameters, gradients and optimizer state "
+         "on the host; sharded even at world size 1); none: everything on the device"),
     Axis("warmup", 1, _nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",

@@ -45,6 +45,13 @@ class SimBackend(Backend):
         from fps_profile.rows.phases import get_phase
         from fps_profile.sim.session import Simulator
 
+        from fps_profile.measure.distributed.rank_phases import is_sharded_cell
+
+        if is_sharded_cell(cell):  # one FSDP2 rank under a fake process group
+            from fps_profile.sim.sharded import measure_sharded
+
+            measure_sharded(cell, row)
+            return
         start = time.perf_counter()
         target = get_target(cell.device)
         dtype = parse_dtype(cell.dtype)
@@ -55,7 +62,7 @@ class SimBackend(Backend):
             fn = build_cell(cell, model, batches, SimPhaseHooks(sim), row)
             phase = get_phase(cell.phase)
             warmup = min(cell.warmup, 1) if phase.keeps_state else 0
-            passes = phase.passes if phase.passes is not None else _selector_passes(cell.selector)
+            passes = phase.passes if phase.passes is not None else selector_passes(cell.selector)
             stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else passes, model=model,
                                 inputs=batches, optimizer=getattr(fn, "optimizer", None))
         row.peak_allocated_bytes = stats.peak_bytes
@@ -70,7 +77,8 @@ class SimBackend(Backend):
                           "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _selector_passes(selector: str) -> tuple[str, ...]:
+def selector_passes(selector: str) -> tuple[str, ...]:
+    """The passes ``selector`` runs (``forward``, ``backward``): the cuBLAS workspaces a warm-up would leave."""
     from fps_profile.selection.selectors import get
 
     cls = get(selector)
