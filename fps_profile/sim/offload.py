@@ -2,7 +2,7 @@
 
 The sim's fake tensors are all CPU tensors, so FSDP2's moves between the GPU and the host
 (``.to(device)`` of a host shard, ``.to("cpu")`` of a reduced gradient) would be no-ops
-that keep everything in one place. :class:`HostBytes` and :class:`HostMoves` put the two
+that keep everything in one place. :class:`HostBytes` and :func:`host_moves` put the two
 memories back:
 
 * **Where a new storage lives.** An operator whose tensor inputs all live on the host
@@ -19,7 +19,7 @@ memories back:
 
 Host tensors are counted apart (:attr:`HostBytes.peak`, the row's ``host_peak_bytes``,
 exact bytes: the pinned allocator's power-of-two rounding is not modelled) and never on the
-device. Only :mod:`fps_profile.sim.sharded` turns this on.
+device. Only :mod:`fps_profile.sim.sharded` turns this on (:func:`host_moves`, and the tracker's ``host``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import weakref
+from collections.abc import Iterator
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 _FSDP = "torch.distributed.fsdp"
@@ -53,12 +53,15 @@ class HostBytes:
         self._finalizers: list[weakref.finalize] = []
 
     def holds(self, t: torch.Tensor) -> bool:
-        """Whether ``t``'s storage is on the host."""
+        """Whether ``t``'s storage (a DTensor's local shard's) is on the host."""
+        t = getattr(t, "_local_tensor", t)
         return t.untyped_storage()._cdata in self.live
 
     def inputs_on_host(self, args, kwargs, fake_mode) -> bool:
-        """Whether the operator's fake tensor inputs (at least one) all live on the host."""
-        fakes = [t for t in tree_leaves((args, kwargs)) if isinstance(t, FakeTensor) and t.fake_mode is fake_mode]
+        """Whether the operator's fake tensor inputs (DTensors by their local shards; at least one) all live
+        on the host."""
+        leaves = (getattr(t, "_local_tensor", t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+        fakes = [t for t in leaves if isinstance(t, FakeTensor) and t.fake_mode is fake_mode]
         return bool(fakes) and all(self.holds(t) for t in fakes)
 
     def claims(self, t: torch.Tensor) -> bool:
@@ -109,33 +112,43 @@ def _device_and_dtype(args, kwargs):
 
 
 def _called_by_fsdp() -> bool:
-    frame = sys._getframe(2)  # 0: this function, 1: __torch_function__, 2: the caller
+    frame = sys._getframe(2)  # 0: this function, 1: the patched method, 2: its caller
     return str(frame.f_globals.get("__name__", "")).startswith(_FSDP)
 
 
-class HostMoves(TorchFunctionMode):
-    """Turns FSDP2's device/host moves into copies between the two memories of :class:`HostBytes`.
+@contextlib.contextmanager
+def host_moves(host: HostBytes) -> Iterator[None]:
+    """Inside the block, FSDP2's device/host moves copy between the two memories of ``host``.
 
     Only calls made by FSDP2's own modules move anything: ``.to(device)`` of a host tensor
     copies it to the device, ``.to(device)``/``.cpu()``/``.pin_memory()`` of a device tensor
     copies it to the host (on the sim every device is the CPU, so the direction is read from
-    where the tensor lives).
+    where the tensor lives). ``torch.Tensor``'s methods are patched rather than a torch-function
+    mode used: FSDP2 moves reduced gradients inside the autograd engine, where modes are not active.
     """
+    originals = {name: getattr(torch.Tensor, name) for name in _MOVES}
 
-    def __init__(self, host: HostBytes) -> None:
-        super().__init__()
-        self.host = host
+    def patched(name):
+        original = originals[name]
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        src = args[0] if args else None
-        if isinstance(src, FakeTensor) and func in _MOVES and _called_by_fsdp():
-            device, dtype = _device_and_dtype(args, kwargs) if func is torch.Tensor.to else ("cpu", None)
-            on_host = self.host.holds(src)
-            if device is not None and (func is torch.Tensor.to or not on_host):
-                with self.host.allocating("device" if on_host else "host"):
-                    return torch.Tensor.to(src, device="cpu", dtype=dtype or src.dtype, copy=True)
-        return func(*args, **kwargs)
+        def method(self, *args, **kwargs):
+            if isinstance(self, FakeTensor) and _called_by_fsdp():
+                device, dtype = _device_and_dtype((self, *args), kwargs) if name == "to" else ("cpu", None)
+                on_host = host.holds(self)
+                if device is not None and (name == "to" or not on_host):
+                    with host.allocating("device" if on_host else "host"):
+                        return originals["to"](self, device="cpu", dtype=dtype or self.dtype, copy=True)
+            return original(self, *args, **kwargs)
+
+        return method
+
+    for name in _MOVES:
+        setattr(torch.Tensor, name, patched(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
 
 
-_MOVES = (torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.pin_memory)
+_MOVES = ("to", "cpu", "pin_memory")

@@ -114,14 +114,14 @@ def simulated_rank(cell, rank: int = 0) -> Iterator[SimulatedRank]:
     from fps_profile.measure.targets import get_target
     from fps_profile.models import parse_dtype
     from fps_profile.sim.fake import real_tensors
-    from fps_profile.sim.offload import HostBytes, HostMoves
+    from fps_profile.sim.offload import HostBytes, host_moves
     from fps_profile.sim.session import Simulator
 
     check_cell(cell)
     target, dtype, world_size = get_target(cell.device), parse_dtype(cell.dtype), world_size_of(cell)
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} does not exist at world size {world_size}")
-    host = HostBytes() if cell.offload else None
+    host = HostBytes() if cell.offload and target.is_cuda else None  # on a CPU rank the host is the device
     with contextlib.ExitStack() as stack:
         stack.enter_context(fake_world(world_size, rank))
         mesh = _mesh(world_size)
@@ -133,7 +133,7 @@ def simulated_rank(cell, rank: int = 0) -> Iterator[SimulatedRank]:
         rank_table = torch.empty_like(mesh.mesh) if not target.is_cuda else None  # noqa: F841 (kept alive)
         if host is not None:
             sim.tracker.host = host
-            stack.enter_context(HostMoves(host))
+            stack.enter_context(host_moves(host))
             stack.callback(host.close)
         model = sim.model(cell.model, dtype, cell.image_size)
         batches = [sim.batch(model, cell.batch_size * world_size, dtype, cell.image_size, cell.seq_len)

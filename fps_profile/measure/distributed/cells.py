@@ -18,6 +18,7 @@ CUDA: ``max_memory_allocated`` and NVML) and ``repeats`` timed runs, a barrier b
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 
@@ -30,12 +31,41 @@ PER_RANK_MAX = ("peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_b
                 "rss_peak_bytes", "host_peak_bytes")
 
 
+_MESHES: dict[tuple[str, int], object] = {}
+
+
+def rank_mesh(device_type: str, world_size: int):
+    """This process's 1-D device mesh over every rank (one per process: each new mesh would leave the
+    previous one's rank table alive in torch's mesh registry)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    key = (device_type, world_size)
+    if key not in _MESHES:
+        _MESHES[key] = init_device_mesh(device_type, (world_size,))
+    return _MESHES[key]
+
+
 def _device(cell) -> torch.device:
     if cell.device == "cpu":
         return torch.device("cpu")
     if cell.device in ("cuda", "cuda:0"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     raise UserError(f"sharded cells run on cpu or cuda (one GPU per rank: --device cuda), not {cell.device!r}")
+
+
+@contextlib.contextmanager
+def _frees_by_refcount():
+    """No automatic garbage collection inside: a collection that ran at a moment set by allocation counts
+    (other threads' included) would free cyclic garbage (autograd graphs, FSDP2 state) at a different point
+    of the run on each rank and each run; a rank's peak moved by one gradient buffer from run to run. The
+    sim runs with collections off as well (:class:`fps_profile.sim.session.Simulator`)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _trackers(stack: contextlib.ExitStack, device: torch.device, budget: int | None) -> dict:
@@ -66,7 +96,6 @@ def measure_rank(rank: int, world_size: int, cell_json: str) -> dict:
         ``{"figures": {field: value}, "times": [s, ...], "trainable": n, "params_local": n}`` for this rank.
     """
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
     from fps_profile.measure.distributed.rank_phases import check_cell, params_local, prepare_rank, rank_batches
     from fps_profile.measure.distributed.shard import shard_model
@@ -90,15 +119,17 @@ def measure_rank(rank: int, world_size: int, cell_json: str) -> dict:
                                 seq_len=cell.seq_len)
     local = rank_batches(batches, rank, world_size)
     del batches
-    shard_model(model, offload=bool(cell.offload), mesh=init_device_mesh(device.type, (world_size,)))
+    shard_model(model, offload=bool(cell.offload), mesh=rank_mesh(device.type, world_size))
     prepared = prepare_rank(cell, model, local)
     fn, trainable = prepared.fn, prepared.trainable
-    for _ in range(cell.warmup):
-        fn()
-    dist.barrier()
-    with contextlib.ExitStack() as stack:
-        trackers = _trackers(stack, device, cell.memory_budget)
-        out = fn()
+    with _frees_by_refcount():
+        for _ in range(cell.warmup):
+            fn()
+        gc.collect()
+        dist.barrier()
+        with contextlib.ExitStack() as stack:
+            trackers = _trackers(stack, device, cell.memory_budget)
+            out = fn()
     if isinstance(out, Mask):  # a select run's mask gives its trainable count
         trainable = out.stats().trainable
     del out

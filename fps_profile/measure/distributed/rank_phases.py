@@ -120,7 +120,9 @@ def prepare_rank(cell, model: nn.Module, local: Sequence, *, train_mask: Callabl
 
 
 def params_local(model: nn.Module) -> int:
-    """Scalars of this rank's shards (unpadded)."""
-    from fps_profile.selection.sharding.tensors import local
+    """Scalars of this rank's shards (unpadded; the root's parameters resharded first: FSDP2 leaves them
+    all-gathered after a forward without a backward)."""
+    from fps_profile.selection.sharding.tensors import local, reshard
 
+    reshard(model)
     return sum(local(p).numel() for p in model.parameters())

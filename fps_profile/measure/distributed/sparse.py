@@ -79,10 +79,12 @@ class SparseShards:
         return sum(local(p).numel() for p in self.whole) + sum(v.numel() for v in self.values.values())
 
     def _grad_hook(self, name: str):
-        values = self.values[name]
+        # The hook reads the index dict (which the sim may refill), never ``self``: a tensor's hooks are held
+        # from C++, where the garbage collector cannot see a cycle back to the model.
+        values, indices = self.values[name], self.index
 
         def hook(param: torch.Tensor) -> None:
-            g = local(param.grad).reshape(-1).index_select(0, self.index[name])
+            g = local(param.grad).reshape(-1).index_select(0, indices[name])
             values.grad = g if values.grad is None else values.grad.add_(g)
             param.grad = None  # the dense shard gradient is not kept
 
