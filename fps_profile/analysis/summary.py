@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fps_profile.rows.result import Result
+from fps_profile.rows.schema import axis
 from fps_profile.units import fmt_bytes, fmt_ratio, fmt_seconds
 
 
@@ -40,13 +41,16 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     groups: dict[tuple, list[Result]] = {}
     size: dict[str, int] = {}
     for r in rows:  # image size and sequence length as numbers, so that seq=512 sorts before seq=2048
-        groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
+        # Sharded rows apart: a rank's floor and reference are those of the same world size and offload.
+        key = (r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size,
+               getattr(r, "world_size", None) or 1, getattr(r, "offload", None) or "")
+        groups.setdefault(key, []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     from fps_profile.analysis.explain import mostly
 
     out = []
     order = {"inference": 0, "select": 1, "train_floor": 2, "train_step": 3}
-    for (device, dtype, name, image_size, seq_len, batch), rs in sorted(
+    for (device, dtype, name, image_size, seq_len, batch, world_size, _), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         model = f"{name} @{image_size}px" if image_size else name
         model += f" seq={seq_len}" if seq_len else ""
@@ -65,7 +69,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
                 what = "train:floor"
             else:
                 what = f"train:{r.variant or 'full'}"
-            what += r.knobs
+            what += (" " + axis("world_size").label(world_size) if world_size > 1 else "") + r.knobs
             is_sel = r.phase == "select"
             out.append(SummaryLine(
                 device, dtype, model, batch, what, r.status, r.peak_allocated_bytes, r.wall_time_s,
