@@ -210,3 +210,18 @@ def test_fsdp_memtracker_agrees_with_the_sim(model, phase, selector):
                                           inputs=(*r.local, *extra))
     assert theirs["Total"] == ours - 4 * WORLD
     assert theirs.get("All Gather", 0) > 0  # it saw FSDP2's buffers, as the sim does
+
+
+def test_the_memory_budget_holds_from_the_sharding_on():
+    """A rank builds the model whole and then shards it: a budget below the whole model but above the sharded
+    rank's peak is no out-of-memory (the max-batch search sets such budgets: Llama-3.1-70B at world size 8 was
+    'oom at batch 1' on an H100 before), and one just below that peak is."""
+    cell = dict(model="hf:llama-3.2-1b", batch_size=1, seq_len=4, phase="inference", device="sim:cpu",
+                dtype="bfloat16", world_size=8)
+    free = measure(Cell(**cell))
+    whole = free.params_total * 2  # bfloat16
+    assert free.status == "ok" and free.peak_allocated_bytes < whole
+    fits = measure(Cell(**cell, memory_budget=free.peak_allocated_bytes))
+    assert fits.status == "ok", fits.error
+    assert fits.peak_allocated_bytes == free.peak_allocated_bytes
+    assert measure(Cell(**cell, memory_budget=free.peak_allocated_bytes - 1)).status == "oom"

@@ -125,7 +125,8 @@ def simulated_rank(cell, rank: int = 0) -> Iterator[SimulatedRank]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(fake_world(world_size, rank))
         mesh = _mesh(world_size)
-        sim = stack.enter_context(Simulator(target, budget_bytes=cell.memory_budget, what=repr(cell.model)))
+        # The budget holds from the sharding on: a rank builds the model whole (on the meta device) first.
+        sim = stack.enter_context(Simulator(target, budget_bytes=None, what=repr(cell.model)))
         # torch.tensor(data) as a real rank's tracker sees it: on a GPU a host tensor (Adam's step counters ...);
         # on a CPU rank counted where it exists before the measured run (SimTensorBytes.count_literals).
         sim.tracker.count_literals = False if target.is_cuda else "existing"
@@ -142,6 +143,7 @@ def simulated_rank(cell, rank: int = 0) -> Iterator[SimulatedRank]:
         del batches
         with sim.translating_errors():
             shard_model(model, offload=bool(cell.offload), mesh=mesh)
+        sim.tracker.budget_bytes = cell.memory_budget
         counts: dict[str, int] = {}
 
         def count(mask) -> dict[str, int]:
