@@ -46,11 +46,14 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
     groups: dict[tuple, list[Result]] = {}
     size: dict[str, int] = {}
     # Image size and sequence length as numbers, so that seq=512 sorts before seq=2048; finetune rows: analysis.quality.
+    # Sharded rows apart: a rank's floor and reference are those of the same world size and offload.
     for r in [r for r in rows if not trains(r.phase)]:
-        groups.setdefault((r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size), []).append(r)
+        key = (r.device, r.dtype, r.model, r.image_size or 0, r.seq_len or 0, r.batch_size,
+               getattr(r, "world_size", None) or 1, getattr(r, "offload", None) or "")
+        groups.setdefault(key, []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     out = []
-    for (device, dtype, name, image_size, seq_len, batch), rs in sorted(
+    for (device, dtype, name, image_size, seq_len, batch, _, _), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         model = model_label(rs[0])
         ok = [r for r in rs if r.status == "ok"]

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fps_profile.rows.values import (nonneg_int, parse_amp, parse_budget, parse_checkpointing,
-                                      parse_dtype_name, parse_micro_batch, parse_trainer, positive_int, same)
+                                      parse_dtype_name, parse_micro_batch, parse_offload,
+                                      parse_trainer, positive_int, same)
 from fps_profile.rows.sources import parse_data, parse_lr, parse_model, parse_seed, parse_weights, short
 
 @dataclass(frozen=True)
@@ -179,6 +180,12 @@ AXES: tuple[Axis, ...] = (
          swept=True, grid="steps", flag="--steps", doc="fine-tuning steps of the finetune phase (None elsewhere)"),
     Axis("lr", 1e-3, parse_lr, label=lambda v: f"lr={v:g}", label_group="cell", swept=True, grid="lr", flag="--lr",
          doc="peak learning rate of the finetune phase's AdamW, cosine to 0 (None elsewhere)"),
+    Axis("world_size", 1, positive_int("world size"), label=lambda v: f"ws={v}", label_group="who", swept=True,
+         grid="world_sizes", flag="--world-size", doc="ranks the model is sharded over with FSDP2 (fully_shard on every "
+         "block and the root; batch_size is then per rank); 1: one plain process, no FSDP2"),
+    Axis("offload", None, parse_offload, label=lambda v: f"+offload-{v}", swept=True, grid="offload",
+         flag="--offload", doc="cpu: FSDP2's CPUOffloadPolicy (sharded parameters, gradients and optimizer state "
+         "on the host; sharded even at world size 1); none: everything on the device"),
     Axis("warmup", 1, nonneg_int("warmup"), key="none", grid="warmup", flag="--warmup",
          doc="untimed runs before measuring"),
     Axis("repeats", 3, positive_int("repeats"), key="none", grid="repeats", flag="--repeats",

@@ -134,3 +134,17 @@ def nonneg_int(what: str):
         return n
 
     return parse
+
+
+def parse_offload(value) -> str | None:
+    """``None``/``"none"``/``"off"`` -> None; ``"cpu"`` -> ``"cpu"`` (FSDP2's ``CPUOffloadPolicy``).
+
+    Raises:
+        UserError: Anything else.
+    """
+    text = "" if value is None or value is False else str(value).strip().lower()
+    if text in _OFF:
+        return None
+    if text != "cpu":
+        raise UserError(f"offload must be cpu or none, not {value!r}")
+    return text

@@ -129,6 +129,12 @@ class _GridMethods:
         get_scope(self.scope)
         check_image_size(self.image_size)
         self._validate_seq_lens()
+        sizes, offload = axis("world_size").parse, axis("offload").parse
+        if any(sizes(w) > 1 for w in _as_list(self.world_sizes)) or any(offload(o) for o in _as_list(self.offload)):
+            from fps_profile.measure.distributed.checks import check_sharded
+
+            for c in self.cells():
+                check_sharded(c, local=local_devices)
 
     def _validate_seq_lens(self) -> None:
         from fps_profile.models.hf import check_name_seq_len, is_hf_name

@@ -51,6 +51,13 @@ class SimBackend(Backend):
         from fps_profile.rows.phases import get_phase
         from fps_profile.sim.session import Simulator
 
+        from fps_profile.measure.distributed.rank_phases import is_sharded_cell
+
+        if is_sharded_cell(cell):  # one FSDP2 rank under a fake process group
+            from fps_profile.sim.sharded import measure_sharded
+
+            measure_sharded(cell, row)
+            return
         start = time.perf_counter()
         target = get_target(cell.device)
         dtype = parse_dtype(cell.dtype)
@@ -69,7 +76,7 @@ class SimBackend(Backend):
             if phase.trains:  # the second step, as on a device (fn.steps: none for frozen)
                 warmup = min(fn.steps - 1, 1) if fn.steps else 0
                 fn = fn if fn.steps else _evaluation(fn)
-            passes = phase.passes if phase.passes is not None else _selector_passes(cell.selector)
+            passes = phase.passes if phase.passes is not None else selector_passes(cell.selector)
             stats = sim.measure(fn, warmup=warmup, workspaces=() if warmup else passes, model=model,
                                 inputs=batches, optimizer=getattr(fn, "optimizer", None))
         row.peak_allocated_bytes = stats.peak_bytes
@@ -90,7 +97,8 @@ class SimBackend(Backend):
                 mark_oom(row, stats.highest_bytes, limit, what, target.device_name())
 
 
-def _selector_passes(selector: str) -> tuple[str, ...]:
+def selector_passes(selector: str) -> tuple[str, ...]:
+    """The passes ``selector`` runs (``forward``, ``backward``): the cuBLAS workspaces a warm-up would leave."""
     from fps_profile.selection.selectors import get
 
     cls = get(selector)

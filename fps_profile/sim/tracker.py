@@ -41,6 +41,7 @@ CUBLAS_OPS = frozenset({aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm
 REDUCTIONS = {aten.linalg_vector_norm.default: 2, aten.sum.dim_IntList: 1, aten.mean.dim: 1, aten.sum.default: None}
 
 
+_LITERALS = frozenset({aten.lift_fresh.default, aten.lift_fresh_copy.default})
 WORKSPACE = "(cuBLAS workspace)"  # the holder of workspaces in a peak breakdown
 # Stands for the new block of a storage resized in place while the old block is still held.
 _RESIZING = -1
@@ -74,9 +75,20 @@ class SimTensorBytes(LiveTensorBytes):
         self.reduction_gpu = reduction_gpu if allocator is not None else None
         self.workspaces: dict[str, torch.Tensor] = {}
         self._blocks: dict[int, object] = {}
+        #: Count tensors made by ``torch.tensor(data)`` (``aten.lift_fresh``): True, or ``"existing"``: only those
+        #: alive when the peak is reset (as a real CPU tracker finds them on entry, never when made), or False.
+        self.count_literals: bool | str = True
+        self._literals: list[weakref.ref] = []
+        #: Host memory under CPU offload (:class:`fps_profile.sim.offload.HostBytes`): its tensors are not
+        #: counted here. None: everything is on the device.
+        self.host = None
 
     def track(self, t: torch.Tensor, check_budget: bool = True) -> None:
+        if not isinstance(t, FakeTensor):  # a DTensor (FSDP2) is counted by its local shard, as on a real rank
+            t = getattr(t, "_local_tensor", t)
         if not isinstance(t, FakeTensor) or t.fake_mode is not self.fake_mode:
+            return
+        if self.host is not None and t.layout is torch.strided and self.host.claims(t):
             return
         if self.allocator is None:
             return super().track(t, check_budget)
@@ -128,6 +140,16 @@ class SimTensorBytes(LiveTensorBytes):
                     f"predicted out of memory on {self.label}: {self.current:,} bytes allocated, "
                     f"budget {self.budget_bytes:,} bytes")
 
+    def reset_peak(self) -> None:
+        for ref in self._literals:
+            t = ref()
+            if t is not None:
+                self.track(t, check_budget=False)
+        self._literals.clear()
+        super().reset_peak()
+        if self.host is not None:
+            self.host.reset_peak()
+
     def workspace(self, thread: str) -> None:
         """Allocate the cuBLAS workspace of ``thread`` (``forward``/``backward``) unless it exists."""
         if self.workspace_bytes and thread not in self.workspaces:
@@ -138,14 +160,28 @@ class SimTensorBytes(LiveTensorBytes):
                 self.observer.relabel(ws, "workspace", WORKSPACE)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _LITERALS and self.count_literals is not True:
+            # torch.tensor(data): the real tensor made from Python data aliases into a fake one here,
+            # where the real tracker sees no new storage (and on a GPU, without a device, it is a host tensor).
+            out = func(*args, **(kwargs or {}))
+            if self.count_literals == "existing":
+                self._literals.append(weakref.ref(out))
+            return out
         if self.workspace_bytes and func.overloadpacket in CUBLAS_OPS:
             self.workspace("backward" if torch._C._current_autograd_node() is not None else "forward")
         if func is aten.native_layer_norm_backward.default:
             func = _layer_norm_backward
         elif func is aten.sparse_mask.default:
             func = _sparse_mask
-        out = super().__torch_dispatch__(func, types, args, kwargs)
-        if self.reduction_gpu is not None and func in REDUCTIONS:
+        on_host = self.host is not None and self.host.inputs_on_host(args, kwargs, self.fake_mode)
+        if self.host is not None:
+            self.host.op_on_host = on_host
+        try:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        finally:
+            if self.host is not None:
+                self.host.op_on_host = False
+        if self.reduction_gpu is not None and func in REDUCTIONS and not on_host:
             self._reduction_scratch(func, args, kwargs or {})
         return out
 

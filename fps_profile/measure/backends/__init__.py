@@ -60,8 +60,8 @@ class Backend:
         """The device's memory, where known without measuring (the max-batch search's default budget)."""
         return None
 
-    def gpus(self, device: str) -> int:
-        """GPUs a cell on ``device`` occupies (what an executor reserves)."""
+    def gpus(self, device: str, world_size: int = 1) -> int:
+        """GPUs a cell on ``device`` with ``world_size`` ranks occupies at once (what an executor reserves)."""
         return 0
 
     def measure(self, cell, row) -> None:

@@ -48,8 +48,8 @@ class CudaBackend(DeviceBackend):
             return None
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
 
-    def gpus(self, device: str) -> int:
-        return 1
+    def gpus(self, device: str, world_size: int = 1) -> int:
+        return max(1, int(world_size or 1))  # one GPU per rank
 
     def limit(self, device, memory_budget) -> None:
         from fps_profile.trackers import limit_memory

@@ -14,6 +14,8 @@ import torch
 
 from fps_profile.measure.backends import Backend
 
+RANKS_TIMEOUT_S = 7 * 86400.0
+
 
 class DeviceBackend(Backend):
     """A backend that runs the phase on a torch device and times it."""
@@ -52,6 +54,14 @@ class DeviceBackend(Backend):
         return mask, scratch.peak_allocated_bytes
 
     def measure(self, cell, row) -> None:
+        from fps_profile.measure.distributed.rank_phases import is_sharded_cell
+
+        if is_sharded_cell(cell):  # FSDP2 over world_size ranks, each its own process (and GPU)
+            from fps_profile.measure.distributed.cells import measure_cell
+
+            # The sweep's time-out kills this worker, and its ranks die with it: no limit of their own here.
+            measure_cell(cell, row, timeout_s=RANKS_TIMEOUT_S)
+            return
         from fps_profile.measure.inputs import build_inputs, cell_data
         from fps_profile.measure.runner import build_cell
         from fps_profile.models import parse_dtype

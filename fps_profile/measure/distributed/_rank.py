@@ -72,7 +72,10 @@ def _run(call: tuple, rank: int, error: Path):
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     host, port = os.environ["FPS_RANK_STORE"].rsplit(":", 1)
     store = dist.TCPStore(host, int(port), world_size, False, timeout)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
+    backend = os.environ.get("FPS_RANK_BACKEND", "gloo")
+    if "nccl" in backend:  # one GPU per rank, chosen before NCCL starts
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     try:
         return fn(rank, world_size, *args, **kwargs)
     except BaseException as exc:

@@ -90,7 +90,7 @@ def _threads(world_size: int, threads: int | None) -> int:
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *, args: tuple = (), kwargs: dict | None = None,
-              timeout_s: float = 600.0, threads: int | None = None) -> list[Any]:
+              timeout_s: float = 600.0, threads: int | None = None, backend: str = "gloo") -> list[Any]:
     """Call ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` CPU ranks.
 
     Each rank is a fresh interpreter with a gloo process group initialised (and
@@ -104,6 +104,8 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *, args: tuple = (), kwar
         timeout_s: Kill every rank after this many seconds (:class:`RankTimeout`); it is
             also the process group's collective timeout.
         threads: Intra-op threads per rank.
+        backend: The process group's backend: ``gloo`` (CPU ranks), or ``cpu:gloo,cuda:nccl`` for
+            ranks on GPUs (rank ``r`` uses GPU ``r``, ``$LOCAL_RANK``; CPU tensors go through gloo).
 
     Returns:
         Every rank's return value, in rank order.
@@ -125,7 +127,8 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *, args: tuple = (), kwar
                               wait_for_workers=False)
         env = {**os.environ, proc_tree.PARENT_ENV: str(os.getpid()), "FPS_RANK_STORE": f"127.0.0.1:{store.port}",
                "FPS_RANK_TIMEOUT": str(float(timeout_s)), "OMP_NUM_THREADS": str(_threads(world_size, threads)),
-               "WORLD_SIZE": str(world_size), "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
+               "WORLD_SIZE": str(world_size), "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore"),
+               "FPS_RANK_BACKEND": backend}
         procs: list[subprocess.Popen] = []
         group: int | None = None
         try:
@@ -133,7 +136,8 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *, args: tuple = (), kwar
                 err = open(Path(tmp, f"rank{rank}.stderr"), "w")
                 try:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", RANK_MODULE, tmp, str(rank)], env={**env, "RANK": str(rank)},
+                        [sys.executable, "-m", RANK_MODULE, tmp, str(rank)],
+                        env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                         stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                         process_group=0 if group is None else group))
                 finally:

@@ -38,7 +38,7 @@ class ShardedLiveBytes(LiveTensorBytes):
 
     def __enter__(self):
         self._patches = contextlib.ExitStack()
-        self._patches.enter_context(_storage_resizes(self))
+        self._patches.enter_context(storage_resizes(self))
         try:
             return super().__enter__()
         except BaseException:
@@ -53,7 +53,7 @@ class ShardedLiveBytes(LiveTensorBytes):
 
 
 @contextlib.contextmanager
-def _storage_resizes(tracker: ShardedLiveBytes) -> Iterator[None]:
+def storage_resizes(tracker: ShardedLiveBytes) -> Iterator[None]:
     """Wrap FSDP2's ``alloc_storage``/``free_storage`` (where its modules bound them) so the
     tracker counts each resize."""
     try:

@@ -79,10 +79,12 @@ class SparseShards:
         return sum(local(p).numel() for p in self.whole) + sum(v.numel() for v in self.values.values())
 
     def _grad_hook(self, name: str):
-        values, index = self.values[name], self.index[name]
+        # The hook reads the index dict (which the sim may refill), never ``self``: a tensor's hooks are held
+        # from C++, where the garbage collector cannot see a cycle back to the model.
+        values, indices = self.values[name], self.index
 
         def hook(param: torch.Tensor) -> None:
-            g = local(param.grad).reshape(-1).index_select(0, index)
+            g = local(param.grad).reshape(-1).index_select(0, indices[name])
             values.grad = g if values.grad is None else values.grad.add_(g)
             param.grad = None  # the dense shard gradient is not kept
 
@@ -126,13 +128,16 @@ def _compact_grad(param: torch.Tensor) -> None:
                                         shape=grad.shape, stride=grad.stride())
 
 
-def make_sparse_trainable_sharded(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> SparseShards:
+def make_sparse_trainable_sharded(model: nn.Module, mask: Mapping[str, torch.Tensor],
+                                  counts: Mapping[str, int] | None = None) -> SparseShards:
     """Make exactly the mask's True entries of an FSDP2-sharded model trainable, on every rank.
 
     Args:
         model: A model sharded with ``fully_shard`` (:func:`fps_profile.measure.distributed.shard_model`).
         mask: The whole model's mask (global shapes), or this rank's (shard shapes, as
             sharded :func:`fps_profile.select` returns it).
+        counts: Each tensor's trainable entries over every rank, where the caller knows them
+            (the sim: its fake process group sums nothing); default: all-reduced.
 
     Returns:
         A :class:`SparseShards`; give ``.param_groups`` to the optimizer.
@@ -149,10 +154,14 @@ def make_sparse_trainable_sharded(model: nn.Module, mask: Mapping[str, torch.Ten
         raise UserError("make_sparse_trainable_sharded needs a model sharded with FSDP2 (fully_shard on it); "
                         "use fps_profile.make_sparse_trainable otherwise")
     mask = shard_mask(mask if isinstance(mask, Mask) else Mask(mask), model)
-    counts = torch.tensor([mask.count(n) for n in params], dtype=torch.int64)
-    dist.all_reduce(counts, group=group)
+    if counts is None:
+        summed = torch.tensor([mask.count(n) for n in params], dtype=torch.int64)
+        dist.all_reduce(summed, group=group)
+        totals = summed.tolist()
+    else:
+        totals = [int(counts[n]) for n in params]
     whole, partial = [], {}
-    for (name, p), total in zip(params.items(), counts.tolist()):
+    for (name, p), total in zip(params.items(), totals):
         entry = mask.entry(name)
         if total == math.prod(p.shape):
             whole.append(p.requires_grad_(True))
@@ -181,7 +190,7 @@ def clip_grad_norm_sharded(params: list[torch.Tensor], max_norm: float, group) -
     import torch.distributed as dist
 
     grads = [local(p.grad) for p in params if p.grad is not None]
-    sq = torch.zeros(1, dtype=torch.float64)
+    sq = torch.zeros(1, dtype=torch.float64, device=grads[0].device if grads else None)
     for g in grads:
         sq += g.double().square().sum()
     dist.all_reduce(sq, group=group)
@@ -201,15 +210,16 @@ class ShardedTrainStep:
         model: The sharded model.
         inputs, labels: This rank's slice of the global batch.
         mask: The whole model's mask or this rank's (None: full fine-tuning).
+        counts: Global trainable counts per tensor (see :func:`make_sparse_trainable_sharded`).
         lr, weight_decay, clip: As the single-process step's defaults.
     """
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None,
                  mask: Mapping[str, torch.Tensor] | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
-                 clip: float = 1.0) -> None:
+                 clip: float = 1.0, counts: Mapping[str, int] | None = None) -> None:
         model.train()
         if mask is not None:
-            self.sparse: SparseShards | None = make_sparse_trainable_sharded(model, mask)
+            self.sparse: SparseShards | None = make_sparse_trainable_sharded(model, mask, counts)
             groups, self.params = self.sparse.param_groups, self.sparse.parameters()
             self.group = self.sparse.group
         else:

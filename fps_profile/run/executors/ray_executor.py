@@ -1,7 +1,9 @@
 """Run sweep cells as Ray tasks, across the GPUs and machines of a Ray cluster.
 
-Each cell is one Ray task that asks for one GPU (``num_gpus=1``) on CUDA, or
-one CPU slot on ``cpu`` and ``sim``. Inside the task the measurement still runs
+Each cell is one Ray task that asks for one GPU per rank on CUDA (``num_gpus=1``
+at world size 1), or one CPU slot on ``cpu`` and ``sim``; a cell of several ranks
+reserves its GPUs (or CPUs) at once in a placement group on one node
+(:mod:`~fps_profile.run.executors.ray_resources`). Inside the task the measurement still runs
 in a fresh process (:func:`~fps_profile.run.isolation.run_isolated`, through the
 worker's own fork server), so peaks stay as clean as with the local executor.
 Rows come back to the driver as tasks finish (``ray.wait``); the driver alone
@@ -22,6 +24,8 @@ import socket
 from collections.abc import Iterator, Sequence
 
 from fps_profile.errors import UserError
+from fps_profile.run.executors.ray_resources import check_fits, needs_placement_group, placement, release, \
+    task_options
 from fps_profile.rows.result import Result
 from fps_profile.rows.cell import Cell
 from fps_profile.measure.runner import one_line
@@ -136,6 +140,7 @@ class RayExecutor:
             if _is_cuda(cell.device) and cell.device not in ("cuda", "cuda:0"):
                 raise UserError(f"device {cell.device!r} with --executor ray: use --device cuda "
                                 "(Ray gives each task one GPU of its own)")
+        check_fits(ray, cells)
         if not any(_is_cuda(c.device) for c in cells):
             return
         have = ray.cluster_resources()
@@ -163,26 +168,29 @@ class RayExecutor:
         ray = self._connect()
         self._check(ray, cells)
         token = self._token.remote()
-        refs = {}
-        for cell in cells:
-            need = {"num_cpus": 1}  # one CPU slot on cpu and sim; on CUDA, one GPU (and Ray's default CPU)
-            if _is_cuda(cell.device):
-                need = {"num_gpus": 1}
-                if self.accelerator_type:
-                    need["accelerator_type"] = self.accelerator_type
-            task = self._task.options(**need, max_retries=self.retries, retry_exceptions=False,
-                                      name=f"fps-profile {cell.label()}")
-            refs[task.remote(cell.to_json(), timeout_s, token)] = cell
-        pending = list(refs)
+        refs, groups = {}, {}
         try:
+            for cell in cells:  # ray_resources: a GPU per rank on cuda; several ranks reserve at once
+                group, need = None, task_options(cell, self.accelerator_type)
+                if needs_placement_group(cell):
+                    group, need = placement(ray, cell, self.accelerator_type)
+                task = self._task.options(**need, max_retries=self.retries, retry_exceptions=False,
+                                          name=f"fps-profile {cell.label()}")
+                ref = task.remote(cell.to_json(), timeout_s, token)
+                refs[ref], groups[ref] = cell, group
+            pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    yield self._row(ray, ref, refs.pop(ref))
+                    row = self._row(ray, ref, refs.pop(ref))
+                    release(ray, groups.pop(ref))
+                    yield row
         finally:
             ray.kill(token)  # first: a task Ray's cancel misses stops on its own
-            if pending:
-                cancel(ray, pending)
+            if refs:
+                cancel(ray, list(refs))
+            for group in groups.values():
+                release(ray, group)
 
     def _row(self, ray, ref, cell: Cell) -> Result:
         try:

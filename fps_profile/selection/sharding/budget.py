@@ -25,6 +25,7 @@ import torch
 
 from fps_profile.selection.budget import Budget, GlobalFraction, PerRowTopK
 from fps_profile.selection.sharding.tensors import shard_range
+from fps_profile.selection.sharding.values import is_fake
 from fps_profile.errors import UserError
 from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 
@@ -146,6 +147,9 @@ def _fraction_entries(budget: GlobalFraction, scored, total: int, group) -> Iter
         best_val, best_pos = vals, pos
     if best_val is None:
         best_val, best_pos = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    if is_fake(best_val):  # the sim: no scores to compare, see _fake_fraction_entries
+        yield from _fake_fraction_entries(best_pos, names, shapes, n, total)
+        return
     keys = _keys(best_val)
     del best_val
     t, above = kth_key(keys, n, group)
@@ -164,3 +168,17 @@ def _fraction_entries(budget: GlobalFraction, scored, total: int, group) -> Iter
     for name, shape, size, cut in zip(names, shapes, sizes, cuts):
         yield name, MaskEntry.from_positions(shape, order[lo:cut] - start)
         start, lo = start + size, cut
+
+
+def _fake_fraction_entries(best_pos, names, shapes, n: int, total: int) -> Iterator[tuple[str, MaskEntry]]:
+    """The sim's fraction budget on one rank: its shards' share of the ``n`` kept entries, in proportion to
+    their sizes (the real split depends on the scores), without the threshold's bisection (it needs values)."""
+    from fps_profile.selection.budget import proportional_split
+
+    sizes = [math.prod(s) for s in shapes]
+    mine = min(len(best_pos), round(n * sum(sizes) / total)) if total else 0
+    order = best_pos[:mine].sort().values
+    start = lo = 0
+    for name, shape, size, count in zip(names, shapes, sizes, proportional_split(mine, sizes)):
+        yield name, MaskEntry.from_positions(shape, order[lo:lo + count] - start)
+        start, lo = start + size, lo + count

@@ -22,6 +22,7 @@ import torch
 
 from fps_profile.errors import UserError
 from fps_profile.selection.sharding.tensors import shard_range
+from fps_profile.selection.sharding.values import read
 
 
 def reduce_input_stats(sums: dict[int, torch.Tensor], counts: dict[int, int], keys: list[int], group) -> None:
@@ -32,19 +33,20 @@ def reduce_input_stats(sums: dict[int, torch.Tensor], counts: dict[int, int], ke
     """
     import torch.distributed as dist
 
+    world = dist.get_world_size(group)
     seen = torch.tensor([int(k in sums) for k in keys], dtype=torch.int64)
     dist.all_reduce(seen, group=group)
-    world = dist.get_world_size(group)
-    if bool(((seen > 0) & (seen < world)).any()):
+    seen = read(seen, [world * int(k in sums) for k in keys])
+    if any(0 < s < world for s in seen):
         # Every rank raises (they all see the same counts): no rank is left waiting in a collective.
         raise UserError("a ranked weight was used by the forward pass on some ranks but not on others")
-    keys = [k for k, s in zip(keys, seen.tolist()) if s]  # one no rank used fails in InputStats.collect
+    keys = [k for k, s in zip(keys, seen) if s]  # one no rank used fails in InputStats.collect
     flat = torch.cat([sums[k].reshape(-1) for k in keys]) if keys else torch.zeros(0)
     dist.all_reduce(flat, group=group)
     n = torch.tensor([counts[k] for k in keys], dtype=torch.int64)
     dist.all_reduce(n, group=group)
     start = 0
-    for k, c in zip(keys, n.tolist()):
+    for k, c in zip(keys, read(n, [world * counts[k] for k in keys])):
         size = sums[k].numel()
         sums[k].copy_(flat[start:start + size].view_as(sums[k]))
         counts[k] = c
@@ -133,12 +135,13 @@ def check_batches(batches: Iterable, group) -> Iterator:
         total = probe.clone()
         dist.all_reduce(total[:1], group=group)
         dist.all_reduce(total[1:], op=dist.ReduceOp.MAX, group=group)
-        have = int(total[0])
+        have, most, least = read(total, [world * int(item is not None), size, -size])
+        least = -least
         if have not in (0, world):
             raise UserError(f"the ranks got different numbers of batches ({have} of {world} ranks have one more)")
         if not have:
             return
-        if int(total[1]) != -int(total[2]):
-            raise UserError(f"the ranks got batches of different sizes ({-int(total[2])} to {int(total[1])} samples):"
+        if most != least:
+            raise UserError(f"the ranks got batches of different sizes ({least} to {most} samples):"
                             " every rank needs as many (fps_profile.measure.distributed.local_batch)")
         yield item
