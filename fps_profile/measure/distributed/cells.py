@@ -121,7 +121,7 @@ def measure_rank(rank: int, world_size: int, cell_json: str) -> dict:
                          parse_dtype(cell.dtype))
     model, batches = built.model, built.batches
     local = rank_batches(batches, rank, world_size)
-    del batches
+    del batches, built  # the global batches: only this rank's part stays alive
     shard_model(model, offload=bool(cell.offload), mesh=rank_mesh(device.type, world_size))
     prepared = prepare_rank(cell, model, local)
     fn, trainable = prepared.fn, prepared.trainable
