@@ -49,7 +49,7 @@ class SimBackend(Backend):
         from fps_profile.models import parse_dtype
         from fps_profile.models.build import check_weights_on
         from fps_profile.rows.phases import get_phase
-        from fps_profile.sim.session import Simulator
+        from fps_profile.sim.session import Simulator, selector_passes
 
         from fps_profile.measure.distributed.rank_phases import is_sharded_cell
 
@@ -95,14 +95,6 @@ class SimBackend(Backend):
             limit, what = min(limits)
             if over(stats.highest_bytes, limit):
                 mark_oom(row, stats.highest_bytes, limit, what, target.device_name())
-
-
-def selector_passes(selector: str) -> tuple[str, ...]:
-    """The passes ``selector`` runs (``forward``, ``backward``): the cuBLAS workspaces a warm-up would leave."""
-    from fps_profile.selection.selectors import get
-
-    cls = get(selector)
-    return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())
 
 
 class SimPhaseHooks(Backend):

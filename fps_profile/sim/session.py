@@ -175,3 +175,11 @@ class Simulator:
         return SimStats(peak_bytes=self.tracker.peak, flops=counter.total,
                         time_floor_s=time_floor(counter.counts, self.target.peak_flops), flop_counts=counts,
                         breakdown=explained, highest_bytes=max(before, self.tracker.peak))
+
+
+def selector_passes(selector: str) -> tuple[str, ...]:
+    """The passes ``selector`` runs (``forward``, ``backward``): the cuBLAS workspaces a warm-up would leave."""
+    from fps_profile.selection.selectors import get
+
+    cls = get(selector)
+    return (("forward",) if cls.needs_data else ()) + (("backward",) if cls.needs_backward else ())

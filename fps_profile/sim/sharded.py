@@ -168,7 +168,7 @@ def measure_sharded(cell, row, *, rank: int = 0) -> None:
     from fps_profile.measure.distributed.memory import rank_peaks, storage_resizes
     from fps_profile.measure.distributed.rank_phases import params_local
     from fps_profile.rows.phases import get_phase
-    from fps_profile.sim.backend import selector_passes
+    from fps_profile.sim.session import selector_passes
     from fps_profile.sim.masks import trainable_counts
 
     start = time.perf_counter()
