@@ -32,7 +32,7 @@ def require_sim() -> None:
     try:
         import fps_profile.sim  # noqa: F401
         from fps_profile.rows.cell import Cell  # noqa: F401
-        from fps_profile.measure.runner import measure
+        from fps_profile.measure.runner import measure  # noqa: F401
     except ImportError:
         skip("no sim backend in this commit")
 
@@ -45,7 +45,7 @@ def require_cuda() -> None:
         skip("no CUDA GPU")
     try:
         from fps_profile.rows.cell import Cell  # noqa: F401
-        from fps_profile.measure.runner import measure
+        from fps_profile.measure.runner import measure  # noqa: F401
     except ImportError:
         skip("no runner in this commit")
 

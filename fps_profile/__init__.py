@@ -15,7 +15,9 @@ from fps_profile.errors import UserError
 from fps_profile.selection.mask import Mask, MaskStats
 from fps_profile.selection.scope import Role, Scope
 from fps_profile.selection.select import select
-from fps_profile.selection.selectors import Selector, Target, get as get_selector, list_selectors, register as register_selector
+from fps_profile.selection.selectors import Selector, Target, list_selectors
+from fps_profile.selection.selectors import get as get_selector
+from fps_profile.selection.selectors import register as register_selector
 from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse
 
 __all__ = [

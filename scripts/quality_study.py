@@ -191,7 +191,8 @@ def figures(rows, folder: Path, command: str) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "results" / "quality-digits.jsonl"), help="merged results file")
     p.add_argument("--figures", default=str(ROOT / "plots" / "quality"), help="folder of the figures and table")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "fps-profile" / "quality"),

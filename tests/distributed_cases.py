@@ -190,8 +190,9 @@ def sparse_case(rank: int, world_size: int, kinds: list[tuple[str, bool]]) -> di
             sharded.backward()
             gc.collect()
             facts["backward_leaves_bytes"] = live.current - before
-        facts["grad_bytes"] = (sum(v.grad.numel() * v.grad.element_size() for v in sharded.sparse.values.values())
-                               + sum(local(p.grad).numel() * local(p.grad).element_size() for p in sharded.sparse.whole))
+        whole = sum(local(p.grad).numel() * local(p.grad).element_size() for p in sharded.sparse.whole)
+        values = sharded.sparse.values.values()
+        facts["grad_bytes"] = sum(v.grad.numel() * v.grad.element_size() for v in values) + whole
         for n, p in model.named_parameters():
             if n in sharded.sparse.values:
                 facts["partial_grads"].append(p.grad is not None)

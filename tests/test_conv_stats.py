@@ -111,7 +111,8 @@ CONVS = {
     "same_even": (dict(in_channels=3, out_channels=4, kernel_size=4, padding="same"), (6, 7)),
     "same_dilated": (dict(in_channels=4, out_channels=4, kernel_size=3, padding="same", dilation=2, groups=2), (7, 7)),
     "valid": (dict(in_channels=3, out_channels=2, kernel_size=3, padding="valid"), (5, 6)),
-    "dilated": (dict(in_channels=3, out_channels=4, kernel_size=3, dilation=(2, 3), padding=(1, 2), stride=2), (11, 12)),
+    "dilated": (dict(in_channels=3, out_channels=4, kernel_size=3, dilation=(2, 3), padding=(1, 2), stride=2), (11,
+                                                                                                                12)),
     "pointwise": (dict(in_channels=6, out_channels=4, kernel_size=1), (5, 5)),
     "pointwise_strided": (dict(in_channels=6, out_channels=4, kernel_size=1, stride=2), (5, 6)),
     "patches": (dict(in_channels=3, out_channels=8, kernel_size=4, stride=4), (8, 12)),
@@ -243,7 +244,8 @@ def test_weight_no_call_used_is_a_clear_error():
     model = Standardised()
     batches = _batches(3, (5, 5))
     with pytest.raises(UserError, match=r"selector 'fps' cannot score 'mlp.weight' \(StdConv2d\): no linear or "
-                                        r"convolution call used it .* the 'attention', 'linear' or 'shira' scopes skip it") as info:
+                                        r"convolution call used it .* the 'attention', 'linear' or 'shira' scopes "
+                                        r"skip it") as info:
         select(model, batches, "fps", k=1)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="'wanda' cannot score 'mlp.weight'"):

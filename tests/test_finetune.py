@@ -93,7 +93,8 @@ def test_full_fine_tuning_beats_the_frozen_model_and_every_selector_beats_chance
     assert abs(rows["frozen"].eval_accuracy - chance) < 0.15  # a random classifier on 5 balanced classes
     for s in ("head", "fps", "gps", "magnitude", "random"):
         assert rows[s].eval_accuracy > chance + 0.2, s
-    assert rows["frozen"].examples_seen == 0 and rows["frozen"].steps is None and rows["frozen"].train_loss_final is None
+    frozen = rows["frozen"]
+    assert frozen.examples_seen == 0 and frozen.steps is None and frozen.train_loss_final is None
     assert rows[None].params_trainable == rows[None].params_total
 
 

@@ -3,7 +3,7 @@
 * the wheel ``python -m build`` makes holds the package and its data (the ``hf:`` configs) and, installed
   into a fresh virtualenv, runs ``fps-profile list`` and ``fps-profile list models 'hf:*'``;
 * ``fps-profile init-ci``'s memory gate, run as its workflow runs it, in a fresh git repository holding a
-  toy selector package installed with an entry point in ``fps_profile.selection.selectors``: an unchanged tree
+  toy selector package installed with an entry point in ``fps_profile.selectors``: an unchanged tree
   passes, a planted +10% memory regression fails.
 """
 
@@ -88,7 +88,7 @@ build-backend = "setuptools.build_meta"
 name = "toy-selector"
 version = "0.0.1"
 
-[project.entry-points."fps_profile.selection.selectors"]
+[project.entry-points."fps_profile.selectors"]
 toy = "toy_selector:Toy"
 
 [tool.setuptools]

@@ -21,7 +21,7 @@ from fps_profile import UserError, select  # noqa: E402
 from fps_profile.selection.budget import PerRowTopK  # noqa: E402
 from fps_profile.models.task import task_loss  # noqa: E402
 from fps_profile.selection.mask import Mask  # noqa: E402
-from fps_profile.selection.mask_entry import rows_cols
+from fps_profile.selection.mask_entry import rows_cols  # noqa: E402
 from fps_profile.measure.phases import BudgetSpec  # noqa: E402
 from fps_profile.selection.scope import Role, assign_roles  # noqa: E402
 from fps_profile.selection.scope_report import scope_report  # noqa: E402
@@ -148,7 +148,7 @@ def test_every_selector_runs_on_lms(lms, model_name, budget):
     for selector in SELECTORS:
         mask = select(model, batches, selector, **budget)
         mask.check(model)
-        for n, p in params.items():
+        for n, _p in params.items():
             entry = mask.entry(n)
             if n in ranked:
                 continue
@@ -209,7 +209,8 @@ def test_gps_and_snip_equal_grad_of_the_lm_loss(lms, model_name):
     snip = selector_scores(model, batches, "snip")
     assert set(auto) == set(projections(model))
     for n in auto:  # 2 blocks forward and backward (~40 stages), sums of at most 2 x 2 x SEQ tokens or 128 features
-        torch.testing.assert_close(auto[n], grads[n].abs(), rtol=0, atol=deep_atol(grads[n].abs().max().item(), 128, 40),
+        torch.testing.assert_close(auto[n], grads[n].abs(), rtol=0, atol=deep_atol(grads[n].abs().max().item(), 128,
+                                                                                   40),
                                    msg=n)
         assert torch.equal(auto[n], explicit[n]), n  # the same loss by another name: the same computation
         want = (first[n] * params[n].detach()).abs()

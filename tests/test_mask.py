@@ -216,7 +216,8 @@ def test_selection_is_stored_as_positions(tiny_vit, batches):
         assert e.index.dtype == torch.int32 and e.k == 2 and e.count == 2 * rows, n
         assert torch.equal(e.index.long(), dense.reshape(-1).nonzero().squeeze(1)), n  # sorted flat positions
         # row r's two positions lie in row r
-        assert torch.equal(e.index.view(rows, 2).long() // (p.numel() // rows), torch.arange(rows).unsqueeze(1).expand(rows, 2))
+        assert torch.equal(e.index.view(rows, 2).long() // (p.numel() // rows),
+                           torch.arange(rows).unsqueeze(1).expand(rows, 2))
         ranked += e.count
     assert mask.nbytes == 4 * ranked  # nothing stored for whole or frozen tensors
 

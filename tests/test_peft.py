@@ -342,7 +342,8 @@ def test_written_adapter_loads_as_an_untrained_adapter_and_leaves_the_model_as_f
     model.head.weight.requires_grad_(False)
     write_adapter(model, mask, tmp_path / "adapter")
     assert dict(model.named_modules()) == modules and not hasattr(model, "peft_config")
-    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items()) and state.keys() == model.state_dict().keys()
+    assert all(torch.equal(t, state[n]) for n,
+               t in model.state_dict().items()) and state.keys() == model.state_dict().keys()
     assert [p.requires_grad for p in model.parameters()] == [n != "head.weight" for n, _ in model.named_parameters()]
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "SHIRA" and config["r"] == 2 and config["modules_to_save"] == ["head"]

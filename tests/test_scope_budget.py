@@ -91,7 +91,8 @@ def test_all_weights_scope(tiny_vit):
             assert not m.any(), n  # biases (head.bias too), norms, pos_embed, cls_token frozen
 
 
-@pytest.mark.parametrize("scope, ranked_part", [("attention", ("attn.qkv", "attn.proj")), ("mlp", ("mlp.fc1", "mlp.fc2"))])
+@pytest.mark.parametrize("scope, ranked_part", [("attention", ("attn.qkv", "attn.proj")), ("mlp", ("mlp.fc1",
+                                                                                                   "mlp.fc2"))])
 def test_attention_and_mlp_scopes(tiny_vit, scope, ranked_part):
     roles = roles_of(tiny_vit, scope)
     expected_ranked = {f"blocks.{i}.{m}.weight" for i in range(DEPTH) for m in ranked_part}
@@ -241,7 +242,8 @@ def test_budget_needs_exactly_one_of_k_and_fraction(tiny_vit):
         with pytest.raises(UserError, match="give exactly one of k"):
             select(tiny_vit, None, "magnitude", **kw)
     assert isinstance(make_budget(k=2), PerRowTopK) and make_budget(k=2).k == 2
-    assert isinstance(make_budget(fraction=0.5), GlobalFraction) and math.isclose(make_budget(fraction=0.5).fraction, 0.5)
+    assert isinstance(make_budget(fraction=0.5), GlobalFraction) and math.isclose(make_budget(fraction=0.5).fraction,
+                                                                                  0.5)
 
 
 def test_bad_fraction_through_select(tiny_vit):

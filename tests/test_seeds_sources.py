@@ -76,7 +76,8 @@ def test_baselines_and_untrained_phases_take_no_budget_steps_or_rate():
     frozen = Cell(model="m", batch_size=2, phase="finetune", selector="frozen", steps=50, lr=0.1)
     assert frozen.steps is None and frozen.lr is None
     select = Cell(model="m", batch_size=2, phase="select", selector="fps", steps=50, lr=0.1)
-    assert select.steps is None and select.lr is None and select.key() == Cell(model="m", batch_size=2, selector="fps").key()
+    assert select.steps is None and select.lr is None and select.key() == Cell(model="m", batch_size=2,
+                                                                               selector="fps").key()
     fps = Cell(model="m", batch_size=2, phase="finetune", selector="fps", budget="k=4")
     assert (fps.steps, fps.lr) == (100, 1e-3) and fps.key()[6:8] == ("k=4", "gps")  # defaults: not in the key
 
@@ -115,7 +116,8 @@ def _same(a: Mask, b: Mask) -> bool:
 def test_the_same_select_command_gives_the_same_mask(tmp_path, capsys):
     magnitude = ("--model", "vit_tiny_patch16_224", "--selector", "magnitude")  # the model's init is the seed's
     assert _same(_mask(capsys, tmp_path, "m1", *magnitude), _mask(capsys, tmp_path, "m2", *magnitude))
-    assert not _same(_mask(capsys, tmp_path, "m1", *magnitude), _mask(capsys, tmp_path, "m3", *magnitude, "--seed", "1"))
+    assert not _same(_mask(capsys, tmp_path, "m1", *magnitude), _mask(capsys, tmp_path, "m3", *magnitude, "--seed",
+                                                                      "1"))
     fps = ("--model", "test_vit", "--selector", "fps", "--batch-size", "2")
     assert _same(_mask(capsys, tmp_path, "f1", *fps), _mask(capsys, tmp_path, "f2", *fps))
     rand = ("--model", "test_vit", "--selector", "random")
@@ -164,7 +166,8 @@ def test_a_weights_file_loads_with_its_provenance_and_changes_fps_mask(tiny, tmp
     torch.save(model.state_dict(), path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     fps = ("--model", "tinynet.py:make", "--selector", "fps", "--k", "1", "--data", "digits:5-9", "--batch-size", "16")
-    plain, loaded = _mask(capsys, tmp_path, "plain", *fps), _mask(capsys, tmp_path, "loaded", *fps, "--weights", "pre.pt")
+    plain, loaded = _mask(capsys, tmp_path, "plain", *fps), _mask(capsys, tmp_path, "loaded", *fps, "--weights",
+                                                                  "pre.pt")
     assert not _same(plain, loaded)
     assert loaded.meta["weights_sha256"] == sha and loaded.meta["weights_reinitialized"] == "head.weight,head.bias"
     assert loaded.meta["weights_source"] == str(path) and loaded.meta["data_classes"] == "5,6,7,8,9"

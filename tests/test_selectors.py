@@ -171,7 +171,8 @@ def test_builtin_selectors_are_registered_with_their_needs():
     assert {"fps", "gps", "magnitude", "random", "wanda", "snip"} <= set(list_selectors())
     assert list_selectors("w*") == ["wanda"]
     needs = {n: (fps_profile.get_selector(n).needs_backward, fps_profile.get_selector(n).needs_data,
-                 fps_profile.get_selector(n).needs_labels) for n in ("fps", "gps", "magnitude", "random", "wanda", "snip")}
+                 fps_profile.get_selector(n).needs_labels) for n in ("fps", "gps", "magnitude", "random", "wanda",
+                                                                     "snip")}
     assert needs == {
         "fps": (False, True, False), "wanda": (False, True, False),
         "gps": (True, True, True), "snip": (True, True, True),
@@ -551,7 +552,7 @@ def test_entry_point_plugin_is_loaded_lazily(tiny_vit, monkeypatch):
 
     plugin.FirstColumn = FirstColumn
     monkeypatch.setitem(sys.modules, "fake_fps_plugin", plugin)
-    group = "fps_profile.selection.selectors"
+    group = "fps_profile.selectors"
     eps = [importlib.metadata.EntryPoint("first_column", "fake_fps_plugin:FirstColumn", group),
            importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Nope", group)]
     calls = []

@@ -237,7 +237,8 @@ def test_train_floor_phase_on_sim_with_the_sparse_step_next_to_it():
                 phases=["train_step", "train_floor"], warmup=1, repeats=1)
     grid.validate()
     cells = grid.cells()
-    assert [(c.phase, c.selector) for c in cells] == [("train_floor", None), ("train_step", None), ("train_step", "fps")]
+    assert [(c.phase, c.selector) for c in cells] == [("train_floor", None), ("train_step", None), ("train_step",
+                                                                                                    "fps")]
     rows = {(r.phase, r.selector): r for r in map(measure, cells)}
     floor, sparse, full = rows["train_floor", None], rows["train_step", "fps"], rows["train_step", None]
     assert floor.status == "ok" and floor.budget is None and floor.params_trainable == 0

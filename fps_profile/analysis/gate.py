@@ -261,7 +261,8 @@ def _verdict_text(c: Change) -> str:
             bound = f"{'>' if c.verdict == 'worse' else '<='} {c.tolerance:.0%}"
         return f"{'**WORSE**' if c.verdict == 'worse' else 'within tolerance'} ({pct} {bound})"
     if c.verdict == "noise":
-        return f"within noise ({(c.ratio - 1) * 100:+.1f}% > {c.tolerance:.0%}, but the repeats' confidence intervals overlap)"
+        return (f"within noise ({(c.ratio - 1) * 100:+.1f}% > {c.tolerance:.0%}, but the repeats' confidence "
+                "intervals overlap)")
     if c.verdict == "better" and c.ratio is not None:
         return f"better ({(c.ratio - 1) * 100:+.1f}%)"
     return {"missing": "missing in CURRENT", "new": "new in CURRENT"}.get(c.verdict, c.verdict)

@@ -53,7 +53,7 @@ def summarize(rows: Sequence[Result], reference: str = "gps") -> list[SummaryLin
         groups.setdefault(key, []).append(r)
         size[r.model] = max(size.get(r.model, 0), r.params_total or 0)
     out = []
-    for (device, dtype, name, image_size, seq_len, batch, _, _), rs in sorted(
+    for (device, dtype, _, _, _, batch, _, _), rs in sorted(
             groups.items(), key=lambda kv: (kv[0][:2], size[kv[0][2]], kv[0][2:])):
         model = model_label(rs[0])
         ok = [r for r in rs if r.status == "ok"]

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
         "request: install, sweep the grid on the simulated GPU, gate it against the committed baseline, the "
         "gate's markdown in the job summary), .fps-profile/grid.toml (the cells), .fps-profile/gate.sh, "
         ".fps-profile/refresh-baseline.sh and .fps-profile/baseline.jsonl, measured now. The selectors must "
-        "be known here (built in, or installed with an entry point in the group fps_profile.selection.selectors). "
+        "be known here (built in, or installed with an entry point in the group fps_profile.selectors). "
         "Nothing is written when something fails.",
         epilog="Example: fps-profile init-ci --selector my-selector --model test_vit,vit_tiny_patch16_224 "
         "--install 'python -m pip install -e .'",

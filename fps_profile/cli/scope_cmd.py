@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model", help="timm model name, or language model hf:<name> / hf:<path>.json")
-    p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
+    p.add_argument("--scope", default="gps",
+                   help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
                    "linear (gps, Linear weights only), all-weights, attention or mlp (see 'fps-profile list scopes')")
     p.add_argument("--image-size", type=positive_int, default=None,
                    help="input height and width to build the model for (default: its own)")

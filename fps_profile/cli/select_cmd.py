@@ -37,11 +37,13 @@ def add_parser(sub) -> None:
                    help="tokens per sequence of a language model (default 512)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--k", type=int, default=None, help="per-output-row top-K budget (default 1)")
-    budget.add_argument("--fraction", type=float, default=None, help="global top-fraction budget: the fraction of all ranked "
+    budget.add_argument("--fraction", type=float, default=None,
+                        help="global top-fraction budget: the fraction of all ranked "
                         "entries trained, in (0, 1] (0.01 = 1%%, not a percentage)")
     budget.add_argument("--shira", type=positive_int, default=None, metavar="R",
                         help="R*(m+n) entries of every ranked m x n tensor: PEFT SHiRA's size (budget shira:R)")
-    p.add_argument("--scope", default="gps", help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
+    p.add_argument("--scope", default="gps",
+                   help="gps, gps+lm-head (gps, and a language model's lm_head trained whole), "
                    "linear (gps, Linear weights only), all-weights, attention, mlp or shira (what PEFT SHiRA can "
                    "train; see 'fps-profile list scopes')")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",

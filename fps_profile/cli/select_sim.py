@@ -69,7 +69,7 @@ def run_on_sim(args: argparse.Namespace, options: dict, breakdown) -> int:
     if row.status == "oom":
         print(f"peak: out of memory{card} ({row.error})")
     else:
-        floor = "" if not row.time_floor_s else f", time floor " + (
+        floor = "" if not row.time_floor_s else ", time floor " + (
             fmt_seconds(row.time_floor_s) if row.time_floor_s >= 1e-3 else f"{row.time_floor_s:.3g} s")
         flops = f"; {row.flops:,} FLOPs" if row.flops is not None else ""
         print(f"peak {fmt_bytes(row.peak_allocated_bytes)} ({row.peak_allocated_bytes:,} bytes){card}"

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     from fps_profile.cli.grid_config import SETTINGS
 
     p.add_argument("--config", metavar="FILE", help="TOML file holding the grid, top level or in a [sweep] table "
-                   "(keys: " + ", ".join(a.grid for a in schema.AXES if a.grid and a.name not in ("options", "memory_budget"))
+                   "(keys: " + ", ".join(a.grid for a in schema.AXES if a.grid and a.name not in ("options",
+                                                                                                  "memory_budget"))
                    + ", " + ", ".join(SETTINGS) + ", [options.<selector>]). A key takes what its flag takes: a "
                    "list, one value (a one-item list) or a comma-separated string; numbers as numbers or text, names "
                    "as text, sizes and durations with their units; any other type is an error naming the key. "

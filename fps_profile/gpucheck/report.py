@@ -154,7 +154,8 @@ def build(out: Path, tests_rc: int) -> tuple[str, Verdict]:
     absolute = sorted(abs(e) for e in errors)
     dry = " (dry run on the CPU)" if measured and measured[0].device == "cpu" else ""
     lines = [f"# GPU check: {device}{dry}", "",
-             f"**{'PASS' if verdict.ok else 'FAIL'}**. Commit {env.get('git_commit') or '? (not a git checkout)'}, torch "
+             f"**{'PASS' if verdict.ok else 'FAIL'}**. Commit {env.get('git_commit') or '? (not a git checkout)'}, "
+             f"torch "
              f"{env.get('torch', '?')}, CUDA {env.get('cuda', '-')}, driver {env.get('driver', '-')}; "
              f"{len(measured)} measured rows ({measured[0].device if measured else '-'}), {len(sim)} sim rows "
              f"({sim[0].device if sim else '-'}).", ""]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fps_profile.errors import UserError
 from fps_profile.models.weights import PRETRAINED, WeightsInfo, check_weights_spec, load_weights_file
 
 

@@ -63,7 +63,7 @@ def breakdown_bars(rows: Sequence[Result]) -> Figure | None:
     used: list[str] = []
     for ax, (model, batch, items) in zip(axes, panels):
         div, unit = bytes_scale(max(sum(b.values()) for _, _, b, _ in items))
-        for y, (name, ph, bd, is_peak) in enumerate(items):
+        for y, (name, ph, bd, _) in enumerate(items):
             left = 0.0
             for cat in BREAKDOWN_CATEGORIES:
                 value = bd.get(cat, 0) / div

@@ -3,8 +3,8 @@
 A series (:mod:`fps_profile.analysis.series`) is a selector's selection (``"fps"``,
 ``"gps"``, ...), a reference (``"floor"``, the inference forward; ``"train:full"``, a full
 fine-tuning step; ``"train:floor"``) or a sparse step (``"train:<selector>"``). The same
-name gets the same colour and marker in every figure. Colours are the Okabe-Ito palette (safe for colour-blind readers and in
-greyscale print, thanks to the distinct markers).
+name gets the same colour and marker in every figure. Colours are the Okabe-Ito palette (safe for
+colour-blind readers and in greyscale print, thanks to the distinct markers).
 """
 
 from __future__ import annotations

@@ -65,7 +65,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("host_peak_bytes", "memory", "bytes", "with --offload cpu: peak bytes of the tensors the rank keeps in "
            "host memory (sharded parameters, gradients, optimizer state; predicted on sim), per rank",
            exact_on_predictions=True),
-    Metric("wall_time_s", "time", "s", "median of wall_times_s (finetune rows: the time per step)", samples="wall_times_s"),
+    Metric("wall_time_s", "time", "s", "median of wall_times_s (finetune rows: the time per step)",
+           samples="wall_times_s"),
     Metric("wall_times_s", None, "s", "every timed repeat", default=list, form="numbers"),
     Metric("params_total", "count", "count", "parameters of the model"),
     Metric("params_trainable", "count", "count", "trainable parameters in this phase"),

@@ -122,8 +122,8 @@ def _selection_batches(c):
 
 AXES: tuple[Axis, ...] = (
     Axis("selector", None, key="slot", key_value=lambda c: selector_variant(c.selector, c.options), swept=True,
-         grid="selectors", flag="--selector", grid_default=("fps", "gps", "magnitude", "random"), doc="selector name; None for the inference floor, the train "
-         "floor and full fine-tuning"),
+         grid="selectors", flag="--selector", grid_default=("fps", "gps", "magnitude", "random"),
+         doc="selector name; None for the inference floor, the train floor and full fine-tuning"),
     Axis("model", None, parse_model, key="slot", swept=True, grid="models", flag="--model",
          grid_default=("vit_tiny_patch16_224", "vit_small_patch16_224"),
          doc="timm model name, a language model hf:<name>, or your own: package.module:factory or file.py:factory"),
@@ -140,7 +140,8 @@ AXES: tuple[Axis, ...] = (
          "tensor, PEFT SHiRA's size) for selection and sparse steps"),
     Axis("scope", "gps", key="slot", key_value=_if_selector("scope"), grid="scope", flag="--scope",
          doc="parameter scope of selection and sparse steps"),
-    Axis("options", (), key="none", grid="options", grid_default=dict, doc="the selector's options (part of the selector's slot)"),
+    Axis("options", (), key="none", grid="options", grid_default=dict, doc="the selector's options (part of the "
+                                                                           "selector's slot)"),
     Axis("image_size", None, positive_int("image size", optional=True), key="bare",
          label=lambda v: f"@{v}px", label_group="model", grid="image_size", flag="--image-size",
          doc="input height and width in pixels; none: the model's own (pretrained_cfg['input_size'])"),
@@ -181,7 +182,8 @@ AXES: tuple[Axis, ...] = (
     Axis("lr", 1e-3, parse_lr, label=lambda v: f"lr={v:g}", label_group="cell", swept=True, grid="lr", flag="--lr",
          doc="peak learning rate of the finetune phase's AdamW, cosine to 0 (None elsewhere)"),
     Axis("world_size", 1, positive_int("world size"), label=lambda v: f"ws={v}", label_group="who", swept=True,
-         grid="world_sizes", flag="--world-size", doc="ranks the model is sharded over with FSDP2 (fully_shard on every "
+         grid="world_sizes", flag="--world-size", doc="ranks the model is sharded over with FSDP2 (fully_shard on "
+                                                      "every "
          "block and the root; batch_size is then per rank); 1: one plain process, no FSDP2"),
     Axis("offload", None, parse_offload, label=lambda v: f"+offload-{v}", swept=True, grid="offload",
          flag="--offload", doc="cpu: FSDP2's CPUOffloadPolicy (sharded parameters, gradients and optimizer state "
@@ -211,7 +213,8 @@ def register_axis(new: Axis) -> None:
     import sys
 
     global AXES, BY_NAME, SWEPT
-    built = [m for m in ("fps_profile.rows.cell", "fps_profile.rows.result", "fps_profile.run.grid") if m in sys.modules]
+    built = [m for m in ("fps_profile.rows.cell", "fps_profile.rows.result",
+                         "fps_profile.run.grid") if m in sys.modules]
     if built:
         raise RuntimeError(f"register axis {new.name!r} before {built[0]} is imported (it is built from AXES)")
     if new.name in BY_NAME:
@@ -227,7 +230,8 @@ def axis(name: str) -> Axis:
 
 
 def label_tokens(cell, group: str) -> list[str]:
-    """The label tokens of ``cell``'s axes in ``group`` (``"model"``, ``"who"``, ``"knob"`` or ``"cell"``), in axis order."""
+    """The label tokens of ``cell``'s axes in ``group`` (``"model"``, ``"who"``, ``"knob"`` or ``"cell"``), in
+    axis order."""
     out = []
     for a in AXES:
         if a.label is None or a.label_group != group:

@@ -41,7 +41,8 @@ def write(path: Path, entries: dict[str, MaskEntry], meta: dict[str, str]) -> Pa
     except OSError as exc:
         raise UserError(f"cannot write mask to {str(path)!r}: {exc.strerror or exc}") from exc
     except Exception as exc:  # safetensors reports I/O failures (e.g. no such directory) as SafetensorError
-        raise UserError(f"cannot write mask to {str(path)!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise UserError(f"cannot write mask to {str(path)!r}: {reason}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

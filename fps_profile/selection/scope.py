@@ -151,7 +151,8 @@ SCOPES.register("all-weights", Scope("all-weights", frozen=(), trainable=(),
                                      about="every Linear/Conv2d weight ranked, the classifier's too; the rest frozen "
                                      "(a language model's embeddings and lm_head too)"))
 SCOPES.register("attention", Scope("attention", trainable=("head",), rank_pattern=r"(^|\.)(self_)?attn\.",
-                                   about="Linear/Conv2d weights under an 'attn' (or 'self_attn') module ranked; the classifier "
+                                   about="Linear/Conv2d weights under an 'attn' (or 'self_attn') module ranked; the "
+                                         "classifier "
                                    "trained whole; the rest frozen"))
 SCOPES.register("mlp", Scope("mlp", trainable=("head",), rank_pattern=r"(^|\.)mlp\.",
                              about="Linear/Conv2d weights under an 'mlp' module ranked; the classifier "

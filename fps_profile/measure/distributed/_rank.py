@@ -1,4 +1,5 @@
-"""One rank of :func:`fps_profile.measure.distributed.launch.run_ranks`: ``python -m fps_profile.measure.distributed._rank DIR RANK``.
+"""One rank of :func:`fps_profile.measure.distributed.launch.run_ranks`:
+``python -m fps_profile.measure.distributed._rank DIR RANK``.
 
 Reads the call from ``DIR/payload.pkl``, joins the gloo process group through the
 caller's ``TCPStore`` (``$FPS_RANK_STORE``), runs the function and writes its

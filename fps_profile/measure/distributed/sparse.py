@@ -51,7 +51,8 @@ class SparseShards:
             optimizer (two groups: the foreach kernels take DTensors or plain tensors, not both).
     """
 
-    def __init__(self, model: nn.Module, whole: list[nn.Parameter], partial: dict[str, tuple[nn.Parameter, torch.Tensor]],
+    def __init__(self, model: nn.Module, whole: list[nn.Parameter], partial: dict[str, tuple[nn.Parameter,
+                                                                                             torch.Tensor]],
                  group) -> None:
         self.model, self.group = model, group
         self.whole = whole

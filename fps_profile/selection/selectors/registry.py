@@ -1,9 +1,9 @@
 """The selector registry: ``register``, ``get`` and ``list``.
 
 Third-party selectors register with the :func:`register` decorator, or from an
-installed package through the ``fps_profile.selection.selectors`` entry-point group::
+installed package through the ``fps_profile.selectors`` entry-point group::
 
-    [project.entry-points."fps_profile.selection.selectors"]
+    [project.entry-points."fps_profile.selectors"]
     mine = "my_package.selectors:MySelector"
 """
 
@@ -15,7 +15,8 @@ from typing import Any
 from fps_profile.errors import UserError
 from fps_profile.registry import Registry
 
-SELECTORS: Registry[type] = Registry("selector", entry_point_group="fps_profile.selection.selectors")  # plugins use this group: never rename
+SELECTORS: Registry[type] = Registry("selector",
+                                     entry_point_group="fps_profile.selectors")  # plugins use this group: never rename
 
 
 def register(name: str, *, override: bool = False) -> Callable[[type], type]:
