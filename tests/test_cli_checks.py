@@ -209,7 +209,7 @@ def test_readme_plugin_example_runs_from_the_cli(capsys):
     from test_readme import _block_after
 
     code = _block_after("## Writing a selector")
-    registration = code[:code.index("mask = fps_profile.selection.select")]
+    registration = code[:code.index("mask = fps_profile.select")]
     exec(compile(registration, "README.md", "exec"), {})
     try:
         rc = main(["select", "--selector", "l2-act", "--scope", "linear", "-o", "eps=1e-6", "--model", MODEL,

@@ -60,8 +60,8 @@ def test_sweep_table_and_settings(tmp_path):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("models = 5", "models takes names as text, not 5"),
-    ('models = ["test_vit", 3]', "models takes names as text, not 3"),
+    ("models = 5", "models: model must be a name, not 5"),
+    ('models = ["test_vit", 3]', "models: model must be a name, not 3"),
     ('models = [["test_vit"]]', "models takes a list of single values"),
     ('devices = {cpu = 1}', "devices takes a list of single values"),
     ("batch_sizes = 1.5", "batch_sizes: batch size must be an integer >= 1, not 1.5"),

@@ -222,7 +222,7 @@ def test_per_metric_tolerance_beats_kind():
 
 def test_select_metrics_expands_kinds():
     assert select_metrics(["exact"]) == {"flops", "time_floor_s", "peak_allocated_bytes", "peak_reserved_bytes",
-                                         "select_peak_bytes"}
+                                         "select_peak_bytes", "host_peak_bytes"}
     assert select_metrics(["time"]) == {"wall_time_s"}
 
 

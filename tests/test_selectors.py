@@ -479,8 +479,8 @@ def test_unknown_selector_suggests_the_closest():
 
 
 def test_unknown_option_is_a_clear_error(tiny_vit):
-    with pytest.raises(UserError, match=r"selector 'fps' has no option 'seed' \(it takes: no options\)"):
-        select(tiny_vit, None, "fps", k=1, seed=1)
+    with pytest.raises(UserError, match=r"selector 'fps' has no option 'eps' \(it takes: no options\)"):
+        select(tiny_vit, None, "fps", k=1, eps=1)
     with pytest.raises(UserError, match=r"selector 'random' has no option 'sed' \(it takes: seed=0\)"):
         select(tiny_vit, None, "random", k=1, sed=1)
 

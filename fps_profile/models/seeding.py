@@ -9,9 +9,9 @@ cells, the distributed ranks):
   (:func:`fps_profile.models.synthetic_batches`), a real data set's split and batches
   (:func:`fps_profile.data.load_data`, :func:`fps_profile.data.data_batches`);
 * the selection runs under :func:`fps_profile.select`'s ``seed``: the global generators are
-  seeded again (dropout in GPS's train-mode pass, an augmentation of GPS's views that draws
-  numbers), and a selector with a ``seed`` option of its own (``random``) gets it unless
-  one is given;
+  seeded again for its passes (dropout in GPS's train-mode pass, an augmentation of GPS's views
+  that draws numbers) and given back to the caller as they were afterwards (:func:`seeded`), and a
+  selector with a ``seed`` option of its own (``random``) gets it unless one is given;
 * fine-tuning draws its batches with the seed and its dropout from the generators seeded above.
 
 The same seed then gives the same mask, and on the same machine the same fine-tuned weights.
@@ -19,6 +19,7 @@ The same seed then gives the same mask, and on the same machine the same fine-tu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 
@@ -35,6 +36,32 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - numpy comes with torch's usual installs
         pass
     torch.manual_seed(seed)  # seeds every device's default generator
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None):
+    """Run the body with every global generator seeded with ``seed`` (:func:`seed_everything`), then
+    give the caller's generator states back: a library call must not move its caller's random
+    stream. ``None``: nothing is seeded or restored."""
+    if seed is None:
+        yield
+        return
+    state = random.getstate()
+    try:
+        import numpy as np
+
+        np_state = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        np = np_state = None
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        seed_everything(int(seed))
+        try:
+            yield
+        finally:
+            random.setstate(state)
+            if np is not None:
+                np.random.set_state(np_state)
 
 
 def takes_seed(cls) -> bool:

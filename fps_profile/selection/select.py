@@ -70,10 +70,11 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
             selector made them; on FSDP2, this rank's shards): for comparing selectors
             (:mod:`fps_profile.selection.agreement`).
         seed: Seed of everything random in the selection (:mod:`fps_profile.models.seeding`): the
-            global generators are seeded with it first (dropout in a train-mode pass, random
-            views), and a selector with a ``seed`` option (``random``) gets it as that option
-            (so ``select(..., "random", seed=3)`` means what it always meant). None: nothing
-            is seeded here.
+            global generators are seeded with it for the selection's passes (dropout in a
+            train-mode pass, random views) and given back as they were afterwards, and a
+            selector with a ``seed`` option (``random``) gets it as that option (so
+            ``select(..., "random", seed=3)`` means what it always meant). None: nothing is
+            seeded here.
         **options: Selector options, e.g. ``seed=`` for random, ``loss=``/``views=`` for gps.
 
     Returns:
@@ -88,17 +89,26 @@ def select(model: nn.Module, batches: Iterable | None = None, selector: str = "f
         UserError: Unknown selector or option, bad budget, no batches, missing labels,
             nothing eligible in the model.
     """
+    from fps_profile.models.seeding import seeded
+
+    with seeded(seed):  # the caller's random generators come back as they were
+        return _select(model, batches, selector, k=k, fraction=fraction, scope=scope, amp=amp,
+                       checkpointing=checkpointing, micro_batch=micro_batch, budget=budget, keep_scores=keep_scores,
+                       seed=seed, **options)
+
+
+def _select(model, batches, selector, *, k, fraction, scope, amp, checkpointing, micro_batch, budget, keep_scores,
+            seed, **options) -> Mask:
     budget = make_budget(k, fraction, budget)
     if isinstance(amp, bool):  # GPS's own option, as before the cell-level knob existed
         options["amp"], amp = amp, None
     amp, micro_batch = parse_amp(amp), parse_micro_batch(micro_batch)
     if seed is not None:
-        from fps_profile.models.seeding import seed_everything, takes_seed
+        from fps_profile.models.seeding import takes_seed
         from fps_profile.selection.selectors import get
 
         if takes_seed(get(selector)):
             options["seed"] = int(seed)
-        seed_everything(int(seed))
     sel = create(selector, **options)
     sel.micro_batch = micro_batch if sel.handles_micro_batch else None
     scope = get_scope(scope)
