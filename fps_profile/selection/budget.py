@@ -63,15 +63,7 @@ class PerRowTopK(Budget):
     """
 
     def __init__(self, k: int) -> None:
-        try:
-            if isinstance(k, bool):
-                raise TypeError
-            k_int = operator.index(k)
-        except TypeError:
-            raise UserError(f"k must be an integer >= 1, not {k!r}") from None
-        if k_int < 1:
-            raise UserError(f"k must be an integer >= 1, not {k!r}")
-        self.k = k_int
+        self.k = positive_index(k, "k")
 
     def describe(self) -> str:
         return f"per-row top-{self.k}"
@@ -141,26 +133,7 @@ class GlobalFraction(Budget):
             scored = list(scored)
             total = sum(s.numel() for _, s in scored)
         n = self.keep(total)
-        names, shapes = [], []
-        best_val = best_pos = None
-        offset = 0
-        for name, scores in scored:
-            names.append(name)
-            shapes.append(tuple(scores.shape))
-            flat = scores.detach().reshape(-1)
-            vals, pos = flat.topk(min(n, flat.numel()), sorted=False)
-            del flat, scores
-            vals, pos = vals.float(), pos.add_(offset)
-            offset += math.prod(shapes[-1])
-            if best_val is not None:
-                vals, pos = torch.cat([best_val, vals]), torch.cat([best_pos, pos])
-                best_val = best_pos = None
-            if vals.numel() > n:
-                vals, sel = vals.topk(n, sorted=False)
-                pos = pos[sel]
-                del sel
-            best_val, best_pos = vals, pos
-            del vals, pos
+        names, shapes, best_val, best_pos = stream_best(scored, n)
         if best_pos is None:
             return
         del best_val
@@ -196,6 +169,51 @@ def _cuts(order: torch.Tensor, sizes: list[int]) -> list[int]:
         return list(itertools.accumulate(proportional_split(order.numel(), sizes)))
     ends = torch.tensor(sizes, device=order.device).cumsum(0)
     return torch.searchsorted(order, ends).tolist()
+
+
+def stream_best(scored, n: int) -> tuple[list[str], list[tuple[int, ...]], torch.Tensor | None, torch.Tensor | None]:
+    """The ``n`` best scores over every tensor of ``scored``, taken one tensor at a time: at most
+    ``n`` values and positions are held beside the tensor being read.
+
+    Returns:
+        ``(names, shapes, values, positions)``: the tensors' names and shapes in order, the kept
+        scores (float32) and their positions in the tensors' concatenation (int64, unordered);
+        ``None, None`` for no tensors.
+    """
+    names, shapes = [], []
+    best_val = best_pos = None
+    offset = 0
+    for name, scores in scored:
+        names.append(name)
+        shapes.append(tuple(scores.shape))
+        flat = scores.detach().reshape(-1)
+        vals, pos = flat.topk(min(n, flat.numel()), sorted=False)
+        del flat, scores
+        vals, pos = vals.float(), pos.add_(offset)
+        offset += math.prod(shapes[-1])
+        if best_val is not None:
+            vals, pos = torch.cat([best_val, vals]), torch.cat([best_pos, pos])
+            best_val = best_pos = None
+        if vals.numel() > n:
+            vals, sel = vals.topk(n, sorted=False)
+            pos = pos[sel]
+            del sel
+        best_val, best_pos = vals, pos
+        del vals, pos
+    return names, shapes, best_val, best_pos
+
+
+def positive_index(value, what: str) -> int:
+    """``value`` as an integer >= 1 (a bool is not one), or a one-line error naming ``what``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise UserError(f"{what} must be an integer >= 1, not {value!r}") from None
+    if n < 1:
+        raise UserError(f"{what} must be an integer >= 1, not {value!r}")
+    return n
 
 
 #: Budget kinds written ``"<name>:<args>"`` (e.g. ``"shira:8"``) -> their parser; a module defining

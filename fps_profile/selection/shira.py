@@ -15,10 +15,8 @@ know its exact counts without ``peft``.
 
 from __future__ import annotations
 
-import operator
-
 from fps_profile.errors import UserError
-from fps_profile.selection.budget import NAMED_BUDGETS, Budget
+from fps_profile.selection.budget import NAMED_BUDGETS, Budget, positive_index
 from fps_profile.selection.mask_entry import MaskEntry, rows_cols
 from fps_profile.selection.scope import SCOPES
 
@@ -74,15 +72,7 @@ class ShiraRank(Budget):
     """
 
     def __init__(self, r: int) -> None:
-        try:
-            if isinstance(r, bool):
-                raise TypeError
-            r_int = operator.index(r)
-        except TypeError:
-            raise UserError(f"shira r must be an integer >= 1, not {r!r}") from None
-        if r_int < 1:
-            raise UserError(f"shira r must be an integer >= 1, not {r!r}")
-        self.r = r_int
+        self.r = positive_index(r, "shira r")
 
     @classmethod
     def parse(cls, text: str) -> ShiraRank:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from fps_profile.selection.budget import Budget, GlobalFraction, PerRowTopK
+from fps_profile.selection.budget import Budget, GlobalFraction, PerRowTopK, stream_best
 from fps_profile.selection.sharding.tensors import shard_range
 from fps_profile.selection.sharding.values import is_fake
 from fps_profile.errors import UserError
@@ -128,23 +128,7 @@ def _fraction_entries(budget: GlobalFraction, scored, total: int, group) -> Iter
     import torch.distributed as dist
 
     n = budget.keep(total)
-    names, shapes = [], []
-    best_val = best_pos = None
-    offset = 0
-    for name, scores in scored:  # this rank's best n, streaming (as GlobalFraction does)
-        names.append(name)
-        shapes.append(tuple(scores.shape))
-        flat = scores.detach().reshape(-1)
-        vals, pos = flat.topk(min(n, flat.numel()), sorted=False)
-        del flat, scores
-        vals, pos = vals.float(), pos.add_(offset)
-        offset += math.prod(shapes[-1])
-        if best_val is not None:
-            vals, pos = torch.cat([best_val, vals]), torch.cat([best_pos, pos])
-        if vals.numel() > n:
-            vals, keep = vals.topk(n, sorted=False)
-            pos = pos[keep]
-        best_val, best_pos = vals, pos
+    names, shapes, best_val, best_pos = stream_best(scored, n)  # this rank's best n
     if best_val is None:
         best_val, best_pos = torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     if is_fake(best_val):  # the sim: no scores to compare, see _fake_fraction_entries
