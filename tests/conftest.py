@@ -6,6 +6,18 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+
+def _has_peft() -> bool:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: Skips a test without the ``peft`` extra.
+needs_peft = pytest.mark.skipif(not _has_peft(), reason="peft is not installed (pip install peft==0.21.2)")
+
 IMG = 32
 NUM_CLASSES = 10
 

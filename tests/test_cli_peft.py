@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import needs_peft
 import torch
 
 from fps_profile import Mask
@@ -18,15 +19,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWar
 SELECT = ["select", "--model", "test_vit", "--selector", "fps", "--batch-size", "2"]
 
 
-def _has_peft() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_peft = pytest.mark.skipif(not _has_peft(), reason="peft is not installed (pip install peft==0.21.2)")
 
 
 def _error(capsys, *argv) -> str:

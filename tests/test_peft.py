@@ -10,6 +10,7 @@ import json
 import warnings
 
 import pytest
+from conftest import needs_peft
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -25,15 +26,6 @@ from fps_profile.selection.mask_entry import MaskEntry
 from fps_profile.measure.phases import train_step_fn
 from fps_profile.selection.sparse import make_sparse_trainable, merge_sparse
 
-def _has_peft() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_peft = pytest.mark.skipif(not _has_peft(), reason="peft is not installed (pip install peft==0.21.2)")
 
 # torch warns once per process that PEFT's sparse COO tensors skip invariant checks; PEFT calls a
 # transformers method that transformers 5 deprecates.

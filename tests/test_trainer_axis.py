@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_peft
 from torch import nn
 
 import fps_profile
@@ -28,15 +29,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWar
 STEP = dict(selector="fps", model="test_vit", batch_size=2, phase="train_step", budget="shira:2", scope="shira")
 
 
-def _has_peft() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_peft = pytest.mark.skipif(not _has_peft(), reason="peft is not installed (pip install peft==0.21.2)")
 
 
 # -- the shira:R budget in rows -----------------------------------------------------------------

@@ -30,8 +30,24 @@ def jaccard(both: int, union: int) -> float:
     return both / union if union else 1.0
 
 
+class _Counts:
+    """``union`` and ``jaccard`` of counts ``a``, ``b`` and ``both``."""
+
+    a: int
+    b: int
+    both: int
+
+    @property
+    def union(self) -> int:
+        return self.a + self.b - self.both
+
+    @property
+    def jaccard(self) -> float:
+        return jaccard(self.both, self.union)
+
+
 @dataclass(frozen=True)
-class TensorOverlap:
+class TensorOverlap(_Counts):
     """Trainable entries of one tensor in masks A and B.
 
     Attributes:
@@ -50,35 +66,19 @@ class TensorOverlap:
     b: int
     both: int
 
-    @property
-    def union(self) -> int:
-        return self.a + self.b - self.both
-
-    @property
-    def jaccard(self) -> float:
-        return jaccard(self.both, self.union)
-
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "ranked": self.ranked, "a": self.a, "b": self.b,
                 "both": self.both, "jaccard": self.jaccard}
 
 
 @dataclass(frozen=True)
-class Part:
+class Part(_Counts):
     """Counts of a group of tensors, pooled: ``tensors`` of them, entries trainable in A, B and both."""
 
     tensors: int
     a: int
     b: int
     both: int
-
-    @property
-    def union(self) -> int:
-        return self.a + self.b - self.both
-
-    @property
-    def jaccard(self) -> float:
-        return jaccard(self.both, self.union)
 
     def to_dict(self) -> dict:
         return {"tensors": self.tensors, "a": self.a, "b": self.b, "both": self.both, "jaccard": self.jaccard}
