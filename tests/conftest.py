@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -20,6 +22,15 @@ needs_peft = pytest.mark.skipif(not _has_peft(), reason="peft is not installed (
 
 IMG = 32
 NUM_CLASSES = 10
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n``), give each worker its share of the cores for torch's in-process
+    work: two workers each running 2 threads on 2 cores spin against each other. Processes the
+    tests start keep torch's default (their measured bytes must not depend on the worker count)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(config, items):

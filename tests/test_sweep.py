@@ -54,25 +54,23 @@ def plugin_env(tmp_path):
 def test_cpu_sweep_four_selectors_vit_tiny(tmp_path):
     out = tmp_path / "r.jsonl"
     proc = _sweep(["--selector", "fps,gps,magnitude,random", "--model", "vit_tiny_patch16_224",
-                   "--batch-size", "2,8", "--repeats", "2", "--out", str(out)])
+                   "--batch-size", "8", "--repeats", "2", "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
     rows = read_results(out)
-    assert len(rows) == 2 * (1 + 4 + 1 + 4)
+    assert len(rows) == 1 + 4 + 1 + 4
     assert all(r.status == "ok" for r in rows), [r.error for r in rows if r.status != "ok"]
     for r in rows:
         assert r.peak_allocated_bytes > 0 and r.rss_peak_bytes > 0
         assert len(r.wall_times_s) == 2 and r.wall_time_s > 0
         assert r.env["torch"] and r.env["timm"] and r.env["host"]
     by = {(r.batch_size, r.phase, r.selector): r for r in rows}
-    for b in (2, 8):
-        floor = by[b, "inference", None].peak_allocated_bytes
-        fps = by[b, "select", "fps"].peak_allocated_bytes
-        gps = by[b, "select", "gps"].peak_allocated_bytes
-        mask_bytes = by[b, "select", "fps"].params_total  # one bool per parameter
-        assert fps <= 1.02 * (floor + mask_bytes)
-        assert gps >= 3 * fps
-        assert by[b, "train_step", "fps"].params_trainable < by[b, "train_step", None].params_trainable
-    assert by[8, "select", "fps"].peak_allocated_bytes <= 1.05 * by[8, "inference", None].peak_allocated_bytes
+    floor = by[8, "inference", None].peak_allocated_bytes
+    fps = by[8, "select", "fps"].peak_allocated_bytes
+    gps = by[8, "select", "gps"].peak_allocated_bytes
+    mask_bytes = by[8, "select", "fps"].params_total  # one bool per parameter
+    assert fps <= min(1.02 * (floor + mask_bytes), 1.05 * floor)
+    assert gps >= 3 * fps
+    assert by[8, "train_step", "fps"].params_trainable < by[8, "train_step", None].params_trainable
     assert "| floor" in proc.stdout and "peak/gps" in proc.stdout
 
 
