@@ -21,6 +21,11 @@ def run_max_batch(grid, out: Path, executor, args: argparse.Namespace) -> int:
     for s in search_grid(grid, out, executor, timeout_s=args.timeout, retry_failed=args.retry_failed,
                          on_new=progress):
         r = s.result
+        if r.chunk:
+            body.append([s.device, s.dtype, s.model_label, s.series, "any", fmt_bytes(r.peak_bytes),
+                         fmt_bytes(s.budget_bytes), f"reads {r.chunk} sequences at a time (peak at {r.max_batch}; "
+                         "a larger batch adds only its token ids, 8 bytes each)"])
+            continue
         body.append([s.device, s.dtype, s.model_label, s.series, str(r.max_batch) if r.max_batch else "none",
                      fmt_bytes(r.peak_bytes), fmt_bytes(s.budget_bytes),
                      r.error or (f"oom at {r.first_oom}" if r.first_oom else "cap reached")])

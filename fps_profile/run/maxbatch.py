@@ -24,6 +24,9 @@ class MaxBatch:
         first_oom: Smallest batch known not to fit (None: the cap was reached).
         error: Message if a probe failed for another reason than memory.
         probes: Batch sizes tried, in order.
+        chunk: Set when no batch is too large: the selection reads this many sequences at a
+            time (:func:`fps_profile.knobs.token_chunk`), ``max_batch`` is two such chunks
+            and a larger batch adds only its token ids to ``peak_bytes``.
     """
 
     max_batch: int | None = None
@@ -31,6 +34,7 @@ class MaxBatch:
     first_oom: int | None = None
     error: str | None = None
     probes: list[int] | None = None
+    chunk: int | None = None
 
 
 def find_max_batch(measure: Callable[[int], Result], budget_bytes: int, start: int = 1,
@@ -94,6 +98,29 @@ def find_max_batch(measure: Callable[[int], Result], budget_bytes: int, start: i
     return result
 
 
+def chunked_search(measure: Callable[[int], Result], budget_bytes: int, chunk: int) -> MaxBatch | None:
+    """For a selection that reads ``chunk`` sequences at a time: one probe at two chunks.
+
+    Past one chunk its peak grows only by the token ids (8 bytes a token), so doubling would
+    run on to the search's cap, thousands of chunks a probe. If two chunks fit, every batch
+    does, up to the ids; if not, None, and :func:`find_max_batch` searches below.
+    """
+    row = measure(2 * chunk)
+    if row.status != "ok" or (row.peak_allocated_bytes is not None and row.peak_allocated_bytes > budget_bytes):
+        return None
+    return MaxBatch(max_batch=2 * chunk, peak_bytes=row.peak_allocated_bytes, probes=[2 * chunk], chunk=chunk)
+
+
+def _chunk_of(cell) -> int | None:
+    """Sequences per forward when ``cell`` is a selection that reads its token batch in chunks."""
+    from fps_profile.knobs import SELECT_TOKENS
+    from fps_profile.selection.selectors.registry import get
+
+    if cell.phase != "select" or not cell.seq_len or cell.micro_batch or not get(cell.selector).token_chunks:
+        return None
+    return max(1, SELECT_TOKENS // cell.seq_len)
+
+
 @dataclass
 class Search:
     """One max-batch search of a grid: where, what, and what it found."""
@@ -147,6 +174,8 @@ def search_grid(grid, out, executor, *, timeout_s: float | None = 1800.0, retry_
                                            on_new)
 
                     first = proto.cell(model, 1, dtype, device, phase, selector, setting, seq)
-                    res = find_max_batch(probe, budget, start=min(grid.batch_sizes))
+                    chunk = _chunk_of(first)
+                    res = chunk and chunked_search(probe, budget, chunk)
+                    res = res or find_max_batch(probe, budget, start=min(grid.batch_sizes))
                     found.append(Search(device, dtype, model_label(first), series(first), budget, res))
     return found

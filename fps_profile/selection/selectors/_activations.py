@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from fps_profile.selection.sharding.tensors import group_of, stands_for
 from fps_profile.errors import UserError
-from fps_profile.knobs import chunks
+from fps_profile.knobs import chunks, token_chunk
 from fps_profile.selection.selectors.conv_stats import conv_sums, linear_sums
 from fps_profile.selection.selectors import _early_stop
 from fps_profile.selection.selectors._early_stop import Plan, StopForward
@@ -131,7 +131,9 @@ class InputStats:
     def collect(self, model: nn.Module, batches: Iterable[Batch], micro_batch: int | None = None,
                 stop_early: bool = True) -> int:
         """Run a no-grad, eval-mode forward over ``batches`` (each in chunks of ``micro_batch``
-        samples when given: the sums add up the same); returns the batch count.
+        samples when given: the sums add up the same); returns the batch count. Without
+        ``micro_batch`` a batch of token ids runs in chunks of :data:`~fps_profile.knobs.SELECT_TOKENS`
+        tokens (:func:`~fps_profile.knobs.token_chunk`); images run whole.
 
         With ``stop_early`` (the default) each forward stops right after the last use of
         the last target (:mod:`fps_profile.selection.selectors._early_stop`): the same statistics,
@@ -152,7 +154,7 @@ class InputStats:
         try:
             with torch.no_grad():
                 for images, _ in batches:
-                    for x, _, _ in chunks(images, None, micro_batch):
+                    for x, _, _ in chunks(images, None, micro_batch or token_chunk(images)):
                         self._forward(model, x, stop_early)
                     n_batches += 1
         finally:

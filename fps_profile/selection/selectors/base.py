@@ -63,6 +63,9 @@ class Selector:
         handles_micro_batch: Whether :meth:`prepare` splits its batches into
             ``micro_batch``-sized chunks itself (:func:`fps_profile.knobs.chunks`); if
             not, :func:`fps_profile.select` hands it each chunk as a batch.
+        token_chunks: Whether :meth:`prepare`, given no ``micro_batch``, reads a batch of
+            token ids in chunks of whole sequences (:func:`fps_profile.knobs.token_chunk`),
+            so that its peak stops growing with the batch past one chunk.
         micro_batch: Set by :func:`fps_profile.select` before :meth:`prepare` (None: whole batches).
     """
 
@@ -71,6 +74,7 @@ class Selector:
     needs_data: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
     handles_micro_batch: ClassVar[bool] = False
+    token_chunks: ClassVar[bool] = False
     micro_batch: int | None = None
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:

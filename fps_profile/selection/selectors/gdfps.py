@@ -49,6 +49,7 @@ class GDFPS(Selector):
 
     needs_backward = False
     handles_micro_batch = True
+    token_chunks = True  # InputStats.collect: sums over tokens, chunk by chunk
 
     def __init__(self, *, anchor: str | os.PathLike | None = None, growth: str = "ratio",
                  eps: float = 1e-6) -> None:

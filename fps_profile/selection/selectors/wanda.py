@@ -24,6 +24,7 @@ class Wanda(Selector):
 
     needs_backward = False
     handles_micro_batch = True
+    token_chunks = True  # InputStats.collect: sums over tokens, chunk by chunk
 
     def prepare(self, model: nn.Module, batches: Iterable[Batch], targets: Sequence[Target]) -> None:
         self._stats = InputStats(targets, ord=2, selector=self.name)
