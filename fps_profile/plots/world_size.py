@@ -75,7 +75,8 @@ def panel_rows(rows: Sequence[Result], model: str) -> list[Result]:
 
 
 def _points(rows: Sequence[Result]) -> dict[str, dict[int, list[Result]]]:
-    """Series name (world size and offload left out) -> world size -> the rows of every device."""
+    """Series name (world size and offload left out) -> world size -> the rows of every device; only the
+    series measured sharded or offloaded (a selector measured on one process alone is not on the figure)."""
     out: dict[str, dict[int, list[Result]]] = {}
     for r in rows:
         if r.status not in ("ok", "oom"):
@@ -84,7 +85,7 @@ def _points(rows: Sequence[Result]) -> dict[str, dict[int, list[Result]]]:
         if r.offload:
             name += f" +offload-{r.offload}"
         out.setdefault(name, {}).setdefault(world_size(r), []).append(r)
-    return out
+    return {n: by_ws for n, by_ws in out.items() if "+offload-" in n or max(by_ws) > 1}
 
 
 def lines(rows: Sequence[Result]) -> dict[str, dict[int, list[Result]]]:
@@ -190,7 +191,7 @@ def _draw_panel(ax, lns: dict[str, dict[int, list[Result]]], card: dict[str, int
             ax.plot([x for x, _ in crossed], [y for _, y in crossed], linestyle="none", marker="x",
                     color=kw["color"], markersize=7, markeredgewidth=1.4, zorder=3, gid=f"oom:{name}")
     for i, (dev, memory) in enumerate(card.items()):
-        memory_line(ax, memory, div, text=f"{dev} memory {fmt_bytes(memory)}", gid=f"device_memory:{dev}",
+        memory_line(ax, memory, div, label=f"{dev} memory {fmt_bytes(memory)}", gid=f"device_memory:{dev}",
                     color=CARD_COLORS[i % len(CARD_COLORS)], linestyle=CARD_STYLES[i % len(CARD_STYLES)])
         values.append(memory / div)
     _log2_axes(ax, [ws for by_ws in lns.values() for ws in by_ws], values)
