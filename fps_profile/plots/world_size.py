@@ -35,6 +35,8 @@ from fps_profile.units import bytes_scale, fmt_bytes
 # Card lines from the smallest memory up; the first is the colour every other figure gives the device.
 CARD_COLORS = (DEVICE_MEMORY_COLOR, "#5e3c99", "#8c510a", "#01665e")
 CARD_STYLES = ("-.", "--", ":", (0, (5, 1, 1, 1)))
+# Where devices disagree, the same series on each device: the first device solid, the next ones so.
+DEVICE_LINESTYLES = ("-", "--", ":", "-.")
 
 
 def world_size(r: Result) -> int:
@@ -102,16 +104,16 @@ def lines(rows: Sequence[Result]) -> dict[str, dict[int, list[Result]]]:
     return out
 
 
-def _base(name: str) -> str:
-    """The series a line is drawn as (its colour and marker)."""
-    return name.split("@")[0].split(" +offload-")[0]
-
-
-def _label(name: str) -> str:
+def _style(name: str, nth: int) -> dict:
+    """``Axes.plot`` keywords of line ``name``, the ``nth`` of its series: the series' style, a label naming
+    offload and device, and a line style per device where devices disagree."""
     base, _, dev = name.partition("@")
     core, _, where = base.partition(" +offload-")
-    text = st.label(_base(name)) or core
-    return text + (f", --offload {where}" if where else "") + (f" ({dev})" if dev else "")
+    kw = st.style(core).kwargs()
+    kw["label"] = (st.label(core) or core) + (f", --offload {where}" if where else "") + (f" ({dev})" if dev else "")
+    if dev:
+        kw["linestyle"] = DEVICE_LINESTYLES[nth % len(DEVICE_LINESTYLES)]
+    return kw
 
 
 def cards(rows: Sequence[Result]) -> dict[str, int]:
@@ -150,9 +152,12 @@ def memory_vs_world_size(rows: Sequence[Result]) -> Figure | None:
         ax.set_ylabel(f"peak memory per rank ({unit})")
         lay.model_title(ax, model, rows)
     lay.title(fig, "Per-rank peak memory vs world size", used)
-    extra = [Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="black",
-                    label="--offload: device peak (host beside it)")] if any("+offload-" in n for *_, ls in todo
-                                                                             for n in ls) else []
+    extra = [Line2D([], [], color=CARD_COLORS[i % len(CARD_COLORS)], linewidth=0.9,
+                    linestyle=CARD_STYLES[i % len(CARD_STYLES)], label=f"{dev} memory {fmt_bytes(m)}")
+             for i, (dev, m) in enumerate(card.items())]
+    if any("+offload-" in n for *_, ls in todo for n in ls):
+        extra.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", color="black",
+                            label="--offload: device peak (host beside it)"))
     if any_oom:
         extra.append(lay.oom_handle())
         extra[-1].set_label("out of memory on every card measured")
@@ -166,13 +171,15 @@ def _draw_panel(ax, lns: dict[str, dict[int, list[Result]]], card: dict[str, int
                    and all(peak(r) is None for r in rs)] for n, by_ws in lns.items()}
     has_oom = lay.mark_ooms(ax, {n: xs for n, xs in no_peak.items() if xs})
     values = []
+    nth: dict[str, int] = {}
     for name in sort_names(lns):
         by_ws = lns[name]
+        nth[name.split("@")[0]] = nth.get(name.split("@")[0], -1) + 1
         pts = sorted((ws, peak(next(r for r in rs if peak(r) is not None)) / div, rs)
                      for ws, rs in by_ws.items() if any(peak(r) is not None for r in rs))
         if not pts:
             continue
-        kw = st.style(_base(name)).kwargs() | {"label": _label(name)}
+        kw = _style(name, nth[name.split("@")[0]])
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         values += ys
         if "+offload-" in name:
@@ -191,7 +198,7 @@ def _draw_panel(ax, lns: dict[str, dict[int, list[Result]]], card: dict[str, int
             ax.plot([x for x, _ in crossed], [y for _, y in crossed], linestyle="none", marker="x",
                     color=kw["color"], markersize=7, markeredgewidth=1.4, zorder=3, gid=f"oom:{name}")
     for i, (dev, memory) in enumerate(card.items()):
-        memory_line(ax, memory, div, label=f"{dev} memory {fmt_bytes(memory)}", gid=f"device_memory:{dev}",
+        memory_line(ax, memory, div, gid=f"device_memory:{dev}",
                     color=CARD_COLORS[i % len(CARD_COLORS)], linestyle=CARD_STYLES[i % len(CARD_STYLES)])
         values.append(memory / div)
     _log2_axes(ax, [ws for by_ws in lns.values() for ws in by_ws], values)
