@@ -29,8 +29,8 @@ from fps_profile.plots.timing import floor_fraction, time_vs_batch
 from fps_profile.plots.world_size import memory_vs_world_size, world_size_groups
 from fps_profile.rows.result import Result
 
-__all__ = ["FIGURES", "FIGURE_NAMES", "QUALITY_FIGURES", "SEQ_LEN_FIGURES", "WORLD_SIZE_FIGURES", "Drawn", "accuracy_vs_fraction", "accuracy_vs_memory",
-           "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
+__all__ = ["FIGURES", "FIGURE_NAMES", "QUALITY_FIGURES", "SEQ_LEN_FIGURES", "WORLD_SIZE_FIGURES", "Drawn",
+           "accuracy_vs_fraction", "accuracy_vs_memory", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
            "memory_vs_params", "memory_vs_seq_len", "memory_vs_world_size", "plot_all", "ratio_vs_batch",
            "time_vs_batch"]
 
