@@ -16,15 +16,22 @@ def add_parser(sub) -> None:
         description="Draw, from a results file of any device (cpu, cuda or sim), every figure its rows "
         "support: peak memory vs batch size, each selector's peak relative to the reference, peak vs "
         "model size, selection time vs batch size and, where rows have FLOPs, the compute floor. "
-        "One set of figures per (device, dtype) in the file.",
-        epilog="Example: fps-profile plot results/sweep-cpu.jsonl --out figures/",
+        "One set of figures per (device, dtype) in the files; where rows are sharded (--world-size), the "
+        "per-rank peak vs world size once per dtype over every device, each card's memory drawn.",
+        epilog="Example: fps-profile plot results/sweep-cpu.jsonl --out figures/; "
+        "fps-profile plot results/fsdp-sim-h100-8b.jsonl results/fsdp-sim-h200-8b.jsonl "
+        "--figure memory_vs_world_size --out plots/fsdp",
     )
-    p.add_argument("results", help="results file (JSON lines) written by 'fps-profile sweep'")
+    p.add_argument("results", nargs="+", help="results files (JSON lines) written by 'fps-profile sweep'; "
+                   "several are read as one")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the figures (created if missing)")
     p.add_argument("--format", default="png,svg", help="comma list of image formats (default png,svg)")
     p.add_argument("--reference", default="fps", help="selector the ratio figures divide by (default fps)")
     p.add_argument("--batch", type=positive_int, default=None,
                    help="batch size of the memory-vs-model-size figure (default: largest common to all models)")
+    p.add_argument("--figure", default=None, metavar="LIST",
+                   help="comma list of the figures to draw, by file stem (e.g. memory_vs_batch,"
+                   "memory_vs_world_size; default every one the rows support)")
     p.set_defaults(run=run)
 
 
@@ -51,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
     if not formats:
         raise UserError("no figure format given")
     check_folder(args.out, "figures")
-    rows = load_rows(args.results)
-    warn_missing_reference(rows, args.reference)
-    paths = plot_all(rows, args.out, formats=formats, reference=args.reference, batch=args.batch)
+    only = comma_list(args.figure) if args.figure is not None else None
+    rows = [r for path in args.results for r in load_rows(path)]
+    if only is None or "ratio_vs_batch" in only:
+        warn_missing_reference(rows, args.reference)
+    paths = plot_all(rows, args.out, formats=formats, reference=args.reference, batch=args.batch, only=only)
     for path in paths:
         print(path)
     if not paths:
-        raise UserError(f"nothing to plot in {args.results!r}: no row is ok or out of memory")
+        files = ", ".join(map(repr, args.results))
+        if only:
+            raise UserError(f"no {', '.join(only)} figure from {files}: its rows do not support it")
+        raise UserError(f"nothing to plot in {files}: no row is ok or out of memory")
     return 0

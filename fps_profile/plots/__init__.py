@@ -3,7 +3,8 @@
 :func:`plot_all` draws every figure the rows support, one set per (device,
 dtype) group, and saves each as PNG and SVG. The figure functions
 (:func:`memory_vs_batch`, :func:`ratio_vs_batch`, :func:`memory_vs_params`,
-:func:`time_vs_batch`, :func:`floor_fraction`, :func:`breakdown_bars`) return the Figure so callers
+:func:`time_vs_batch`, :func:`floor_fraction`, :func:`breakdown_bars`, :func:`memory_vs_world_size`, drawn over
+every device of a dtype) return the Figure so callers
 can read the plotted data back. Figures are built on
 :class:`matplotlib.figure.Figure` directly (Agg canvas), never through
 ``pyplot``: nothing opens a window or touches global figure state.
@@ -19,17 +20,19 @@ from pathlib import Path
 
 from fps_profile.errors import UserError
 from fps_profile.plots.breakdown import breakdown_bars
-from fps_profile.analysis.series import by_group
+from fps_profile.analysis.series import by_group, device_label
 from fps_profile.plots.memory import memory_vs_batch, memory_vs_params, ratio_vs_batch
 from fps_profile.plots.quality import accuracy_vs_fraction, accuracy_vs_memory
 from fps_profile.plots.seqlen import memory_vs_seq_len
 from fps_profile.plots.style import RC
 from fps_profile.plots.timing import floor_fraction, time_vs_batch
+from fps_profile.plots.world_size import memory_vs_world_size, world_size_groups
 from fps_profile.rows.result import Result
 
-__all__ = ["FIGURES", "QUALITY_FIGURES", "SEQ_LEN_FIGURES", "Drawn", "accuracy_vs_fraction", "accuracy_vs_memory",
-           "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
-           "memory_vs_params", "memory_vs_seq_len", "plot_all", "ratio_vs_batch", "time_vs_batch"]
+__all__ = ["FIGURES", "FIGURE_NAMES", "QUALITY_FIGURES", "SEQ_LEN_FIGURES", "WORLD_SIZE_FIGURES", "Drawn",
+           "accuracy_vs_fraction", "accuracy_vs_memory", "breakdown_bars", "draw", "floor_fraction", "memory_vs_batch",
+           "memory_vs_params", "memory_vs_seq_len", "memory_vs_world_size", "plot_all", "ratio_vs_batch",
+           "time_vs_batch"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,14 @@ SEQ_LEN_FIGURES: tuple[FigureKind, ...] = (
                lambda rows, o: memory_vs_seq_len(rows)),
 )
 
+#: Figures across world sizes (:mod:`fps_profile.plots.world_size`): drawn once per dtype over every device,
+#: where rows are sharded (``world_size`` above 1).
+WORLD_SIZE_FIGURES: tuple[FigureKind, ...] = (
+    FigureKind("memory_vs_world_size", "Per-rank peak memory vs world size (FSDP2 ranks) at one per-rank batch: "
+               "each selector's selection, full and sparse fine-tuning steps, offloaded cells as hollow points, "
+               "every card's memory as a line; crosses mark cells out of memory on every card measured.",
+               lambda rows, o: memory_vs_world_size(rows)),
+)
 
 #: Figures of the finetune rows (:mod:`fps_profile.plots.quality`): one per (device, dtype), a panel per group.
 QUALITY_FIGURES: tuple[FigureKind, ...] = (
@@ -75,6 +86,10 @@ QUALITY_FIGURES: tuple[FigureKind, ...] = (
     FigureKind("accuracy_vs_fraction", "Held-out accuracy after fine-tuning against the share of parameters "
                "trained, per selector and budget, with the baselines.", lambda rows, o: accuracy_vs_fraction(rows)),
 )
+
+
+#: Every figure's name, in drawing order (what ``draw``'s ``only`` takes).
+FIGURE_NAMES = tuple(k.name for k in FIGURES + SEQ_LEN_FIGURES + WORLD_SIZE_FIGURES + QUALITY_FIGURES)
 
 
 @dataclass
@@ -93,12 +108,13 @@ def _slug(text: str) -> str:
 
 
 def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequence[str] = ("png", "svg"),
-         reference: str = "fps", batch: int | None = None) -> list[Drawn]:
+         reference: str = "fps", batch: int | None = None, only: Sequence[str] | None = None) -> list[Drawn]:
     """Draw and save every figure the rows support.
 
     Files are ``<out_dir>/<figure>-<device>-<dtype>.<format>`` (``:`` in a
     device becomes ``_``; ``-<budget>`` is added where a device and dtype hold
-    several budgets); ``out_dir`` is created if needed.
+    several budgets); ``out_dir`` is created if needed. The world-size figure is drawn over
+    every device of a dtype: its ``<device>`` is the devices joined.
 
     Args:
         rows: Result rows (any devices and dtypes; a later row of a cell replaces an earlier one).
@@ -106,12 +122,16 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
         formats: Image formats matplotlib knows, e.g. ``("png", "svg", "pdf")``.
         reference: Selector the ratio figures divide by.
         batch: Batch size of the memory-vs-model-size figure (default: largest common to all models).
+        only: Names of the figures to draw (:data:`FIGURE_NAMES`; default every one).
 
     Raises:
-        UserError: ``out_dir`` cannot be created or written.
+        UserError: ``out_dir`` cannot be created or written, or ``only`` names an unknown figure.
     """
     import matplotlib
 
+    unknown = sorted(set(only or ()) - set(FIGURE_NAMES))
+    if unknown:
+        raise UserError(f"unknown figure {unknown[0]!r} (known: {', '.join(FIGURE_NAMES)})")
     out = figure_folder(out_dir, formats)
     from fps_profile.rows.phases import trains
 
@@ -124,10 +144,14 @@ def draw(rows: Iterable[Result], out_dir: str | os.PathLike, *, formats: Sequenc
         by_device: dict[tuple, list[Result]] = {}
         for r in tuned:  # every budget in one figure: the budgets are its points
             by_device.setdefault((r.device, r.dtype, None), []).append(r)
+        across = {(",".join(sorted({device_label(r) for r in group})), dtype, budget): group
+                  for (dtype, budget), group in world_size_groups(rows).items()}
         for kinds, groups in ((FIGURES, by_group(rows)), (SEQ_LEN_FIGURES, by_group(rows, split_seq_len=False)),
-                              (QUALITY_FIGURES, dict(sorted(by_device.items())))):
+                              (WORLD_SIZE_FIGURES, across), (QUALITY_FIGURES, dict(sorted(by_device.items())))):
             for (device, dtype, budget), group in groups.items():
                 for kind in kinds:
+                    if only and kind.name not in only:
+                        continue
                     fig = kind.draw(group, opts)
                     if fig is None:
                         continue

@@ -48,7 +48,11 @@ def title(fig: Figure, what: str, rows: Sequence[Result]) -> None:
         name = name[:39] + "…"
     mem = device_memory_bytes(rows)
     about = [x for x in (name, fmt_bytes(mem) if mem else None) if x]
-    where = rows[0].device + (f" ({', '.join(about)})" if about else "") + f", {rows[0].dtype}"
+    devices = sorted({r.device for r in rows})
+    if len(devices) > 1:  # a figure over several devices: each one's name and memory are drawn in it
+        where = " & ".join(devices) + f", {rows[0].dtype}"
+    else:
+        where = rows[0].device + (f" ({', '.join(about)})" if about else "") + f", {rows[0].dtype}"
     budgets = sorted({r.budget for r in rows if r.budget})
     if len(budgets) == 1:
         where += f", budget {budgets[0]}"

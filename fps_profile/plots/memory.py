@@ -85,10 +85,18 @@ def _device_memory_line(ax, line: tuple | None, div: int, *, note: bool = True) 
             ax.text(0.02, 0.02, f"device memory {fmt_bytes(memory)} (off scale)", transform=ax.transAxes,
                     fontsize=6.5, color=DEVICE_MEMORY_COLOR)
         return 0.0
-    ax.axhline(memory / div, color=DEVICE_MEMORY_COLOR, linewidth=0.9, linestyle="-.", gid="device_memory")
-    ax.annotate(f"device memory {fmt_bytes(memory)}", (0.02, memory / div), xycoords=("axes fraction", "data"),
-                xytext=(0, 2), textcoords="offset points", fontsize=6.5, color=DEVICE_MEMORY_COLOR, va="bottom")
+    memory_line(ax, memory, div, text=f"device memory {fmt_bytes(memory)}")
     return memory / div
+
+
+def memory_line(ax, memory: int, div: float, *, text: str | None = None, label: str = "_",
+                gid: str = "device_memory", color: str = DEVICE_MEMORY_COLOR, linestyle="-.") -> None:
+    """A horizontal line at ``memory`` bytes (``div`` bytes per axis unit): ``text`` written above its left end,
+    ``label`` its legend entry (none by default)."""
+    ax.axhline(memory / div, color=color, linewidth=0.9, linestyle=linestyle, gid=gid, label=label)
+    if text:
+        ax.annotate(text, (0.02, memory / div), xycoords=("axes fraction", "data"),
+                    xytext=(0, 2), textcoords="offset points", fontsize=6.5, color=color, va="bottom")
 
 
 def ratio_vs_batch(rows: Sequence[Result], *, reference: str = "fps") -> Figure | None:
