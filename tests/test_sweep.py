@@ -150,7 +150,8 @@ def test_max_batch_bisects_to_the_budget_once_per_knob_setting(tmp_path, capsys)
         fails = [r.batch_size for r in mine if r.status == "oom"]
         best[sel, ckpt] = max(fits)
         assert min(fails) == best[sel, ckpt] + 1  # bisection closed the gap
-    assert [cols[5].strip() for cols in lines] == [str(best[k]) for k in (("fps", False), ("gps", False), ("gps", True))]
+    searches = (("fps", False), ("gps", False), ("gps", True))
+    assert [cols[5].strip() for cols in lines] == [str(best[k]) for k in searches]
     assert best["gps", False] < best["fps", False]
     assert best["gps", True] >= best["gps", False]
 
