@@ -10,17 +10,27 @@ from pathlib import Path
 from typing import Any
 
 
+#: What a measurement's numbers depend on in a checkout: the package and its requirements. A results
+#: file, figure or note being written (tracked files too) leaves a row's commit clean.
+CODE_PATHS = ("fps_profile", "pyproject.toml")
+
+
 @functools.cache
 def git_commit() -> str | None:
-    """Commit of the fps_profile source tree (with ``+dirty`` if changed), if it is a git checkout."""
-    root = Path(__file__).resolve().parents[2]
+    """Commit of the fps_profile source tree (with ``+dirty`` if its code changed), if it is a git checkout."""
+    return commit_of(Path(__file__).resolve().parents[2])
+
+
+def commit_of(root: Path) -> str | None:
+    """``HEAD`` of the git checkout at ``root``, plus ``+dirty`` where :data:`CODE_PATHS` hold changes
+    or new files git does not ignore; None outside a checkout or without git."""
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         if out.returncode != 0:
             return None
         commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *CODE_PATHS],
                                capture_output=True, text=True, timeout=5)
         return commit + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
