@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from fps_profile.cli.args import check_file, parse_option, positive_int
 from fps_profile.errors import UserError
@@ -170,14 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_adapter_dir(path: str) -> None:
     """Fail before selecting on an adapter directory that cannot be written, or without peft."""
-    out = Path(path)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"cannot write the adapter to {path!r}: it exists and is not an empty directory")
-    if not out.absolute().parent.is_dir():
-        raise UserError(f"cannot write the adapter to {path!r}: directory {str(out.absolute().parent)!r} "
-                        "does not exist")
     from fps_profile.integrations.peft import require_peft
+    from fps_profile.integrations.peft_write import check_adapter_dir
 
+    check_adapter_dir(path)
     require_peft()
 
 

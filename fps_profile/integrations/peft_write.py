@@ -24,7 +24,22 @@ from fps_profile.integrations.peft import ShiraPlan, plan_shira, to_shira, unwra
 from fps_profile.integrations.peft_read import META_FILE
 from fps_profile.selection.mask import Mask
 
-__all__ = ["write_adapter"]
+__all__ = ["check_adapter_dir", "write_adapter"]
+
+
+def check_adapter_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path, if an adapter can be written there: a new or empty directory whose parent exists.
+
+    Raises:
+        UserError: It exists and is not an empty directory, or its parent is missing.
+    """
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"cannot write the adapter to {str(out)!r}: it exists and is not an empty directory")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"cannot write the adapter to {str(out)!r}: directory {str(out.absolute().parent)!r} "
+                        "does not exist")
+    return out
 
 
 def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: str | os.PathLike, *,
@@ -50,12 +65,7 @@ def write_adapter(model: nn.Module, mask: Mapping[str, torch.Tensor], out_dir: s
         UserError: ``out_dir`` exists and is not an empty directory, its parent is missing,
             or the mask cannot be converted (:func:`plan_shira`).
     """
-    out = Path(out_dir)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"cannot write the adapter to {str(out)!r}: it exists and is not an empty directory")
-    if not out.absolute().parent.is_dir():
-        raise UserError(f"cannot write the adapter to {str(out)!r}: directory {str(out.absolute().parent)!r} "
-                        "does not exist")
+    out = check_adapter_dir(out_dir)
     mask = mask if isinstance(mask, Mask) else Mask(mask)
     plan = plan_shira(model, mask, partial)
     grads = [(p, p.requires_grad) for p in model.parameters()]
