@@ -31,7 +31,7 @@ from fps_profile.rows.schema import knob_label
 
 __all__ = ["AMP_CHOICES", "Knobs", "amp_dtype", "autocast", "checkpointing", "chunks", "cpu_amp_problem",
            "enable_checkpointing", "grad_scaler", "note", "parse_amp", "parse_checkpointing", "parse_micro_batch",
-           "SELECT_TOKENS", "token_chunk", "weighted"]
+           "SELECT_TOKENS", "sequences_per_chunk", "token_chunk", "weighted"]
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -178,10 +178,11 @@ def chunks(inputs: torch.Tensor, labels: torch.Tensor | None,
         stop = min(start + micro_batch, n)
         yield inputs[start:stop], None if labels is None else labels[start:stop], (stop - start) / n
 
+
 #: Most tokens one selection forward of a language model reads when no ``micro_batch`` is given.
 #: The statistics are sums over tokens, so whole sequences in chunks give the same sums (up to float
 #: rounding) while only one chunk's activations are alive (4 x 8,192 tokens through one MLP of
-#: Llama-3.1-8B make 3.5 GiB of bfloat16 temporaries at once; chunks of 16,384 tokens half that).
+#: Llama-3.1-8B hold 3.6 GiB of bfloat16 activations at once; chunks of 16,384 tokens half that).
 SELECT_TOKENS = 16_384
 
 
@@ -192,7 +193,12 @@ def token_chunk(x: torch.Tensor) -> int | None:
     (images and batches within the budget run whole)."""
     if x.dim() != 2 or x.dtype.is_floating_point or x.dtype == torch.bool or x.numel() <= SELECT_TOKENS:
         return None
-    return max(1, SELECT_TOKENS // x.shape[1])
+    return sequences_per_chunk(x.shape[1])
+
+
+def sequences_per_chunk(seq_len: int) -> int:
+    """Whole sequences of ``seq_len`` tokens in one chunk of :func:`token_chunk` (at least one)."""
+    return max(1, SELECT_TOKENS // seq_len)
 
 
 def weighted(loss: torch.Tensor, weight: float) -> torch.Tensor:

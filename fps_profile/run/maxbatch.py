@@ -113,12 +113,12 @@ def chunked_search(measure: Callable[[int], Result], budget_bytes: int, chunk: i
 
 def _chunk_of(cell) -> int | None:
     """Sequences per forward when ``cell`` is a selection that reads its token batch in chunks."""
-    from fps_profile.knobs import SELECT_TOKENS
+    from fps_profile.knobs import sequences_per_chunk
     from fps_profile.selection.selectors.registry import get
 
     if cell.phase != "select" or not cell.seq_len or cell.micro_batch or not get(cell.selector).token_chunks:
         return None
-    return max(1, SELECT_TOKENS // cell.seq_len)
+    return sequences_per_chunk(cell.seq_len)
 
 
 @dataclass
