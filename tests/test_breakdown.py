@@ -66,7 +66,7 @@ def test_breakdown_of_a_known_peak_by_hand():
     assert bd.peak.breakdown() == {"weights": 20_200, "buffers": 0, "inputs": 3_200, "gradients": 0,
                                    "optimizer_state": 0, "mask": 0, "activations": 1_600,
                                    "temporaries": 40_000 + stray}
-    assert bd.peak.top()[:4] == [
+    assert [h for h in bd.peak.top() if h["module"] != BEFORE][:4] == [  # strays: whatever earlier tests left
         {"module": "(outside modules)", "category": "temporaries", "bytes": 40_000},
         {"module": "0", "category": "weights", "bytes": 20_200},
         {"module": "(inputs)", "category": "inputs", "bytes": 3_200},

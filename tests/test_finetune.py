@@ -73,13 +73,15 @@ def cell(model: str, selector=None, **kw) -> Cell:
 
 
 def test_a_cell_repeats_to_the_last_digit_and_another_seed_changes_it(tiny):
-    first, again = measure(cell(tiny, "fps")), measure(cell(tiny, "fps"))
+    from fps_profile.run.isolation import run_isolated  # fresh processes: peaks free of other tests' tensors
+
+    first, again = run_isolated(cell(tiny, "fps")), run_isolated(cell(tiny, "fps"))
     assert first.status == again.status == "ok", (first.error, again.error)
     # The same seed: the same init, split, batches, mask and steps, so the same floats exactly.
     for field in ("eval_accuracy", "eval_loss", "train_loss_final", "params_trainable", "peak_allocated_bytes",
                   "select_peak_bytes"):
         assert getattr(first, field) == getattr(again, field), field
-    other = measure(cell(tiny, "fps", seed=1))
+    other = run_isolated(cell(tiny, "fps", seed=1))
     assert other.status == "ok" and other.seed == 1
     assert other.train_loss_final != first.train_loss_final  # another init and other batches
     assert other.env["data"]["data_split_seed"] == 1 and first.env["data"]["data_split_seed"] == 0
@@ -99,12 +101,15 @@ def test_full_fine_tuning_beats_the_frozen_model_and_every_selector_beats_chance
 
 
 def test_the_protocol_figures(tiny):
-    """Steps counted once; the tracked step is a train_step's measured run; the selection is the select phase's."""
-    ft = measure(cell(tiny, "fps"))
+    """Steps counted once; the tracked step is a train_step's measured run; the selection is the select phase's.
+    Each in a fresh process: the cpu tracker counts every live tensor, those earlier tests leave too."""
+    from fps_profile.run.isolation import run_isolated
+
+    ft = run_isolated(cell(tiny, "fps"))
     assert ft.examples_seen == STEPS * BATCH and ft.steps == STEPS and ft.lr == 1e-2
     assert len(ft.wall_times_s) == STEPS - 1 and ft.wall_time_s == sorted(ft.wall_times_s)[(STEPS - 1) // 2]
-    step = measure(cell(tiny, "fps", phase="train_step"))
-    select = measure(cell(tiny, "fps", phase="select"))
+    step = run_isolated(cell(tiny, "fps", phase="train_step"))
+    select = run_isolated(cell(tiny, "fps", phase="select"))
     assert step.status == select.status == "ok"
     # Exact on the cpu: the same mask, model and batch shape, AdamW's moments present from the step's start.
     assert ft.peak_allocated_bytes == step.peak_allocated_bytes
